@@ -1,0 +1,268 @@
+//! The on-disk index (sled): what is cached, its media type and size, when
+//! it was fetched and last used, and which digest each tag pointed to when
+//! last checked.
+//!
+//! The index is never the only record of content: entries are written only
+//! after the file is durable, and a missing or corrupt index is rebuilt
+//! from the blob store. Tags are the one thing a rebuild cannot recover;
+//! they are refetched from the upstream on next use.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::store::{FsStore, Kind};
+use crate::registry::{sniff_manifest_media_type, Digest};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContentEntry {
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// Unix milliseconds.
+    pub first_fetched: u64,
+    pub last_accessed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TagEntry {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    /// When the upstream last confirmed this mapping, unix milliseconds.
+    pub checked_at: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("index: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Index {
+    db: sled::Db,
+    blobs: sled::Tree,
+    manifests: sled::Tree,
+    tags: sled::Tree,
+    /// Access times gathered between flushes, so a hit costs no write.
+    touched: Mutex<HashMap<(Kind, Digest), u64>>,
+}
+
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Index {
+    /// Opens the index at `path`; one that cannot be opened is moved aside
+    /// and a new one started (the caller then reconciles it with the store).
+    pub fn open(path: &Path) -> Result<Index, IndexError> {
+        let open = |p: &Path| {
+            sled::Config::new()
+                .path(p)
+                .cache_capacity(64 * 1024 * 1024)
+                .flush_every_ms(Some(1000))
+                .open()
+        };
+        let db = match open(path) {
+            Ok(db) => db,
+            Err(e) => {
+                let aside = path.with_extension(format!("corrupt-{}", now_millis()));
+                tracing::warn!(error = %e, aside = %aside.display(), "index unreadable; moving it aside and rebuilding");
+                std::fs::rename(path, &aside)?;
+                open(path)?
+            }
+        };
+        Ok(Index {
+            blobs: db.open_tree("blobs")?,
+            manifests: db.open_tree("manifests")?,
+            tags: db.open_tree("tags")?,
+            db,
+            touched: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn tree(&self, kind: Kind) -> &sled::Tree {
+        match kind {
+            Kind::Blob => &self.blobs,
+            Kind::Manifest => &self.manifests,
+        }
+    }
+
+    pub fn get(&self, kind: Kind, digest: &Digest) -> Result<Option<ContentEntry>, IndexError> {
+        Ok(self
+            .tree(kind)
+            .get(digest.hex())?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    pub fn record(&self, kind: Kind, digest: &Digest, size: u64, media_type: Option<&str>) -> Result<(), IndexError> {
+        let now = now_millis();
+        let entry = ContentEntry {
+            size,
+            media_type: media_type.map(str::to_owned),
+            first_fetched: now,
+            last_accessed: now,
+        };
+        self.put(kind, digest, &entry)
+    }
+
+    fn put(&self, kind: Kind, digest: &Digest, entry: &ContentEntry) -> Result<(), IndexError> {
+        let value = serde_json::to_vec(entry).unwrap_or_default();
+        self.tree(kind).insert(digest.hex(), value)?;
+        Ok(())
+    }
+
+    pub fn remove(&self, kind: Kind, digest: &Digest) -> Result<(), IndexError> {
+        self.tree(kind).remove(digest.hex())?;
+        Ok(())
+    }
+
+    pub fn len(&self, kind: Kind) -> usize {
+        self.tree(kind).len()
+    }
+
+    /// Notes a use; written by the next [`Index::flush_access_times`].
+    pub fn touch(&self, kind: Kind, digest: &Digest) {
+        self.touched.lock().insert((kind, digest.clone()), now_millis());
+    }
+
+    pub fn flush_access_times(&self) -> Result<(), IndexError> {
+        let batch = std::mem::take(&mut *self.touched.lock());
+        for ((kind, digest), at) in batch {
+            if let Some(mut entry) = self.get(kind, &digest)? {
+                entry.last_accessed = entry.last_accessed.max(at);
+                self.put(kind, &digest, &entry)?;
+            }
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn tag_key(upstream: &str, repo: &str, tag: &str) -> Vec<u8> {
+        // NUL cannot occur in any of the three, so the key is unambiguous.
+        format!("{upstream}\0{repo}\0{tag}").into_bytes()
+    }
+
+    pub fn tag(&self, upstream: &str, repo: &str, tag: &str) -> Result<Option<TagEntry>, IndexError> {
+        Ok(self
+            .tags
+            .get(Self::tag_key(upstream, repo, tag))?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    pub fn set_tag(&self, upstream: &str, repo: &str, tag: &str, entry: &TagEntry) -> Result<(), IndexError> {
+        let value = serde_json::to_vec(entry).unwrap_or_default();
+        self.tags.insert(Self::tag_key(upstream, repo, tag), value)?;
+        Ok(())
+    }
+
+    /// Makes the index agree with the store: entries without a file are
+    /// dropped; files without an entry are indexed. Files are trusted, not
+    /// re-hashed: only verified content is ever renamed into the store, and
+    /// re-hashing a large cache would make startup slow (`verify` does it).
+    pub fn reconcile(&self, store: &FsStore) -> Result<ReconcileReport, IndexError> {
+        let mut report = ReconcileReport::default();
+        for kind in [Kind::Blob, Kind::Manifest] {
+            let on_disk: HashMap<Digest, u64> = store.list(kind)?.into_iter().collect();
+            for item in self.tree(kind).iter() {
+                let (key, _) = item?;
+                let digest = std::str::from_utf8(&key).ok().and_then(|k| Digest::from_hex(k).ok());
+                match digest {
+                    Some(d) if on_disk.contains_key(&d) => {}
+                    _ => {
+                        self.tree(kind).remove(key)?;
+                        report.dropped += 1;
+                    }
+                }
+            }
+            for (digest, size) in on_disk {
+                if self.tree(kind).contains_key(digest.hex())? {
+                    continue;
+                }
+                let media_type = match kind {
+                    Kind::Blob => None,
+                    Kind::Manifest => store
+                        .read_whole(kind, &digest)?
+                        .and_then(|b| sniff_manifest_media_type(&b)),
+                };
+                self.record(kind, &digest, size, media_type.as_deref())?;
+                report.added += 1;
+            }
+        }
+        self.db.flush()?;
+        Ok(report)
+    }
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub added: usize,
+    pub dropped: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconcile_rebuilds_from_files_and_drops_ghosts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let blob = Digest::sha256_of(b"layer");
+        let manifest_bytes = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+        let manifest = Digest::sha256_of(manifest_bytes);
+        store.write_whole(Kind::Blob, &blob, b"layer").unwrap();
+        store.write_whole(Kind::Manifest, &manifest, manifest_bytes).unwrap();
+
+        let index = Index::open(&dir.path().join("index")).unwrap();
+        let ghost = Digest::sha256_of(b"gone");
+        index.record(Kind::Blob, &ghost, 4, None).unwrap();
+        let report = index.reconcile(&store).unwrap();
+        assert_eq!(report, ReconcileReport { added: 2, dropped: 1 });
+        assert_eq!(index.get(Kind::Blob, &blob).unwrap().unwrap().size, 5);
+        assert!(index.get(Kind::Blob, &ghost).unwrap().is_none());
+        assert_eq!(
+            index.get(Kind::Manifest, &manifest).unwrap().unwrap().media_type.as_deref(),
+            Some("application/vnd.oci.image.manifest.v1+json")
+        );
+        // A second pass has nothing to do.
+        assert_eq!(index.reconcile(&store).unwrap(), ReconcileReport::default());
+    }
+
+    #[test]
+    fn access_times_are_batched() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index")).unwrap();
+        let d = Digest::sha256_of(b"a");
+        index.record(Kind::Blob, &d, 1, None).unwrap();
+        let before = index.get(Kind::Blob, &d).unwrap().unwrap().last_accessed;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        index.touch(Kind::Blob, &d);
+        assert_eq!(index.get(Kind::Blob, &d).unwrap().unwrap().last_accessed, before);
+        index.flush_access_times().unwrap();
+        assert!(index.get(Kind::Blob, &d).unwrap().unwrap().last_accessed > before);
+    }
+
+    #[test]
+    fn tags_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index")).unwrap();
+        let e = TagEntry {
+            digest: "sha256:x".into(),
+            media_type: "m".into(),
+            size: 3,
+            checked_at: 9,
+        };
+        index.set_tag("docker.io", "library/alpine", "3", &e).unwrap();
+        assert_eq!(index.tag("docker.io", "library/alpine", "3").unwrap(), Some(e));
+        assert_eq!(index.tag("docker.io", "library/alpine", "4").unwrap(), None);
+    }
+}

@@ -1,0 +1,313 @@
+//! Manifests and tags.
+//!
+//! Manifests are small and immutable by digest: they are stored byte-exact
+//! as files beside the blobs, kept hot in memory (moka), and never fetched
+//! again once cached. Tags are the only mutable part: a tag is answered from
+//! the index while it is younger than its upstream's `tag_ttl`, then
+//! revalidated with a HEAD (free on Docker Hub), and the manifest is fetched
+//! by digest only when the tag moved. Concurrent lookups of one tag, or one
+//! manifest digest, share one upstream request.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+use super::index::{now_millis, Index, TagEntry};
+use super::single_flight::SingleFlight;
+use super::store::{FsStore, Kind};
+use super::CacheError;
+use crate::metrics::Metrics;
+use crate::registry::{sniff_manifest_media_type, Digest, RepoName, Tag, MANIFEST_MEDIA_TYPES};
+use crate::upstream::{read_limited, Upstream};
+
+/// Manifests larger than this are refused: containerd rejects anything over
+/// 4 MiB anyway, and they are held whole in memory.
+pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
+
+/// The in-memory hot set of manifests.
+const HOT_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug)]
+pub struct Manifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+/// How a lookup was answered; feeds the access log and the cache metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Hit,
+    Miss,
+    /// Another request's upstream fetch answered this one too.
+    Coalesced,
+    /// A stale tag was confirmed or updated by the upstream.
+    Revalidated,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Coalesced => "coalesced",
+            Outcome::Revalidated => "revalidated",
+        }
+    }
+}
+
+type TagKey = (Arc<str>, RepoName, Tag);
+
+pub struct ManifestCache {
+    store: Arc<FsStore>,
+    index: Arc<Index>,
+    metrics: Arc<Metrics>,
+    hot: moka::future::Cache<Digest, Arc<Manifest>>,
+    digest_flights: SingleFlight<Digest, Result<Arc<Manifest>, CacheError>>,
+    tag_flights: SingleFlight<TagKey, Result<TagEntry, CacheError>>,
+}
+
+fn full_accept() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::ACCEPT,
+        HeaderValue::from_str(&MANIFEST_MEDIA_TYPES.join(", ")).expect("constant header"),
+    );
+    headers
+}
+
+fn task_panicked<T>() -> Result<T, CacheError> {
+    Err(CacheError::Io("manifest task panicked".into()))
+}
+
+/// The media type of an upstream manifest answer, without parameters.
+fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+impl ManifestCache {
+    pub fn new(store: Arc<FsStore>, index: Arc<Index>, metrics: Arc<Metrics>) -> ManifestCache {
+        ManifestCache {
+            store,
+            index,
+            metrics,
+            hot: moka::future::Cache::builder()
+                .weigher(|_: &Digest, m: &Arc<Manifest>| m.bytes.len().try_into().unwrap_or(u32::MAX))
+                .max_capacity(HOT_MANIFEST_BYTES)
+                .build(),
+            digest_flights: SingleFlight::new(),
+            tag_flights: SingleFlight::new(),
+        }
+    }
+
+    fn count(&self, kind: &str, outcome: Outcome) {
+        self.metrics.cache.with_label_values(&[kind, outcome.label()]).inc();
+    }
+
+    /// A cached manifest, from memory or disk, without asking upstream.
+    pub async fn local(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, CacheError> {
+        if let Some(m) = self.hot.get(digest).await {
+            self.index.touch(Kind::Manifest, digest);
+            return Ok(Some(m));
+        }
+        let store = self.store.clone();
+        let d = digest.clone();
+        let Some(bytes) = tokio::task::spawn_blocking(move || store.read_whole(Kind::Manifest, &d)).await?? else {
+            return Ok(None);
+        };
+        let media_type = self
+            .index
+            .get(Kind::Manifest, digest)?
+            .and_then(|e| e.media_type)
+            .or_else(|| sniff_manifest_media_type(&bytes))
+            .ok_or(CacheError::BadManifestAnswer)?;
+        let manifest = Arc::new(Manifest {
+            digest: digest.clone(),
+            media_type,
+            bytes: bytes.into(),
+        });
+        self.hot.insert(digest.clone(), manifest.clone()).await;
+        self.index.touch(Kind::Manifest, digest);
+        Ok(Some(manifest))
+    }
+
+    /// The manifest with this digest: cached, or fetched once and cached.
+    pub async fn by_digest(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<(Arc<Manifest>, Outcome), CacheError> {
+        if let Some(m) = self.local(digest).await? {
+            self.count("manifest", Outcome::Hit);
+            return Ok((m, Outcome::Hit));
+        }
+        let fetch = {
+            let upstream = upstream.clone();
+            let repo = repo.clone();
+            let digest = digest.clone();
+            let store = self.store.clone();
+            let index = self.index.clone();
+            let metrics = self.metrics.clone();
+            move || async move { fetch_by_digest(&upstream, &repo, &digest, &store, &index, &metrics).await }
+        };
+        let (result, joined) = self.digest_flights.run(digest.clone(), fetch, task_panicked).await;
+        let manifest = result?;
+        self.hot.insert(digest.clone(), manifest.clone()).await;
+        let outcome = if joined { Outcome::Coalesced } else { Outcome::Miss };
+        self.count("manifest", outcome);
+        Ok((manifest, outcome))
+    }
+
+    /// What `tag` points to: from the index while fresh, else from the
+    /// upstream (one HEAD, shared by concurrent callers).
+    pub async fn resolve_tag(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<(TagEntry, Outcome), CacheError> {
+        let cached = self.index.tag(&upstream.name, repo.as_str(), tag.as_str())?;
+        if let Some(entry) = &cached {
+            let age_ms = now_millis().saturating_sub(entry.checked_at);
+            if u128::from(age_ms) < upstream.tag_ttl.as_millis() {
+                self.count("tag", Outcome::Hit);
+                return Ok((entry.clone(), Outcome::Hit));
+            }
+        }
+        let revalidate = {
+            let upstream = upstream.clone();
+            let repo = repo.clone();
+            let tag = tag.clone();
+            let index = self.index.clone();
+            move || async move { revalidate_tag(&upstream, &repo, &tag, &index).await }
+        };
+        let key = (upstream.name.clone(), repo.clone(), tag.clone());
+        let (result, joined) = self.tag_flights.run(key, revalidate, task_panicked).await;
+        let entry = result?;
+        let outcome = match (joined, cached.is_some()) {
+            (true, _) => Outcome::Coalesced,
+            (false, true) => Outcome::Revalidated,
+            (false, false) => Outcome::Miss,
+        };
+        self.count("tag", outcome);
+        Ok((entry, outcome))
+    }
+}
+
+/// Asks the upstream where a tag points now, with a HEAD, and records it.
+async fn revalidate_tag(upstream: &Upstream, repo: &RepoName, tag: &Tag, index: &Index) -> Result<TagEntry, CacheError> {
+    let response = upstream
+        .request(Method::HEAD, repo, &format!("manifests/{tag}"), None, full_accept())
+        .await?;
+    upstream.record_ratelimit(response.headers());
+    if response.status() != StatusCode::OK {
+        return Err(CacheError::from_upstream_status(&upstream.name, &response, "manifest"));
+    }
+    let headers = response.headers();
+    let digest = headers
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<Digest>().ok());
+    let media_type = content_type(headers);
+    let size = response.content_length().or_else(|| {
+        headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    });
+    let entry = match (digest, media_type, size) {
+        (Some(digest), Some(media_type), Some(size)) => TagEntry {
+            digest: digest.to_string(),
+            media_type,
+            size,
+            checked_at: now_millis(),
+        },
+        // Some registries answer HEAD without the digest: GET by tag and
+        // hash the bytes instead.
+        _ => {
+            let response = upstream
+                .request(Method::GET, repo, &format!("manifests/{tag}"), None, full_accept())
+                .await?;
+            upstream.record_ratelimit(response.headers());
+            if response.status() != StatusCode::OK {
+                return Err(CacheError::from_upstream_status(&upstream.name, &response, "manifest"));
+            }
+            let media_type = content_type(response.headers());
+            let bytes = read_limited(response, MAX_MANIFEST_SIZE, upstream.idle_timeout())
+                .await
+                .map_err(manifest_body_error)?;
+            let digest = Digest::sha256_of(&bytes);
+            let media_type = media_type
+                .or_else(|| sniff_manifest_media_type(&bytes))
+                .ok_or(CacheError::BadManifestAnswer)?;
+            TagEntry {
+                digest: digest.to_string(),
+                media_type,
+                size: bytes.len() as u64,
+                checked_at: now_millis(),
+            }
+        }
+    };
+    if entry.size > MAX_MANIFEST_SIZE as u64 {
+        return Err(CacheError::ManifestTooLarge);
+    }
+    index.set_tag(&upstream.name, repo.as_str(), tag.as_str(), &entry)?;
+    Ok(entry)
+}
+
+fn manifest_body_error(e: crate::upstream::ReadError) -> CacheError {
+    match e {
+        crate::upstream::ReadError::TooLarge => CacheError::ManifestTooLarge,
+        crate::upstream::ReadError::Stalled(d) => CacheError::Stalled(d),
+        crate::upstream::ReadError::Transport(t) => CacheError::UpstreamBody(t),
+    }
+}
+
+async fn fetch_by_digest(
+    upstream: &Upstream,
+    repo: &RepoName,
+    digest: &Digest,
+    store: &Arc<FsStore>,
+    index: &Index,
+    metrics: &Metrics,
+) -> Result<Arc<Manifest>, CacheError> {
+    let response = upstream
+        .request(Method::GET, repo, &format!("manifests/{digest}"), None, full_accept())
+        .await?;
+    upstream.record_ratelimit(response.headers());
+    if response.status() != StatusCode::OK {
+        return Err(CacheError::from_upstream_status(&upstream.name, &response, "manifest"));
+    }
+    let media_type = content_type(response.headers());
+    let bytes = read_limited(response, MAX_MANIFEST_SIZE, upstream.idle_timeout())
+        .await
+        .map_err(manifest_body_error)?;
+    let actual = Digest::sha256_of(&bytes);
+    if actual != *digest {
+        metrics.digest_mismatches.inc();
+        return Err(CacheError::DigestMismatch {
+            expected: digest.clone(),
+            actual,
+        });
+    }
+    let media_type = media_type
+        .or_else(|| sniff_manifest_media_type(&bytes))
+        .ok_or(CacheError::BadManifestAnswer)?;
+    let to_store = bytes.clone();
+    let store = store.clone();
+    let d = digest.clone();
+    tokio::task::spawn_blocking(move || store.write_whole(Kind::Manifest, &d, &to_store)).await??;
+    index.record(Kind::Manifest, digest, bytes.len() as u64, Some(&media_type))?;
+    Ok(Arc::new(Manifest {
+        digest: digest.clone(),
+        media_type,
+        bytes,
+    }))
+}

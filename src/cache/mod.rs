@@ -1,0 +1,128 @@
+//! The cache: content-addressed blob and manifest files (the source of
+//! truth), the sled index beside them, blob fills that coalesce concurrent
+//! misses, and tag freshness.
+
+mod fill;
+mod index;
+mod manifests;
+mod single_flight;
+mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+pub use fill::{body_stream, wait_for_headers, Attached, BodySource, Fills, Progress, IO_CHUNK, UNKNOWN_SIZE};
+pub use index::{Index, ReconcileReport, TagEntry};
+pub use manifests::{Manifest, ManifestCache, Outcome, MAX_MANIFEST_SIZE};
+pub use single_flight::SingleFlight;
+pub use store::{FsStore, Kind};
+
+use crate::metrics::Metrics;
+use crate::registry::Digest;
+use crate::upstream::UpstreamError;
+
+/// Why a cache operation failed. Cloneable, because one fill's failure is
+/// delivered to every client attached to it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CacheError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("upstream {upstream} answered {status} for the {what}")]
+    UpstreamStatus {
+        upstream: String,
+        status: StatusCode,
+        what: &'static str,
+        retry_after: Option<String>,
+    },
+    #[error("upstream body failed: {0}")]
+    UpstreamBody(String),
+    #[error("upstream sent no data for {0:?}")]
+    Stalled(Duration),
+    #[error("upstream content has digest {actual}, not the requested {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("upstream content is {actual} bytes, not the announced {expected}")]
+    SizeMismatch { expected: u64, actual: u64 },
+    #[error("manifest is larger than {MAX_MANIFEST_SIZE} bytes")]
+    ManifestTooLarge,
+    #[error("upstream manifest answer has no usable digest or media type")]
+    BadManifestAnswer,
+    #[error("cache storage: {0}")]
+    Io(String),
+}
+
+impl CacheError {
+    pub fn from_upstream_status(upstream: &str, response: &reqwest::Response, what: &'static str) -> CacheError {
+        CacheError::UpstreamStatus {
+            upstream: upstream.to_owned(),
+            status: response.status(),
+            what,
+            retry_after: response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        }
+    }
+
+    fn fill_result_label(&self) -> &'static str {
+        match self {
+            CacheError::DigestMismatch { .. } => "digest_mismatch",
+            CacheError::SizeMismatch { .. } => "size_mismatch",
+            CacheError::UpstreamStatus { .. } => "upstream_status",
+            CacheError::Stalled(_) => "stalled",
+            CacheError::Io(_) => "storage_error",
+            _ => "upstream_error",
+        }
+    }
+}
+
+impl From<std::io::Error> for CacheError {
+    fn from(e: std::io::Error) -> Self {
+        CacheError::Io(e.to_string())
+    }
+}
+
+impl From<tokio::task::JoinError> for CacheError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        CacheError::Io(format!("background task failed: {e}"))
+    }
+}
+
+impl From<index::IndexError> for CacheError {
+    fn from(e: index::IndexError) -> Self {
+        CacheError::Io(e.to_string())
+    }
+}
+
+/// Everything the HTTP surface needs from the cache.
+pub struct Cache {
+    pub store: Arc<FsStore>,
+    pub index: Arc<Index>,
+    pub fills: Arc<Fills>,
+    pub manifests: ManifestCache,
+}
+
+impl Cache {
+    /// Opens the store (removing crash leftovers) and the index (moving an
+    /// unreadable one aside). Reconciling the two is [`Cache::reconcile`],
+    /// run in the background so startup stays fast.
+    pub fn open(dir: &Path, metrics: Arc<Metrics>) -> Result<Cache, CacheError> {
+        let store = Arc::new(FsStore::open(dir)?);
+        let index = Arc::new(Index::open(&dir.join("index"))?);
+        let fills = Arc::new(Fills::new(store.clone(), index.clone(), metrics.clone()));
+        let manifests = ManifestCache::new(store.clone(), index.clone(), metrics);
+        Ok(Cache {
+            store,
+            index,
+            fills,
+            manifests,
+        })
+    }
+
+    pub fn reconcile(&self) -> Result<ReconcileReport, CacheError> {
+        Ok(self.index.reconcile(&self.store)?)
+    }
+}

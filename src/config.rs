@@ -1,0 +1,317 @@
+//! Configuration: built-in defaults < TOML file < `REGCACHE_*` environment.
+//!
+//! Every struct denies unknown keys so that a typo is a startup error that
+//! names the key instead of a silently ignored setting.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Where the config is looked for when `--config` is not given.
+pub const SYSTEM_CONFIG_PATH: &str = "/etc/regcache/regcache.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Registry API listener.
+    pub listen: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub admin_listen: SocketAddr,
+    /// Blob files, manifests and the index live here.
+    pub cache_dir: PathBuf,
+    /// Requests that name no upstream (no `ns=`, no prefix) go here.
+    pub default_upstream: String,
+    /// Dialling an upstream may take this long.
+    pub connect_timeout: HumanDuration,
+    /// An upstream must answer with headers within this time.
+    pub header_timeout: HumanDuration,
+    /// A blob body that makes no progress for this long fails the fill.
+    /// There is deliberately no total timeout: multi-GB layers are normal.
+    pub idle_timeout: HumanDuration,
+    /// On SIGTERM, open responses get this long to finish.
+    pub shutdown_grace: HumanDuration,
+    /// Log format: "text" or "json".
+    pub log_format: LogFormat,
+    /// Absent in every source means the built-in presets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstreams: Option<Vec<UpstreamConfig>>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// What clients name in `ns=` or as a repository prefix.
+    pub name: String,
+    /// Base URL of the upstream registry (`https://` or `http://`).
+    pub url: String,
+    /// Other names that mean this upstream.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// How long a tag lookup is answered from the cache without asking the
+    /// upstream.
+    #[serde(default = "default_tag_ttl")]
+    pub tag_ttl: HumanDuration,
+}
+
+fn default_tag_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            cache_dir: PathBuf::from("regcache-data"),
+            default_upstream: "docker.io".into(),
+            connect_timeout: HumanDuration(Duration::from_secs(5)),
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+            idle_timeout: HumanDuration(Duration::from_secs(30)),
+            shutdown_grace: HumanDuration(Duration::from_secs(30)),
+            log_format: LogFormat::Text,
+            upstreams: None,
+        }
+    }
+}
+
+/// The upstreams that exist when no config names any: the public registries
+/// people pull from, anonymous.
+pub fn builtin_upstreams() -> Vec<UpstreamConfig> {
+    let preset = |name: &str, url: &str, aliases: &[&str]| UpstreamConfig {
+        name: name.into(),
+        url: url.into(),
+        aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        tag_ttl: default_tag_ttl(),
+    };
+    vec![
+        preset(
+            "docker.io",
+            "https://registry-1.docker.io",
+            &["index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"],
+        ),
+        preset("ghcr.io", "https://ghcr.io", &[]),
+        preset("quay.io", "https://quay.io", &[]),
+        preset("registry.k8s.io", "https://registry.k8s.io", &["k8s.gcr.io"]),
+        preset("gcr.io", "https://gcr.io", &[]),
+        preset("public.ecr.aws", "https://public.ecr.aws", &[]),
+        preset("mcr.microsoft.com", "https://mcr.microsoft.com", &[]),
+        preset("registry.gitlab.com", "https://registry.gitlab.com", &[]),
+    ]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Figment(#[from] Box<figment::Error>),
+    #[error("config file {path}: {source}")]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl Config {
+    /// Loads defaults, then `path` (or the system file when it exists), then
+    /// the environment, and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match path {
+            Some(p) => {
+                // Figment treats a missing file as empty; a named file must exist.
+                std::fs::metadata(p).map_err(|source| ConfigError::Unreadable {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                figment = figment.merge(Toml::file(p));
+            }
+            None if Path::new(SYSTEM_CONFIG_PATH).exists() => {
+                figment = figment.merge(Toml::file(SYSTEM_CONFIG_PATH));
+            }
+            None => {}
+        }
+        figment = figment.merge(Env::prefixed("REGCACHE_").split("__"));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn upstreams(&self) -> Vec<UpstreamConfig> {
+        self.upstreams.clone().unwrap_or_else(builtin_upstreams)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        let upstreams = self.upstreams();
+        if upstreams.is_empty() {
+            return invalid("upstreams".into(), "at least one upstream is needed".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, u) in upstreams.iter().enumerate() {
+            if u.name.trim().is_empty() {
+                return invalid(format!("upstreams[{i}].name"), "must not be empty".into());
+            }
+            for n in std::iter::once(&u.name).chain(&u.aliases) {
+                if !seen.insert(n.to_ascii_lowercase()) {
+                    return invalid(
+                        format!("upstreams[{i}]"),
+                        format!("the name or alias {n:?} is used twice"),
+                    );
+                }
+            }
+            match reqwest::Url::parse(&u.url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+                Ok(_) => {
+                    return invalid(
+                        format!("upstreams[{i}].url"),
+                        format!("{:?} must be an http:// or https:// URL with a host", u.url),
+                    )
+                }
+                Err(e) => return invalid(format!("upstreams[{i}].url"), format!("{:?}: {e}", u.url)),
+            }
+        }
+        let default_known = upstreams.iter().any(|u| {
+            u.name.eq_ignore_ascii_case(&self.default_upstream)
+                || u.aliases.iter().any(|a| a.eq_ignore_ascii_case(&self.default_upstream))
+        });
+        if !default_known {
+            return invalid(
+                "default_upstream".into(),
+                format!("{:?} names no configured upstream", self.default_upstream),
+            );
+        }
+        for (key, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("header_timeout", self.header_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if d.0.is_zero() {
+                return invalid(key.into(), "must be greater than zero".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective config as TOML, for `check-config`.
+    pub fn to_toml(&self) -> String {
+        let mut effective = self.clone();
+        effective.upstreams = Some(self.upstreams());
+        toml::to_string_pretty(&effective).unwrap_or_else(|e| format!("# cannot print: {e}"))
+    }
+}
+
+/// A duration written as "5m", "30s", "7d" (or a number of seconds).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl fmt::Debug for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Seconds(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Seconds(s) => Ok(HumanDuration(Duration::from_secs(s))),
+            Raw::Text(t) => humantime::parse_duration(t.trim())
+                .map(HumanDuration)
+                .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_are_a_docker_hub_mirror() {
+        Jail::expect_with(|_jail| {
+            let c = Config::load(None).expect("defaults load");
+            assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+            assert_eq!(c.default_upstream, "docker.io");
+            assert_eq!(c.upstreams().len(), 8);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "r.toml",
+                r#"
+                listen = "127.0.0.1:6000"
+                default_upstream = "local"
+                [[upstreams]]
+                name = "local"
+                url = "http://127.0.0.1:5001"
+                tag_ttl = "1m"
+                "#,
+            )?;
+            jail.set_env("REGCACHE_LISTEN", "127.0.0.1:7000");
+            jail.set_env("REGCACHE_CACHE_DIR", "/tmp/x");
+            let c = Config::load(Some(Path::new("r.toml"))).expect("loads");
+            assert_eq!(c.listen.to_string(), "127.0.0.1:7000");
+            assert_eq!(c.cache_dir, PathBuf::from("/tmp/x"));
+            let ups = c.upstreams();
+            assert_eq!(ups.len(), 1);
+            assert_eq!(ups[0].tag_ttl.get(), Duration::from_secs(60));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_and_bad_keys_are_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file("a.toml", "listne = \"127.0.0.1:1\"\n")?;
+            let e = Config::load(Some(Path::new("a.toml"))).unwrap_err().to_string();
+            assert!(e.contains("listne"), "{e}");
+            jail.create_file("b.toml", "header_timeout = \"soon\"\n")?;
+            let e = Config::load(Some(Path::new("b.toml"))).unwrap_err().to_string();
+            assert!(e.contains("header_timeout"), "{e}");
+            jail.create_file("c.toml", "default_upstream = \"nowhere.example\"\n")?;
+            let e = Config::load(Some(Path::new("c.toml"))).unwrap_err().to_string();
+            assert!(e.contains("default_upstream"), "{e}");
+            jail.create_file(
+                "d.toml",
+                "[[upstreams]]\nname = \"x\"\nurl = \"ftp://h\"\ncolour = 1\n",
+            )?;
+            let e = Config::load(Some(Path::new("d.toml"))).unwrap_err().to_string();
+            assert!(e.contains("colour"), "{e}");
+            let e = Config::load(Some(Path::new("missing.toml"))).unwrap_err().to_string();
+            assert!(e.contains("missing.toml"), "{e}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,112 @@
+//! The HTTP surface: the registry API listener, the admin listener, request
+//! routing and the OCI error format.
+
+mod admin;
+mod blobs;
+pub mod body;
+pub mod error;
+mod manifests;
+mod passthrough;
+pub mod range;
+pub mod route;
+mod server;
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response};
+
+pub use admin::admin_service;
+pub use server::{serve, Listener, Shutdown};
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::upstream::Upstreams;
+use body::Body;
+use error::{ApiError, Code};
+use route::{Endpoint, Parsed};
+
+/// What every request handler shares.
+pub struct App {
+    pub config: Config,
+    pub upstreams: Upstreams,
+    pub cache: Cache,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Fields of the one access-log line each request gets.
+#[derive(Default)]
+pub struct RequestLog {
+    pub route: &'static str,
+    pub upstream: Option<Arc<str>>,
+    pub outcome: &'static str,
+}
+
+/// Answers one registry API request.
+pub async fn handle<B>(app: &App, request: Request<B>, log: &mut RequestLog) -> Response<Body> {
+    let head = request.method() == Method::HEAD;
+    let mut response = match route_and_answer(app, &request, head, log).await {
+        Ok(r) => r,
+        Err(e) => {
+            if log.outcome.is_empty() {
+                log.outcome = "error";
+            }
+            e.into_response(head)
+        }
+    };
+    response.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    response
+}
+
+async fn route_and_answer<B>(app: &App, request: &Request<B>, head: bool, log: &mut RequestLog) -> Result<Response<Body>, ApiError> {
+    let uri = request.uri();
+    if uri.path().len() + uri.query().map_or(0, str::len) > 4096 {
+        return Err(ApiError::new(http::StatusCode::URI_TOO_LONG, Code::NameInvalid, "request URI too long"));
+    }
+    let route = match route::parse(request.method(), uri.path(), uri.query(), &app.upstreams) {
+        Ok(Parsed::Base) => {
+            log.route = "base";
+            let mut r = Response::new(if head { body::empty() } else { body::full("{}") });
+            r.headers_mut()
+                .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(2));
+            return Ok(r);
+        }
+        Ok(Parsed::Repo(route)) => route,
+        Err(e) => {
+            log.route = "invalid";
+            return Err(e);
+        }
+    };
+    log.upstream = Some(route.upstream.name.clone());
+    let headers = request.headers();
+    let mut response = match &route.endpoint {
+        Endpoint::Blob(digest) => {
+            log.route = "blob";
+            blobs::blob(app, &route, digest, head, headers, log).await?
+        }
+        Endpoint::Manifest(reference) => {
+            log.route = "manifest";
+            manifests::manifest(app, &route, reference, head, headers, log).await?
+        }
+        Endpoint::TagsList => {
+            log.route = "tags";
+            log.outcome = "passthrough";
+            passthrough::listing(&route, "tags/list", uri.path(), uri.query(), head, Code::NameUnknown).await?
+        }
+        Endpoint::Referrers(digest) => {
+            log.route = "referrers";
+            log.outcome = "passthrough";
+            let suffix = format!("referrers/{digest}");
+            passthrough::listing(&route, &suffix, uri.path(), uri.query(), head, Code::ManifestUnknown).await?
+        }
+    };
+    // The OCI spec asks proxies to echo the namespace they served.
+    if let Some(v) = route.client_ns.as_deref().and_then(|ns| HeaderValue::from_str(ns).ok()) {
+        response.headers_mut().insert("oci-namespace", v);
+    }
+    Ok(response)
+}

@@ -1,0 +1,13 @@
+//! The registry protocol's vocabulary: repository names, references,
+//! digests and media types, each validated against the distribution grammar
+//! before anything else sees them.
+
+mod digest;
+mod media_type;
+mod name;
+pub mod reference;
+
+pub use digest::{Digest, DigestError, Sha256Hasher};
+pub use media_type::{accepts, sniff_manifest_media_type, AcceptList, MANIFEST_MEDIA_TYPES};
+pub use name::{NameError, RepoName};
+pub use reference::{Reference, Tag, TagError};
