@@ -216,12 +216,12 @@ async fn revalidate_tag(upstream: &Upstream, repo: &RepoName, tag: &Tag, index: 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<Digest>().ok());
     let media_type = content_type(headers);
-    let size = response.content_length().or_else(|| {
-        headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-    });
+    // The header, not `content_length()`: a HEAD response's body is empty,
+    // and reqwest reports the body's length.
+    let size: Option<u64> = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     let entry = match (digest, media_type, size) {
         (Some(digest), Some(media_type), Some(size)) => TagEntry {
             digest: digest.to_string(),

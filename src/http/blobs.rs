@@ -119,7 +119,7 @@ fn respond(
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(end - start));
     }
     let body = if head {
-        body::empty()
+        body::head()
     } else {
         body::stream(body_stream(source, start, end, app.metrics.clone()))
     };
@@ -145,7 +145,7 @@ async fn head_upstream(route: &Route, digest: &Digest) -> Result<Response<Body>,
     if let Some(len) = response.headers().get(http::header::CONTENT_LENGTH) {
         headers.insert(http::header::CONTENT_LENGTH, len.clone());
     }
-    let mut out = Response::new(body::empty());
+    let mut out = Response::new(body::head());
     *out.headers_mut() = headers;
     Ok(out)
 }

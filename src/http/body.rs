@@ -14,6 +14,13 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// The body of a HEAD answer. Its size is reported as unknown rather than
+/// zero, so that hyper keeps the `Content-Length` the handler set (the
+/// length a GET would have), which containerd needs to resolve a tag.
+pub fn head() -> Body {
+    stream(futures_util::stream::empty())
+}
+
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }

@@ -84,7 +84,7 @@ fn manifest_response(
         .any(|t| t.trim() == etag || t.trim() == "*");
     let mut response = Response::new(match body {
         Some(m) if !not_modified => body::full(m.bytes.clone()),
-        _ => body::empty(),
+        _ => body::head(),
     });
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(media_type) {

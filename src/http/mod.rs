@@ -69,7 +69,7 @@ async fn route_and_answer<B>(app: &App, request: &Request<B>, head: bool, log: &
     let route = match route::parse(request.method(), uri.path(), uri.query(), &app.upstreams) {
         Ok(Parsed::Base) => {
             log.route = "base";
-            let mut r = Response::new(if head { body::empty() } else { body::full("{}") });
+            let mut r = Response::new(if head { body::head() } else { body::full("{}") });
             r.headers_mut()
                 .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             r.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(2));

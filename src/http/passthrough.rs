@@ -79,7 +79,7 @@ pub async fn relay(
         if let Some(len) = response.headers().get(http::header::CONTENT_LENGTH) {
             out_headers.insert(http::header::CONTENT_LENGTH, len.clone());
         }
-        body::empty()
+        body::head()
     } else {
         let bytes = read_limited(response, limit, upstream.idle_timeout())
             .await

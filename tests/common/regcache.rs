@@ -1,0 +1,249 @@
+//! Runs the real `regcache` binary for end-to-end tests: its own config
+//! file, its own cache directory, free ports on 127.0.0.1.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One upstream entry for the generated config.
+pub struct UpstreamEntry {
+    pub name: String,
+    pub url: String,
+    pub aliases: Vec<String>,
+    pub tag_ttl: String,
+}
+
+impl UpstreamEntry {
+    pub fn new(name: &str, url: &str) -> UpstreamEntry {
+        UpstreamEntry {
+            name: name.into(),
+            url: url.into(),
+            aliases: Vec::new(),
+            tag_ttl: "5m".into(),
+        }
+    }
+
+    pub fn alias(mut self, alias: &str) -> Self {
+        self.aliases.push(alias.into());
+        self
+    }
+
+    pub fn tag_ttl(mut self, ttl: &str) -> Self {
+        self.tag_ttl = ttl.into();
+        self
+    }
+}
+
+pub struct Regcache {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: PathBuf,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Regcache {
+    /// Starts regcache with these upstreams; the first is the default.
+    pub fn start(upstreams: &[UpstreamEntry]) -> Regcache {
+        Self::start_with(upstreams, "")
+    }
+
+    /// `extra` is appended to the top-level keys of the config.
+    pub fn start_with(upstreams: &[UpstreamEntry], extra: &str) -> Regcache {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_owned();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut config = format!(
+            "listen = \"{addr}\"\nadmin_listen = \"{admin}\"\ncache_dir = \"{}\"\ndefault_upstream = \"{}\"\n{extra}\n",
+            dir.join("cache").display(),
+            upstreams[0].name
+        );
+        for u in upstreams {
+            let aliases: Vec<String> = u.aliases.iter().map(|a| format!("{a:?}")).collect();
+            config.push_str(&format!(
+                "\n[[upstreams]]\nname = {:?}\nurl = {:?}\naliases = [{}]\ntag_ttl = {:?}\n",
+                u.name,
+                u.url,
+                aliases.join(", "),
+                u.tag_ttl
+            ));
+        }
+        let config_path = dir.join("regcache.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut rc = Regcache {
+            child: None,
+            addr,
+            admin,
+            log_path: dir.join("regcache.log"),
+            config_path,
+            dir,
+            _tmp: Some(tmp),
+        };
+        rc.spawn();
+        rc
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.join("cache")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_regcache"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info,regcache=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn regcache");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("regcache exited at startup ({status}); log:\n{}", self.log());
+            }
+            if http_get(self.admin, "/healthz").map(|r| r.status == 200).unwrap_or(false) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "regcache did not start; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `host:port`, as skopeo references want it.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").map(|r| r.text()).unwrap_or_default()
+    }
+
+    /// The value of one sample line (`name{labels}`) in `/metrics`, 0 if absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        self.cache_dir().join("index")
+    }
+
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.cache_dir().join("blobs/sha256").join(&hex[..2]).join(hex)
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.cache_dir().join("tmp")
+    }
+}
+
+impl Drop for Regcache {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- regcache log ({}) ---\n{}", self.log_path.display(), self.log());
+        }
+    }
+}
+
+/// A minimal blocking HTTP/1.1 exchange, for readiness probes and metrics.
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<RawResponse> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status"))?;
+    Ok(RawResponse {
+        status,
+        head,
+        body: raw[split + 4..].to_vec(),
+    })
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
