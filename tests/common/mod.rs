@@ -4,5 +4,6 @@
 
 pub mod fake_upstream;
 pub mod images;
+pub mod ns_shim;
 pub mod regcache;
 pub mod registry;

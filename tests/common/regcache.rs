@@ -1,18 +1,12 @@
 //! Runs the real `regcache` binary for end-to-end tests: its own config
 //! file, its own cache directory, free ports on 127.0.0.1.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use super::registry::{free_port, http_get};
 
 /// One upstream entry for the generated config.
 pub struct UpstreamEntry {
@@ -173,7 +167,9 @@ impl Regcache {
     }
 
     pub fn metrics(&self) -> String {
-        http_get(self.admin, "/metrics").map(|r| r.text()).unwrap_or_default()
+        http_get(self.admin, "/metrics")
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .unwrap_or_default()
     }
 
     /// The value of one sample line (`name{labels}`) in `/metrics`, 0 if absent.
@@ -206,44 +202,4 @@ impl Drop for Regcache {
             eprintln!("--- regcache log ({}) ---\n{}", self.log_path.display(), self.log());
         }
     }
-}
-
-/// A minimal blocking HTTP/1.1 exchange, for readiness probes and metrics.
-pub struct RawResponse {
-    pub status: u16,
-    pub head: String,
-    pub body: Vec<u8>,
-}
-
-impl RawResponse {
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<RawResponse> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no header end"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other("no status"))?;
-    Ok(RawResponse {
-        status,
-        head,
-        body: raw[split + 4..].to_vec(),
-    })
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }
