@@ -99,11 +99,19 @@ pub fn builtin_upstreams() -> Vec<UpstreamConfig> {
         preset(
             "docker.io",
             "https://registry-1.docker.io",
-            &["index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"],
+            &[
+                "index.docker.io",
+                "registry-1.docker.io",
+                "registry.hub.docker.com",
+            ],
         ),
         preset("ghcr.io", "https://ghcr.io", &[]),
         preset("quay.io", "https://quay.io", &[]),
-        preset("registry.k8s.io", "https://registry.k8s.io", &["k8s.gcr.io"]),
+        preset(
+            "registry.k8s.io",
+            "https://registry.k8s.io",
+            &["k8s.gcr.io"],
+        ),
         preset("gcr.io", "https://gcr.io", &[]),
         preset("public.ecr.aws", "https://public.ecr.aws", &[]),
         preset("mcr.microsoft.com", "https://mcr.microsoft.com", &[]),
@@ -116,7 +124,10 @@ pub enum ConfigError {
     #[error("{0}")]
     Figment(#[from] Box<figment::Error>),
     #[error("config file {path}: {source}")]
-    Unreadable { path: PathBuf, source: std::io::Error },
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
 }
@@ -177,12 +188,16 @@ impl Config {
                         format!("{:?} must be an http:// or https:// URL with a host", u.url),
                     )
                 }
-                Err(e) => return invalid(format!("upstreams[{i}].url"), format!("{:?}: {e}", u.url)),
+                Err(e) => {
+                    return invalid(format!("upstreams[{i}].url"), format!("{:?}: {e}", u.url))
+                }
             }
         }
         let default_known = upstreams.iter().any(|u| {
             u.name.eq_ignore_ascii_case(&self.default_upstream)
-                || u.aliases.iter().any(|a| a.eq_ignore_ascii_case(&self.default_upstream))
+                || u.aliases
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(&self.default_upstream))
         });
         if !default_known {
             return invalid(
@@ -295,21 +310,31 @@ mod tests {
     fn unknown_and_bad_keys_are_named() {
         Jail::expect_with(|jail| {
             jail.create_file("a.toml", "listne = \"127.0.0.1:1\"\n")?;
-            let e = Config::load(Some(Path::new("a.toml"))).unwrap_err().to_string();
+            let e = Config::load(Some(Path::new("a.toml")))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("listne"), "{e}");
             jail.create_file("b.toml", "header_timeout = \"soon\"\n")?;
-            let e = Config::load(Some(Path::new("b.toml"))).unwrap_err().to_string();
+            let e = Config::load(Some(Path::new("b.toml")))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("header_timeout"), "{e}");
             jail.create_file("c.toml", "default_upstream = \"nowhere.example\"\n")?;
-            let e = Config::load(Some(Path::new("c.toml"))).unwrap_err().to_string();
+            let e = Config::load(Some(Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("default_upstream"), "{e}");
             jail.create_file(
                 "d.toml",
                 "[[upstreams]]\nname = \"x\"\nurl = \"ftp://h\"\ncolour = 1\n",
             )?;
-            let e = Config::load(Some(Path::new("d.toml"))).unwrap_err().to_string();
+            let e = Config::load(Some(Path::new("d.toml")))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("colour"), "{e}");
-            let e = Config::load(Some(Path::new("missing.toml"))).unwrap_err().to_string();
+            let e = Config::load(Some(Path::new("missing.toml")))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("missing.toml"), "{e}");
             Ok(())
         });

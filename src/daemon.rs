@@ -41,7 +41,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // served from the files meanwhile, so startup does not wait on a scan.
     let reconciling = app.clone();
     tokio::task::spawn_blocking(move || match reconciling.cache.reconcile() {
-        Ok(report) => tracing::info!(added = report.added, dropped = report.dropped, "index reconciled with the blob store"),
+        Ok(report) => tracing::info!(
+            added = report.added,
+            dropped = report.dropped,
+            "index reconciled with the blob store"
+        ),
         Err(e) => tracing::error!(error = %e, "reconciling the index failed"),
     });
     let flushing = app.clone();
@@ -82,8 +86,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         grace,
     ));
 
+    // Under systemd (Type=notify) the unit is "started" only now, with both
+    // listeners bound; elsewhere NOTIFY_SOCKET is unset and this does nothing.
+    notify_systemd(sd_notify::NotifyState::Ready);
+
     wait_for_signal().await;
-    tracing::info!(?grace, "shutting down: no new connections, finishing open ones");
+    notify_systemd(sd_notify::NotifyState::Stopping);
+    tracing::info!(
+        ?grace,
+        "shutting down: no new connections, finishing open ones"
+    );
     let _ = stop.send(true);
     let _ = tokio::join!(registry, admin);
     flusher.abort();
@@ -93,6 +105,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("flushing the index")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, "telling systemd our state failed");
+    }
 }
 
 async fn wait_for_signal() {

@@ -34,10 +34,16 @@ impl Metrics {
             .expect("a constant prefix is valid");
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
-        let requests = counter_vec("http_requests_total", "Requests by route and status.", &["route", "status"]);
+        let requests = counter_vec(
+            "http_requests_total",
+            "Requests by route and status.",
+            &["route", "status"],
+        );
         let cache = counter_vec(
             "cache_requests_total",
             "Cache lookups by kind (blob, manifest, tag) and outcome (hit, miss, coalesced, revalidated).",
@@ -53,14 +59,23 @@ impl Metrics {
             "Requests sent upstream, by upstream and status.",
             &["upstream", "status"],
         );
-        let fills = counter_vec("fills_total", "Blob fills that ended, by result.", &["result"]);
+        let fills = counter_vec(
+            "fills_total",
+            "Blob fills that ended, by result.",
+            &["result"],
+        );
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let fills_in_progress = gauge("fills_in_progress", "Blob fills running now.");
-        let fill_waiters = gauge("fill_waiters", "Client responses streaming from a running fill.");
+        let fill_waiters = gauge(
+            "fill_waiters",
+            "Client responses streaming from a running fill.",
+        );
         let digest_mismatches = IntCounter::new(
             "digest_mismatches_total",
             "Upstream content whose bytes did not match the requested digest.",

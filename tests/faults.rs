@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::fake_upstream::{random_bytes, sha256_digest, Behaviour, Fault, FakeUpstream, OCI_MANIFEST};
+use common::fake_upstream::{
+    random_bytes, sha256_digest, Behaviour, FakeUpstream, Fault, OCI_MANIFEST,
+};
 use common::regcache::{Regcache, UpstreamEntry};
 
 const MIB: usize = 1024 * 1024;
@@ -33,7 +35,9 @@ fn cached(rc: &Regcache, digest: &str) -> bool {
 }
 
 fn tmp_is_empty(rc: &Regcache) -> bool {
-    std::fs::read_dir(rc.tmp_dir()).map(|d| d.count() == 0).unwrap_or(true)
+    std::fs::read_dir(rc.tmp_dir())
+        .map(|d| d.count() == 0)
+        .unwrap_or(true)
 }
 
 async fn get_body(url: &str) -> Result<Vec<u8>, reqwest::Error> {
@@ -49,14 +53,19 @@ async fn wrong_bytes_fail_the_transfer_and_are_never_cached() {
     fake.set_blob_fault(&digest, Fault::WrongBytes);
 
     let first = get_body(&blob_url(&rc, &digest)).await;
-    assert!(first.is_err(), "a body that fails verification must not end cleanly");
+    assert!(
+        first.is_err(),
+        "a body that fails verification must not end cleanly"
+    );
     assert!(!cached(&rc, &digest));
     assert!(tmp_is_empty(&rc));
     assert!(rc.metric("regcache_digest_mismatches_total") >= 1.0);
 
     // The next request starts a fresh fill and, with the upstream fixed, succeeds.
     fake.clear_faults();
-    let body = get_body(&blob_url(&rc, &digest)).await.expect("refetch works");
+    let body = get_body(&blob_url(&rc, &digest))
+        .await
+        .expect("refetch works");
     assert_eq!(sha256_digest(&body), digest);
     assert!(cached(&rc, &digest));
     assert_eq!(fake.count("GET", &format!("/blobs/{digest}")), 2);
@@ -70,12 +79,17 @@ async fn a_dropped_upstream_connection_fails_clients_and_caches_nothing() {
     fake.set_blob_fault(&digest, Fault::DropAfter(MIB + 5));
 
     let first = get_body(&blob_url(&rc, &digest)).await;
-    assert!(first.is_err(), "a truncated upstream must abort the client's transfer");
+    assert!(
+        first.is_err(),
+        "a truncated upstream must abort the client's transfer"
+    );
     assert!(!cached(&rc, &digest));
     assert!(tmp_is_empty(&rc));
 
     fake.clear_faults();
-    let body = get_body(&blob_url(&rc, &digest)).await.expect("refetch works");
+    let body = get_body(&blob_url(&rc, &digest))
+        .await
+        .expect("refetch works");
     assert_eq!(body, data);
     assert!(cached(&rc, &digest));
 }
@@ -101,12 +115,19 @@ async fn a_client_that_hangs_up_does_not_stop_the_fill() {
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !cached(&rc, &digest) {
-        assert!(std::time::Instant::now() < deadline, "the fill never completed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fill never completed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let body = get_body(&blob_url(&rc, &digest)).await.unwrap();
     assert_eq!(body, data);
-    assert_eq!(fake.count("GET", &format!("/blobs/{digest}")), 1, "served from cache");
+    assert_eq!(
+        fake.count("GET", &format!("/blobs/{digest}")),
+        1,
+        "served from cache"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +160,10 @@ async fn concurrent_cold_requests_share_one_upstream_fetch_including_late_joiner
     }
     assert_eq!(fake.count("GET", &format!("/blobs/{digest}")), 1);
     let coalesced = rc.metric("regcache_cache_requests_total{kind=\"blob\",outcome=\"coalesced\"}");
-    assert!(coalesced >= 10.0, "late joiners attach to the fill (coalesced = {coalesced})");
+    assert!(
+        coalesced >= 10.0,
+        "late joiners attach to the fill (coalesced = {coalesced})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,38 +175,70 @@ async fn ranges_on_cached_blobs() {
     assert_eq!(get_body(&url).await.unwrap(), data);
     let c = client();
 
-    let r = c.get(&url).header("Range", "bytes=100-199").send().await.unwrap();
+    let r = c
+        .get(&url)
+        .header("Range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 100-199/1000");
     assert_eq!(r.headers()["content-length"], "100");
     assert_eq!(r.bytes().await.unwrap(), &data[100..200]);
 
-    let r = c.get(&url).header("Range", "bytes=900-").send().await.unwrap();
+    let r = c
+        .get(&url)
+        .header("Range", "bytes=900-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await.unwrap(), &data[900..]);
 
-    let r = c.get(&url).header("Range", "bytes=-10").send().await.unwrap();
+    let r = c
+        .get(&url)
+        .header("Range", "bytes=-10")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 990-999/1000");
     assert_eq!(r.bytes().await.unwrap(), &data[990..]);
 
-    let r = c.get(&url).header("Range", "bytes=1000-").send().await.unwrap();
+    let r = c
+        .get(&url)
+        .header("Range", "bytes=1000-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 416);
     assert_eq!(r.headers()["content-range"], "bytes */1000");
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["errors"][0]["code"], "RANGE_INVALID");
 
-    let r = c.get(&url).header("Range", "bytes=oops").send().await.unwrap();
+    let r = c
+        .get(&url)
+        .header("Range", "bytes=oops")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 416);
     let v: serde_json::Value = r.json().await.unwrap();
-    assert!(v["errors"][0]["message"].as_str().unwrap().contains("Range"));
+    assert!(v["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Range"));
 
     let r = c.head(&url).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-length"], "1000");
     assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
     assert_eq!(r.headers()["accept-ranges"], "bytes");
-    assert_eq!(fake.count("GET", "/blobs/"), 1, "ranges are served from the cache");
+    assert_eq!(
+        fake.count("GET", "/blobs/"),
+        1,
+        "ranges are served from the cache"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,38 +248,71 @@ async fn a_fresh_tag_is_answered_without_the_upstream() {
     let manifest = format!(
         r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[]}}"#
     );
-    let digest = fake.add_manifest("test/app", Some("v1"), OCI_MANIFEST, manifest.clone().into_bytes());
+    let digest = fake.add_manifest(
+        "test/app",
+        Some("v1"),
+        OCI_MANIFEST,
+        manifest.clone().into_bytes(),
+    );
     let c = client();
     let url = format!("{}/v2/test/app/manifests/v1", rc.url());
     for _ in 0..3 {
-        let r = c.get(&url).header("Accept", OCI_MANIFEST).send().await.unwrap();
+        let r = c
+            .get(&url)
+            .header("Accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
         assert_eq!(r.headers()["content-type"], OCI_MANIFEST);
         assert_eq!(r.text().await.unwrap(), manifest);
-        let r = c.head(&url).header("Accept", OCI_MANIFEST).send().await.unwrap();
+        let r = c
+            .head(&url)
+            .header("Accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
-        assert_eq!(r.headers()["content-length"], manifest.len().to_string().as_str());
+        assert_eq!(
+            r.headers()["content-length"],
+            manifest.len().to_string().as_str()
+        );
         assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
     }
-    assert_eq!(fake.count("*", "/manifests/v1"), 1, "one HEAD, then answered from the cache");
+    assert_eq!(
+        fake.count("*", "/manifests/v1"),
+        1,
+        "one HEAD, then answered from the cache"
+    );
     assert_eq!(fake.count("GET", &format!("/manifests/{digest}")), 1);
 
     // By digest it never goes upstream again.
-    let r = c.get(format!("{}/v2/test/app/manifests/{digest}", rc.url())).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v2/test/app/manifests/{digest}", rc.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(fake.count("GET", &format!("/manifests/{digest}")), 1);
 
     // A client that accepts only another type is relayed uncached.
     let r = c
         .get(&url)
-        .header("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .header(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let relayed = fake.requests_matching("GET", "/manifests/v1");
-    assert_eq!(relayed.len(), 1, "relayed to the upstream, not served from the cache");
+    assert_eq!(
+        relayed.len(),
+        1,
+        "relayed to the upstream, not served from the cache"
+    );
     assert_eq!(
         relayed[0].header("accept"),
         Some("application/vnd.docker.distribution.manifest.v2+json"),
@@ -246,7 +335,11 @@ async fn a_tag_past_its_ttl_is_revalidated_with_head_and_follows_a_move() {
     let r = c.get(&url).send().await.unwrap();
     assert_eq!(r.headers()["docker-content-digest"], d1.as_str());
     assert_eq!(fake.count("HEAD", "/manifests/v1"), 2);
-    assert_eq!(fake.count("GET", "/manifests/"), 1, "unchanged tag: no second download");
+    assert_eq!(
+        fake.count("GET", "/manifests/"),
+        1,
+        "unchanged tag: no second download"
+    );
 
     let d2 = fake.add_manifest("test/app", Some("v1"), OCI_MANIFEST, m2.into_bytes());
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -264,14 +357,21 @@ async fn an_unconfigured_namespace_is_refused_without_dialling_it() {
     let host = bystander.local_addr().unwrap().to_string();
     let c = client();
     let r = c
-        .get(format!("{}/v2/x/y/manifests/v1?ns={}", rc.url(), host.replace(':', "%3A")))
+        .get(format!(
+            "{}/v2/x/y/manifests/v1?ns={}",
+            rc.url(),
+            host.replace(':', "%3A")
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["errors"][0]["code"], "NAME_UNKNOWN");
-    assert!(v["errors"][0]["message"].as_str().unwrap().contains("no upstream configured"));
+    assert!(v["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no upstream configured"));
     let r = c
         .get(format!("{}/v2/evil.example.com/y/manifests/v1", rc.url()))
         .send()
@@ -279,8 +379,15 @@ async fn an_unconfigured_namespace_is_refused_without_dialling_it() {
         .unwrap();
     assert_eq!(r.status(), 404);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(bystander.accept().is_err(), "nothing connected to the unconfigured host");
-    assert_eq!(fake.connections(), 0, "the default upstream was not asked either");
+    assert!(
+        bystander.accept().is_err(),
+        "nothing connected to the unconfigured host"
+    );
+    assert_eq!(
+        fake.connections(),
+        0,
+        "the default upstream was not asked either"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,7 +401,11 @@ async fn upstream_errors_reach_clients_as_oci_errors() {
     assert_eq!(v["errors"][0]["code"], "MANIFEST_UNKNOWN");
 
     fake.set_global_fault(Fault::status_with(429, &[("Retry-After", "7")]));
-    let r = c.get(format!("{}/v2/test/app/manifests/other", rc.url())).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v2/test/app/manifests/other", rc.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "7");
     let v: serde_json::Value = r.json().await.unwrap();
@@ -306,32 +417,55 @@ async fn upstream_errors_reach_clients_as_oci_errors() {
     assert_eq!(r.status(), 502);
     let r = c.head(blob_url(&rc, &digest)).send().await.unwrap();
     assert_eq!(r.status(), 502);
-    assert!(r.bytes().await.unwrap().is_empty(), "HEAD errors carry no body");
+    assert!(
+        r.bytes().await.unwrap().is_empty(),
+        "HEAD errors carry no body"
+    );
 
-    let r = c.put(format!("{}/v2/test/app/manifests/v1", rc.url())).send().await.unwrap();
+    let r = c
+        .put(format!("{}/v2/test/app/manifests/v1", rc.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["errors"][0]["code"], "UNSUPPORTED");
 
-    let r = c.get(format!("{}/v2/test/app/blobs/sha256:nothex", rc.url())).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v2/test/app/blobs/sha256:nothex", rc.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["errors"][0]["code"], "DIGEST_INVALID");
 
     let r = c.get(format!("{}/v2/", rc.url())).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["docker-distribution-api-version"], "registry/2.0");
+    assert_eq!(
+        r.headers()["docker-distribution-api-version"],
+        "registry/2.0"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_list_and_referrers_are_relayed_with_links_rewritten() {
     let (fake, rc) = setup().await;
     for t in ["a", "b", "c"] {
-        fake.add_manifest("test/app", Some(t), OCI_MANIFEST, format!("{{\"t\":\"{t}\"}}").into_bytes());
+        fake.add_manifest(
+            "test/app",
+            Some(t),
+            OCI_MANIFEST,
+            format!("{{\"t\":\"{t}\"}}").into_bytes(),
+        );
     }
     let c = client();
     let r = c
-        .get(format!("{}/v2/test/app/tags/list?n=2&ns={}", rc.url(), fake.host()))
+        .get(format!(
+            "{}/v2/test/app/tags/list?n=2&ns={}",
+            rc.url(),
+            fake.host()
+        ))
         .send()
         .await
         .unwrap();
@@ -342,9 +476,24 @@ async fn tags_list_and_referrers_are_relayed_with_links_rewritten() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["tags"].as_array().unwrap().len(), 2);
     let forwarded = fake.requests_matching("GET", "/tags/list");
-    assert!(!forwarded[0].query.clone().unwrap_or_default().contains("ns="), "ns is not sent upstream");
+    assert!(
+        !forwarded[0]
+            .query
+            .clone()
+            .unwrap_or_default()
+            .contains("ns="),
+        "ns is not sent upstream"
+    );
 
     let subject = sha256_digest(b"subject");
-    let r = c.get(format!("{}/v2/test/app/referrers/{subject}", rc.url())).send().await.unwrap();
-    assert_eq!(r.status(), 404, "an upstream 404 stays a 404 so clients fall back to tag schema");
+    let r = c
+        .get(format!("{}/v2/test/app/referrers/{subject}", rc.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "an upstream 404 stays a 404 so clients fall back to tag schema"
+    );
 }

@@ -32,7 +32,8 @@ fn pull_and_compare(fixture: &Fixture, reference: &str) {
 async fn skopeo_pulls_every_image_kind_through_every_routing_style() {
     let upstream = Registry::start();
     let fixtures = images::load_fixtures(&upstream);
-    let rc = Regcache::start(&[UpstreamEntry::new("local", &upstream.url()).alias(&upstream.host())]);
+    let rc =
+        Regcache::start(&[UpstreamEntry::new("local", &upstream.url()).alias(&upstream.host())]);
     let shim = NsShim::start(rc.addr, &upstream.host()).await;
 
     for fixture in fixtures.all() {
@@ -53,7 +54,10 @@ async fn skopeo_pulls_every_image_kind_through_every_routing_style() {
     // Each blob came from the upstream once, however many pulls.
     let big = format!("/blobs/{}", fixtures.big_layer_digest);
     assert_eq!(upstream.request_count("GET", &big), 1);
-    assert!(rc.metric("regcache_served_bytes_total{source=\"cache\"}") > 2.0 * fixtures.big_layer_size as f64);
+    assert!(
+        rc.metric("regcache_served_bytes_total{source=\"cache\"}")
+            > 2.0 * fixtures.big_layer_size as f64
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +86,10 @@ async fn twenty_concurrent_cold_gets_of_a_large_blob_cost_one_upstream_get() {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
-            (n, format!("sha256:{}", hex::encode(sha2::Digest::finalize(hasher))))
+            (
+                n,
+                format!("sha256:{}", hex::encode(sha2::Digest::finalize(hasher))),
+            )
         }));
     }
     for t in tasks {
@@ -90,7 +97,10 @@ async fn twenty_concurrent_cold_gets_of_a_large_blob_cost_one_upstream_get() {
         assert_eq!(n, fixtures.big_layer_size);
         assert_eq!(got, digest);
     }
-    assert_eq!(upstream.request_count("GET", &format!("/blobs/{digest}")), 1);
+    assert_eq!(
+        upstream.request_count("GET", &format!("/blobs/{digest}")),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +111,9 @@ async fn a_deleted_index_is_rebuilt_and_cached_content_served_with_the_upstream_
     let fixture = fixtures.oci_index.clone();
     let by_tag = format!("{}/{}:{}", rc.host(), fixture.repo, fixture.tag);
     let f = fixture.clone();
-    tokio::task::spawn_blocking(move || pull_and_compare(&f, &by_tag)).await.unwrap();
+    tokio::task::spawn_blocking(move || pull_and_compare(&f, &by_tag))
+        .await
+        .unwrap();
 
     rc.kill();
     std::fs::remove_dir_all(rc.index_path()).unwrap();
@@ -110,6 +122,11 @@ async fn a_deleted_index_is_rebuilt_and_cached_content_served_with_the_upstream_
 
     let by_digest = format!("{}/{}@{}", rc.host(), fixture.repo, fixture.digest);
     let f = fixture.clone();
-    tokio::task::spawn_blocking(move || pull_and_compare(&f, &by_digest)).await.unwrap();
-    assert!(rc.log().contains("index reconciled"), "the index was rebuilt from the files");
+    tokio::task::spawn_blocking(move || pull_and_compare(&f, &by_digest))
+        .await
+        .unwrap();
+    assert!(
+        rc.log().contains("index reconciled"),
+        "the index was rebuilt from the files"
+    );
 }

@@ -44,9 +44,15 @@ pub enum Phase {
     /// Waiting for the upstream's headers.
     Connecting,
     /// Bytes are arriving; `size` is the upstream's Content-Length.
-    Streaming { file: Arc<File>, size: Option<u64> },
+    Streaming {
+        file: Arc<File>,
+        size: Option<u64>,
+    },
     /// Verified, durable and indexed.
-    Complete { file: Arc<File>, size: u64 },
+    Complete {
+        file: Arc<File>,
+        size: u64,
+    },
     Failed(CacheError),
 }
 
@@ -69,7 +75,10 @@ pub enum Attached {
     /// The blob was committed while we looked: serve it from the store.
     Committed,
     /// A running fill; `joined` is true when someone else started it.
-    Fill { progress: watch::Receiver<Progress>, joined: bool },
+    Fill {
+        progress: watch::Receiver<Progress>,
+        joined: bool,
+    },
 }
 
 impl Fills {
@@ -83,7 +92,12 @@ impl Fills {
     }
 
     /// Joins the running fill for `digest`, or starts one.
-    pub fn attach(self: &Arc<Self>, upstream: Arc<Upstream>, repo: RepoName, digest: &Digest) -> Attached {
+    pub fn attach(
+        self: &Arc<Self>,
+        upstream: Arc<Upstream>,
+        repo: RepoName,
+        digest: &Digest,
+    ) -> Attached {
         let mut table = self.table.lock();
         if let Some(progress) = table.get(digest) {
             return Attached::Fill {
@@ -111,7 +125,13 @@ impl Fills {
         }
     }
 
-    async fn run(self: Arc<Self>, tx: watch::Sender<Progress>, upstream: Arc<Upstream>, repo: RepoName, digest: Digest) {
+    async fn run(
+        self: Arc<Self>,
+        tx: watch::Sender<Progress>,
+        upstream: Arc<Upstream>,
+        repo: RepoName,
+        digest: Digest,
+    ) {
         self.metrics.fills_in_progress.inc();
         let started = tokio::time::Instant::now();
         let result = self.fill(&tx, &upstream, &repo, &digest).await;
@@ -147,7 +167,11 @@ impl Fills {
             .request(Method::GET, repo, &format!("blobs/{digest}"), None, headers)
             .await?;
         if response.status() != StatusCode::OK {
-            return Err(CacheError::from_upstream_status(&upstream.name, &response, "blob"));
+            return Err(CacheError::from_upstream_status(
+                &upstream.name,
+                &response,
+                "blob",
+            ));
         }
         let size = response.content_length();
         let store = self.store.clone();
@@ -176,7 +200,10 @@ impl Fills {
             };
             let total = written + (pending.len() + chunk.len()) as u64;
             if let Some(expected) = size.filter(|&s| total > s) {
-                return Err(CacheError::SizeMismatch { expected, actual: total });
+                return Err(CacheError::SizeMismatch {
+                    expected,
+                    actual: total,
+                });
             }
             pending.extend_from_slice(&chunk);
             if pending.len() >= IO_CHUNK {
@@ -190,7 +217,10 @@ impl Fills {
             tx.send_modify(|p| p.written = written);
         }
         if let Some(expected) = size.filter(|&s| s != written) {
-            return Err(CacheError::SizeMismatch { expected, actual: written });
+            return Err(CacheError::SizeMismatch {
+                expected,
+                actual: written,
+            });
         }
         let actual = hasher.finish();
         if actual != *digest {
@@ -282,8 +312,16 @@ pub fn body_stream(
         let mut state = state?;
         match next_chunk(&mut state).await {
             Ok(Some(bytes)) => {
-                let source = if state.from_cache { "cache" } else { "upstream" };
-                state.metrics.bytes_served.with_label_values(&[source]).inc_by(bytes.len() as u64);
+                let source = if state.from_cache {
+                    "cache"
+                } else {
+                    "upstream"
+                };
+                state
+                    .metrics
+                    .bytes_served
+                    .with_label_values(&[source])
+                    .inc_by(bytes.len() as u64);
                 Some((Ok(bytes), Some(state)))
             }
             Ok(None) => None,
@@ -343,7 +381,9 @@ async fn next_chunk(state: &mut ReadState) -> io::Result<Option<Bytes>> {
 
 /// Waits until the fill has the upstream's answer: the blob's size (if the
 /// upstream declared one), or the error that ended it.
-pub async fn wait_for_headers(progress: &mut watch::Receiver<Progress>) -> Result<Option<u64>, CacheError> {
+pub async fn wait_for_headers(
+    progress: &mut watch::Receiver<Progress>,
+) -> Result<Option<u64>, CacheError> {
     loop {
         match &progress.borrow_and_update().phase {
             Phase::Connecting => {}

@@ -103,7 +103,13 @@ impl Index {
             .and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
-    pub fn record(&self, kind: Kind, digest: &Digest, size: u64, media_type: Option<&str>) -> Result<(), IndexError> {
+    pub fn record(
+        &self,
+        kind: Kind,
+        digest: &Digest,
+        size: u64,
+        media_type: Option<&str>,
+    ) -> Result<(), IndexError> {
         let now = now_millis();
         let entry = ContentEntry {
             size,
@@ -131,7 +137,9 @@ impl Index {
 
     /// Notes a use; written by the next [`Index::flush_access_times`].
     pub fn touch(&self, kind: Kind, digest: &Digest) {
-        self.touched.lock().insert((kind, digest.clone()), now_millis());
+        self.touched
+            .lock()
+            .insert((kind, digest.clone()), now_millis());
     }
 
     pub fn flush_access_times(&self) -> Result<(), IndexError> {
@@ -151,16 +159,28 @@ impl Index {
         format!("{upstream}\0{repo}\0{tag}").into_bytes()
     }
 
-    pub fn tag(&self, upstream: &str, repo: &str, tag: &str) -> Result<Option<TagEntry>, IndexError> {
+    pub fn tag(
+        &self,
+        upstream: &str,
+        repo: &str,
+        tag: &str,
+    ) -> Result<Option<TagEntry>, IndexError> {
         Ok(self
             .tags
             .get(Self::tag_key(upstream, repo, tag))?
             .and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
-    pub fn set_tag(&self, upstream: &str, repo: &str, tag: &str, entry: &TagEntry) -> Result<(), IndexError> {
+    pub fn set_tag(
+        &self,
+        upstream: &str,
+        repo: &str,
+        tag: &str,
+        entry: &TagEntry,
+    ) -> Result<(), IndexError> {
         let value = serde_json::to_vec(entry).unwrap_or_default();
-        self.tags.insert(Self::tag_key(upstream, repo, tag), value)?;
+        self.tags
+            .insert(Self::tag_key(upstream, repo, tag), value)?;
         Ok(())
     }
 
@@ -174,7 +194,9 @@ impl Index {
             let on_disk: HashMap<Digest, u64> = store.list(kind)?.into_iter().collect();
             for item in self.tree(kind).iter() {
                 let (key, _) = item?;
-                let digest = std::str::from_utf8(&key).ok().and_then(|k| Digest::from_hex(k).ok());
+                let digest = std::str::from_utf8(&key)
+                    .ok()
+                    .and_then(|k| Digest::from_hex(k).ok());
                 match digest {
                     Some(d) if on_disk.contains_key(&d) => {}
                     _ => {
@@ -217,20 +239,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::open(dir.path()).unwrap();
         let blob = Digest::sha256_of(b"layer");
-        let manifest_bytes = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+        let manifest_bytes =
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
         let manifest = Digest::sha256_of(manifest_bytes);
         store.write_whole(Kind::Blob, &blob, b"layer").unwrap();
-        store.write_whole(Kind::Manifest, &manifest, manifest_bytes).unwrap();
+        store
+            .write_whole(Kind::Manifest, &manifest, manifest_bytes)
+            .unwrap();
 
         let index = Index::open(&dir.path().join("index")).unwrap();
         let ghost = Digest::sha256_of(b"gone");
         index.record(Kind::Blob, &ghost, 4, None).unwrap();
         let report = index.reconcile(&store).unwrap();
-        assert_eq!(report, ReconcileReport { added: 2, dropped: 1 });
+        assert_eq!(
+            report,
+            ReconcileReport {
+                added: 2,
+                dropped: 1
+            }
+        );
         assert_eq!(index.get(Kind::Blob, &blob).unwrap().unwrap().size, 5);
         assert!(index.get(Kind::Blob, &ghost).unwrap().is_none());
         assert_eq!(
-            index.get(Kind::Manifest, &manifest).unwrap().unwrap().media_type.as_deref(),
+            index
+                .get(Kind::Manifest, &manifest)
+                .unwrap()
+                .unwrap()
+                .media_type
+                .as_deref(),
             Some("application/vnd.oci.image.manifest.v1+json")
         );
         // A second pass has nothing to do.
@@ -246,7 +282,10 @@ mod tests {
         let before = index.get(Kind::Blob, &d).unwrap().unwrap().last_accessed;
         std::thread::sleep(std::time::Duration::from_millis(5));
         index.touch(Kind::Blob, &d);
-        assert_eq!(index.get(Kind::Blob, &d).unwrap().unwrap().last_accessed, before);
+        assert_eq!(
+            index.get(Kind::Blob, &d).unwrap().unwrap().last_accessed,
+            before
+        );
         index.flush_access_times().unwrap();
         assert!(index.get(Kind::Blob, &d).unwrap().unwrap().last_accessed > before);
     }
@@ -261,8 +300,13 @@ mod tests {
             size: 3,
             checked_at: 9,
         };
-        index.set_tag("docker.io", "library/alpine", "3", &e).unwrap();
-        assert_eq!(index.tag("docker.io", "library/alpine", "3").unwrap(), Some(e));
+        index
+            .set_tag("docker.io", "library/alpine", "3", &e)
+            .unwrap();
+        assert_eq!(
+            index.tag("docker.io", "library/alpine", "3").unwrap(),
+            Some(e)
+        );
         assert_eq!(index.tag("docker.io", "library/alpine", "4").unwrap(), None);
     }
 }

@@ -98,7 +98,9 @@ impl ManifestCache {
             index,
             metrics,
             hot: moka::future::Cache::builder()
-                .weigher(|_: &Digest, m: &Arc<Manifest>| m.bytes.len().try_into().unwrap_or(u32::MAX))
+                .weigher(|_: &Digest, m: &Arc<Manifest>| {
+                    m.bytes.len().try_into().unwrap_or(u32::MAX)
+                })
                 .max_capacity(HOT_MANIFEST_BYTES)
                 .build(),
             digest_flights: SingleFlight::new(),
@@ -107,7 +109,10 @@ impl ManifestCache {
     }
 
     fn count(&self, kind: &str, outcome: Outcome) {
-        self.metrics.cache.with_label_values(&[kind, outcome.label()]).inc();
+        self.metrics
+            .cache
+            .with_label_values(&[kind, outcome.label()])
+            .inc();
     }
 
     /// A cached manifest, from memory or disk, without asking upstream.
@@ -118,7 +123,9 @@ impl ManifestCache {
         }
         let store = self.store.clone();
         let d = digest.clone();
-        let Some(bytes) = tokio::task::spawn_blocking(move || store.read_whole(Kind::Manifest, &d)).await?? else {
+        let Some(bytes) =
+            tokio::task::spawn_blocking(move || store.read_whole(Kind::Manifest, &d)).await??
+        else {
             return Ok(None);
         };
         let media_type = self
@@ -155,12 +162,21 @@ impl ManifestCache {
             let store = self.store.clone();
             let index = self.index.clone();
             let metrics = self.metrics.clone();
-            move || async move { fetch_by_digest(&upstream, &repo, &digest, &store, &index, &metrics).await }
+            move || async move {
+                fetch_by_digest(&upstream, &repo, &digest, &store, &index, &metrics).await
+            }
         };
-        let (result, joined) = self.digest_flights.run(digest.clone(), fetch, task_panicked).await;
+        let (result, joined) = self
+            .digest_flights
+            .run(digest.clone(), fetch, task_panicked)
+            .await;
         let manifest = result?;
         self.hot.insert(digest.clone(), manifest.clone()).await;
-        let outcome = if joined { Outcome::Coalesced } else { Outcome::Miss };
+        let outcome = if joined {
+            Outcome::Coalesced
+        } else {
+            Outcome::Miss
+        };
         self.count("manifest", outcome);
         Ok((manifest, outcome))
     }
@@ -173,7 +189,9 @@ impl ManifestCache {
         repo: &RepoName,
         tag: &Tag,
     ) -> Result<(TagEntry, Outcome), CacheError> {
-        let cached = self.index.tag(&upstream.name, repo.as_str(), tag.as_str())?;
+        let cached = self
+            .index
+            .tag(&upstream.name, repo.as_str(), tag.as_str())?;
         if let Some(entry) = &cached {
             let age_ms = now_millis().saturating_sub(entry.checked_at);
             if u128::from(age_ms) < upstream.tag_ttl.as_millis() {
@@ -202,13 +220,28 @@ impl ManifestCache {
 }
 
 /// Asks the upstream where a tag points now, with a HEAD, and records it.
-async fn revalidate_tag(upstream: &Upstream, repo: &RepoName, tag: &Tag, index: &Index) -> Result<TagEntry, CacheError> {
+async fn revalidate_tag(
+    upstream: &Upstream,
+    repo: &RepoName,
+    tag: &Tag,
+    index: &Index,
+) -> Result<TagEntry, CacheError> {
     let response = upstream
-        .request(Method::HEAD, repo, &format!("manifests/{tag}"), None, full_accept())
+        .request(
+            Method::HEAD,
+            repo,
+            &format!("manifests/{tag}"),
+            None,
+            full_accept(),
+        )
         .await?;
     upstream.record_ratelimit(response.headers());
     if response.status() != StatusCode::OK {
-        return Err(CacheError::from_upstream_status(&upstream.name, &response, "manifest"));
+        return Err(CacheError::from_upstream_status(
+            &upstream.name,
+            &response,
+            "manifest",
+        ));
     }
     let headers = response.headers();
     let digest = headers
@@ -233,11 +266,21 @@ async fn revalidate_tag(upstream: &Upstream, repo: &RepoName, tag: &Tag, index: 
         // hash the bytes instead.
         _ => {
             let response = upstream
-                .request(Method::GET, repo, &format!("manifests/{tag}"), None, full_accept())
+                .request(
+                    Method::GET,
+                    repo,
+                    &format!("manifests/{tag}"),
+                    None,
+                    full_accept(),
+                )
                 .await?;
             upstream.record_ratelimit(response.headers());
             if response.status() != StatusCode::OK {
-                return Err(CacheError::from_upstream_status(&upstream.name, &response, "manifest"));
+                return Err(CacheError::from_upstream_status(
+                    &upstream.name,
+                    &response,
+                    "manifest",
+                ));
             }
             let media_type = content_type(response.headers());
             let bytes = read_limited(response, MAX_MANIFEST_SIZE, upstream.idle_timeout())
@@ -279,11 +322,21 @@ async fn fetch_by_digest(
     metrics: &Metrics,
 ) -> Result<Arc<Manifest>, CacheError> {
     let response = upstream
-        .request(Method::GET, repo, &format!("manifests/{digest}"), None, full_accept())
+        .request(
+            Method::GET,
+            repo,
+            &format!("manifests/{digest}"),
+            None,
+            full_accept(),
+        )
         .await?;
     upstream.record_ratelimit(response.headers());
     if response.status() != StatusCode::OK {
-        return Err(CacheError::from_upstream_status(&upstream.name, &response, "manifest"));
+        return Err(CacheError::from_upstream_status(
+            &upstream.name,
+            &response,
+            "manifest",
+        ));
     }
     let media_type = content_type(response.headers());
     let bytes = read_limited(response, MAX_MANIFEST_SIZE, upstream.idle_timeout())
@@ -304,7 +357,12 @@ async fn fetch_by_digest(
     let store = store.clone();
     let d = digest.clone();
     tokio::task::spawn_blocking(move || store.write_whole(Kind::Manifest, &d, &to_store)).await??;
-    index.record(Kind::Manifest, digest, bytes.len() as u64, Some(&media_type))?;
+    index.record(
+        Kind::Manifest,
+        digest,
+        bytes.len() as u64,
+        Some(&media_type),
+    )?;
     Ok(Arc::new(Manifest {
         digest: digest.clone(),
         media_type,

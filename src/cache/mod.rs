@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-pub use fill::{body_stream, wait_for_headers, Attached, BodySource, Fills, Progress, IO_CHUNK, UNKNOWN_SIZE};
+pub use fill::{
+    body_stream, wait_for_headers, Attached, BodySource, Fills, Progress, IO_CHUNK, UNKNOWN_SIZE,
+};
 pub use index::{Index, ReconcileReport, TagEntry};
 pub use manifests::{Manifest, ManifestCache, Outcome, MAX_MANIFEST_SIZE};
 pub use single_flight::SingleFlight;
@@ -54,7 +56,11 @@ pub enum CacheError {
 }
 
 impl CacheError {
-    pub fn from_upstream_status(upstream: &str, response: &reqwest::Response, what: &'static str) -> CacheError {
+    pub fn from_upstream_status(
+        upstream: &str,
+        response: &reqwest::Response,
+        what: &'static str,
+    ) -> CacheError {
         CacheError::UpstreamStatus {
             upstream: upstream.to_owned(),
             status: response.status(),

@@ -174,8 +174,12 @@ impl FsStore {
                 let name = entry.file_name();
                 let parsed = name.to_str().and_then(|n| Digest::from_hex(n).ok());
                 match parsed {
-                    Some(d) if entry.file_type()?.is_file() => out.push((d, entry.metadata()?.len())),
-                    _ => tracing::warn!(path = %entry.path().display(), "stray file in the blob store"),
+                    Some(d) if entry.file_type()?.is_file() => {
+                        out.push((d, entry.metadata()?.len()))
+                    }
+                    _ => {
+                        tracing::warn!(path = %entry.path().display(), "stray file in the blob store")
+                    }
                 }
             }
         }

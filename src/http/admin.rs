@@ -18,12 +18,17 @@ pub async fn admin_service<B>(app: Arc<App>, request: Request<B>) -> Response<Bo
         // Ready as soon as the listeners are up: serving never needs the
         // upstream, and hits do not need the index.
         "/readyz" => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
     };
     let mut response = Response::new(body::full(text));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
     response
 }

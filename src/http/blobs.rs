@@ -10,7 +10,9 @@ use super::error::{ApiError, Code};
 use super::range::{parse_range, RangeRequest};
 use super::route::Route;
 use super::{App, RequestLog};
-use crate::cache::{body_stream, wait_for_headers, Attached, BodySource, CacheError, Kind, UNKNOWN_SIZE};
+use crate::cache::{
+    body_stream, wait_for_headers, Attached, BodySource, CacheError, Kind, UNKNOWN_SIZE,
+};
 use crate::registry::Digest;
 
 pub async fn blob(
@@ -21,28 +23,54 @@ pub async fn blob(
     headers: &HeaderMap,
     log: &mut RequestLog,
 ) -> Result<Response<Body>, ApiError> {
-    let range_header = headers.get(http::header::RANGE).and_then(|v| v.to_str().ok());
+    let range_header = headers
+        .get(http::header::RANGE)
+        .and_then(|v| v.to_str().ok());
     // Two passes at most: a fill may commit between our look and our attach.
     for _ in 0..2 {
         if let Some((file, size)) = open_committed(app, digest).await? {
             log.outcome = "hit";
             app.metrics.cache.with_label_values(&["blob", "hit"]).inc();
             app.cache.index.touch(Kind::Blob, digest);
-            return respond(app, digest, BodySource::File(Arc::new(file)), Some(size), range_header, head);
+            return respond(
+                app,
+                digest,
+                BodySource::File(Arc::new(file)),
+                Some(size),
+                range_header,
+                head,
+            );
         }
         if head {
             log.outcome = "miss";
             return head_upstream(route, digest).await;
         }
-        match app.cache.fills.attach(route.upstream.clone(), route.repo.clone(), digest) {
+        match app
+            .cache
+            .fills
+            .attach(route.upstream.clone(), route.repo.clone(), digest)
+        {
             Attached::Committed => continue,
-            Attached::Fill { mut progress, joined } => {
+            Attached::Fill {
+                mut progress,
+                joined,
+            } => {
                 log.outcome = if joined { "coalesced" } else { "miss" };
-                app.metrics.cache.with_label_values(&["blob", log.outcome]).inc();
+                app.metrics
+                    .cache
+                    .with_label_values(&["blob", log.outcome])
+                    .inc();
                 let size = wait_for_headers(&mut progress)
                     .await
                     .map_err(|e| ApiError::from_cache(&e, Code::BlobUnknown))?;
-                return respond(app, digest, BodySource::Fill(progress), size, range_header, head);
+                return respond(
+                    app,
+                    digest,
+                    BodySource::Fill(progress),
+                    size,
+                    range_header,
+                    head,
+                );
             }
         }
     }
@@ -53,7 +81,10 @@ pub async fn blob(
     ))
 }
 
-async fn open_committed(app: &App, digest: &Digest) -> Result<Option<(std::fs::File, u64)>, ApiError> {
+async fn open_committed(
+    app: &App,
+    digest: &Digest,
+) -> Result<Option<(std::fs::File, u64)>, ApiError> {
     let store = app.cache.store.clone();
     let d = digest.clone();
     tokio::task::spawn_blocking(move || store.open_committed(Kind::Blob, &d))
@@ -65,8 +96,14 @@ async fn open_committed(app: &App, digest: &Digest) -> Result<Option<(std::fs::F
 
 fn blob_headers(digest: &Digest) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    h.insert(http::header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(
+        http::header::ACCEPT_RANGES,
+        HeaderValue::from_static("bytes"),
+    );
     if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
         h.insert("docker-content-digest", v);
     }
@@ -74,7 +111,10 @@ fn blob_headers(digest: &Digest) -> HeaderMap {
         h.insert(http::header::ETAG, v);
     }
     // Content-addressed: it can never change.
-    h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("max-age=31536000"));
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=31536000"),
+    );
     h
 }
 
@@ -90,9 +130,13 @@ fn respond(
 ) -> Result<Response<Body>, ApiError> {
     let mut headers = blob_headers(digest);
     let (status, start, end) = match size {
-        Some(size) => match parse_range(range_header, size)
-            .map_err(|e| ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, Code::RangeInvalid, e.to_string()))?
-        {
+        Some(size) => match parse_range(range_header, size).map_err(|e| {
+            ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                Code::RangeInvalid,
+                e.to_string(),
+            )
+        })? {
             RangeRequest::Full => (StatusCode::OK, 0, size),
             RangeRequest::Partial { start, end } => {
                 let content_range = format!("bytes {start}-{}/{size}", end - 1);
@@ -134,7 +178,13 @@ fn respond(
 async fn head_upstream(route: &Route, digest: &Digest) -> Result<Response<Body>, ApiError> {
     let response = route
         .upstream
-        .request(Method::HEAD, &route.repo, &format!("blobs/{digest}"), None, HeaderMap::new())
+        .request(
+            Method::HEAD,
+            &route.repo,
+            &format!("blobs/{digest}"),
+            None,
+            HeaderMap::new(),
+        )
         .await
         .map_err(|e| ApiError::from_cache(&CacheError::from(e), Code::BlobUnknown))?;
     if response.status() != StatusCode::OK {

@@ -88,7 +88,11 @@ impl ApiError {
                 retry_after,
             } => {
                 let (status, code, message) = match status.as_u16() {
-                    404 => (StatusCode::NOT_FOUND, unknown, format!("{what} not found at upstream {upstream}")),
+                    404 => (
+                        StatusCode::NOT_FOUND,
+                        unknown,
+                        format!("{what} not found at upstream {upstream}"),
+                    ),
                     401 => (
                         StatusCode::UNAUTHORIZED,
                         Code::Unauthorized,
@@ -111,21 +115,37 @@ impl ApiError {
                     ),
                 };
                 ApiError {
-                    retry_after: retry_after.clone().or_else(|| (status == StatusCode::TOO_MANY_REQUESTS).then(|| "60".into())),
+                    retry_after: retry_after
+                        .clone()
+                        .or_else(|| (status == StatusCode::TOO_MANY_REQUESTS).then(|| "60".into())),
                     ..ApiError::new(status, code, message)
                 }
             }
             CacheError::Upstream(UpstreamError::Timeout { .. }) | CacheError::Stalled(_) => {
-                ApiError::new(StatusCode::GATEWAY_TIMEOUT, Code::Unavailable, e.to_string())
+                ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Code::Unavailable,
+                    e.to_string(),
+                )
             }
             CacheError::Upstream(_) | CacheError::UpstreamBody(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, Code::Unavailable, e.to_string())
             }
-            CacheError::DigestMismatch { .. } | CacheError::SizeMismatch { .. } | CacheError::BadManifestAnswer => {
+            CacheError::DigestMismatch { .. }
+            | CacheError::SizeMismatch { .. }
+            | CacheError::BadManifestAnswer => {
                 ApiError::new(StatusCode::BAD_GATEWAY, Code::Unavailable, e.to_string())
             }
-            CacheError::ManifestTooLarge => ApiError::new(StatusCode::BAD_GATEWAY, Code::ManifestInvalid, e.to_string()),
-            CacheError::Io(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Unavailable, e.to_string()),
+            CacheError::ManifestTooLarge => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                Code::ManifestInvalid,
+                e.to_string(),
+            ),
+            CacheError::Io(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Code::Unavailable,
+                e.to_string(),
+            ),
         }
     }
 
@@ -136,12 +156,22 @@ impl ApiError {
         })
         .to_string();
         let length = payload.len();
-        let mut response = Response::new(if head { body::empty() } else { body::full(payload) });
+        let mut response = Response::new(if head {
+            body::empty()
+        } else {
+            body::full(payload)
+        });
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
-        if let Some(v) = self.retry_after.and_then(|r| HeaderValue::from_str(&r).ok()) {
+        if let Some(v) = self
+            .retry_after
+            .and_then(|r| HeaderValue::from_str(&r).ok())
+        {
             headers.insert(http::header::RETRY_AFTER, v);
         }
         if let Some(size) = self.unsatisfiable_size {

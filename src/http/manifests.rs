@@ -40,12 +40,22 @@ pub async fn manifest(
                 return forward(route, reference, &accept, head, log).await;
             }
             let digest: Digest = entry.digest.parse().map_err(|_| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Unavailable, "corrupt tag entry")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Code::Unavailable,
+                    "corrupt tag entry",
+                )
             })?;
             if head {
                 // A HEAD answers from the tag record alone: no body needed,
                 // and no manifest download for a version check.
-                return Ok(manifest_response(&digest, &entry.media_type, entry.size, None, headers));
+                return Ok(manifest_response(
+                    &digest,
+                    &entry.media_type,
+                    entry.size,
+                    None,
+                    headers,
+                ));
             }
             let (m, _) = cache
                 .by_digest(&route.upstream, &route.repo, &digest)

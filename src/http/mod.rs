@@ -61,18 +61,30 @@ pub async fn handle<B>(app: &App, request: Request<B>, log: &mut RequestLog) -> 
     response
 }
 
-async fn route_and_answer<B>(app: &App, request: &Request<B>, head: bool, log: &mut RequestLog) -> Result<Response<Body>, ApiError> {
+async fn route_and_answer<B>(
+    app: &App,
+    request: &Request<B>,
+    head: bool,
+    log: &mut RequestLog,
+) -> Result<Response<Body>, ApiError> {
     let uri = request.uri();
     if uri.path().len() + uri.query().map_or(0, str::len) > 4096 {
-        return Err(ApiError::new(http::StatusCode::URI_TOO_LONG, Code::NameInvalid, "request URI too long"));
+        return Err(ApiError::new(
+            http::StatusCode::URI_TOO_LONG,
+            Code::NameInvalid,
+            "request URI too long",
+        ));
     }
     let route = match route::parse(request.method(), uri.path(), uri.query(), &app.upstreams) {
         Ok(Parsed::Base) => {
             log.route = "base";
             let mut r = Response::new(if head { body::head() } else { body::full("{}") });
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             r.headers_mut()
-                .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            r.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(2));
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(2));
             return Ok(r);
         }
         Ok(Parsed::Repo(route)) => route,
@@ -95,17 +107,37 @@ async fn route_and_answer<B>(app: &App, request: &Request<B>, head: bool, log: &
         Endpoint::TagsList => {
             log.route = "tags";
             log.outcome = "passthrough";
-            passthrough::listing(&route, "tags/list", uri.path(), uri.query(), head, Code::NameUnknown).await?
+            passthrough::listing(
+                &route,
+                "tags/list",
+                uri.path(),
+                uri.query(),
+                head,
+                Code::NameUnknown,
+            )
+            .await?
         }
         Endpoint::Referrers(digest) => {
             log.route = "referrers";
             log.outcome = "passthrough";
             let suffix = format!("referrers/{digest}");
-            passthrough::listing(&route, &suffix, uri.path(), uri.query(), head, Code::ManifestUnknown).await?
+            passthrough::listing(
+                &route,
+                &suffix,
+                uri.path(),
+                uri.query(),
+                head,
+                Code::ManifestUnknown,
+            )
+            .await?
         }
     };
     // The OCI spec asks proxies to echo the namespace they served.
-    if let Some(v) = route.client_ns.as_deref().and_then(|ns| HeaderValue::from_str(ns).ok()) {
+    if let Some(v) = route
+        .client_ns
+        .as_deref()
+        .and_then(|ns| HeaderValue::from_str(ns).ok())
+    {
         response.headers_mut().insert("oci-namespace", v);
     }
     Ok(response)

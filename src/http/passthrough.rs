@@ -27,8 +27,21 @@ pub async fn listing(
     });
     let query = query.filter(|q| !q.is_empty());
     let mut headers = HeaderMap::new();
-    headers.insert(http::header::ACCEPT, HeaderValue::from_static("application/json, */*"));
-    relay(route, suffix, query.as_deref(), headers, head, LISTING_LIMIT, unknown, Some(client_path)).await
+    headers.insert(
+        http::header::ACCEPT,
+        HeaderValue::from_static("application/json, */*"),
+    );
+    relay(
+        route,
+        suffix,
+        query.as_deref(),
+        headers,
+        head,
+        LISTING_LIMIT,
+        unknown,
+        Some(client_path),
+    )
+    .await
 }
 
 /// Listings are buffered whole; a registry with more tags than this should
@@ -65,13 +78,22 @@ pub async fn relay(
         return Err(ApiError::from_cache(&e, unknown));
     }
     let mut out_headers = HeaderMap::new();
-    for name in ["content-type", "docker-content-digest", "oci-filters-applied", "etag"] {
+    for name in [
+        "content-type",
+        "docker-content-digest",
+        "oci-filters-applied",
+        "etag",
+    ] {
         if let Some(v) = response.headers().get(name) {
             out_headers.insert(name, v.clone());
         }
     }
     if let (Some(path), Some(link)) = (link_path, response.headers().get(http::header::LINK)) {
-        if let Some(v) = link.to_str().ok().and_then(|l| rewrite_link(l, path, route.client_ns.as_deref())) {
+        if let Some(v) = link
+            .to_str()
+            .ok()
+            .and_then(|l| rewrite_link(l, path, route.client_ns.as_deref()))
+        {
             out_headers.insert(http::header::LINK, v);
         }
     }
@@ -83,7 +105,13 @@ pub async fn relay(
     } else {
         let bytes = read_limited(response, limit, upstream.idle_timeout())
             .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, Code::Unavailable, format!("upstream {}: {e}", upstream.name)))?;
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    Code::Unavailable,
+                    format!("upstream {}: {e}", upstream.name),
+                )
+            })?;
         out_headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         body::full(bytes)
     };
@@ -130,7 +158,10 @@ mod tests {
             Some("ghcr.io"),
         )
         .unwrap();
-        assert_eq!(v, r#"</mirror/v2/org/app/tags/list?n=1&last=a&ns=ghcr.io>; rel="next""#);
+        assert_eq!(
+            v,
+            r#"</mirror/v2/org/app/tags/list?n=1&last=a&ns=ghcr.io>; rel="next""#
+        );
         assert!(rewrite_link("garbage", "/p", None).is_none());
     }
 }

@@ -70,11 +70,26 @@ mod tests {
     #[test]
     fn ranges() {
         assert_eq!(parse_range(None, 10), Ok(Full));
-        assert_eq!(parse_range(Some("bytes=0-"), 10), Ok(Partial { start: 0, end: 10 }));
-        assert_eq!(parse_range(Some("bytes=2-4"), 10), Ok(Partial { start: 2, end: 5 }));
-        assert_eq!(parse_range(Some("bytes=2-400"), 10), Ok(Partial { start: 2, end: 10 }));
-        assert_eq!(parse_range(Some("bytes=-3"), 10), Ok(Partial { start: 7, end: 10 }));
-        assert_eq!(parse_range(Some("bytes=-30"), 10), Ok(Partial { start: 0, end: 10 }));
+        assert_eq!(
+            parse_range(Some("bytes=0-"), 10),
+            Ok(Partial { start: 0, end: 10 })
+        );
+        assert_eq!(
+            parse_range(Some("bytes=2-4"), 10),
+            Ok(Partial { start: 2, end: 5 })
+        );
+        assert_eq!(
+            parse_range(Some("bytes=2-400"), 10),
+            Ok(Partial { start: 2, end: 10 })
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-3"), 10),
+            Ok(Partial { start: 7, end: 10 })
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-30"), 10),
+            Ok(Partial { start: 0, end: 10 })
+        );
         assert_eq!(parse_range(Some("bytes=10-"), 10), Ok(Unsatisfiable));
         assert_eq!(parse_range(Some("bytes=-0"), 10), Ok(Unsatisfiable));
         assert_eq!(parse_range(Some("bytes=0-1,4-5"), 10), Ok(Full));

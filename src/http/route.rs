@@ -60,9 +60,15 @@ fn split_v2(path: &str) -> Option<(&str, &str)> {
     Some((&path[..at], &path[at + 4..]))
 }
 
-pub fn parse(method: &Method, path: &str, query: Option<&str>, upstreams: &Upstreams) -> Result<Parsed, ApiError> {
-    let (prefix, rest) = split_v2(path)
-        .ok_or_else(|| ApiError::not_found(Code::NameUnknown, "not a registry API path (no /v2/)"))?;
+pub fn parse(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    upstreams: &Upstreams,
+) -> Result<Parsed, ApiError> {
+    let (prefix, rest) = split_v2(path).ok_or_else(|| {
+        ApiError::not_found(Code::NameUnknown, "not a registry API path (no /v2/)")
+    })?;
     if method != Method::GET && method != Method::HEAD {
         return Err(method_not_allowed());
     }
@@ -77,10 +83,15 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>, upstreams: &Upstr
             "the catalog is not available through this mirror",
         ));
     }
-    if n >= 3 && segments[n - 3] == "blobs" && segments[n - 2] == "uploads" || segments.ends_with(&["blobs", "uploads", ""]) {
+    if n >= 3 && segments[n - 3] == "blobs" && segments[n - 2] == "uploads"
+        || segments.ends_with(&["blobs", "uploads", ""])
+    {
         return Err(method_not_allowed());
     }
-    let (name_segments, endpoint) = if n >= 3 && segments[n - 2] == "tags" && segments[n - 1] == "list" {
+    let (name_segments, endpoint) = if n >= 3
+        && segments[n - 2] == "tags"
+        && segments[n - 1] == "list"
+    {
         (&segments[..n - 2], Endpoint::TagsList)
     } else if n >= 3 {
         let arg = segments[n - 1];
@@ -93,22 +104,31 @@ pub fn parse(method: &Method, path: &str, query: Option<&str>, upstreams: &Upstr
                     ApiError::bad_request(Code::DigestInvalid, d.to_string())
                 }
             })?),
-            "blobs" => Endpoint::Blob(
-                arg.parse()
-                    .map_err(|e: crate::registry::DigestError| ApiError::bad_request(Code::DigestInvalid, e.to_string()))?,
-            ),
-            "referrers" => Endpoint::Referrers(
-                arg.parse()
-                    .map_err(|e: crate::registry::DigestError| ApiError::bad_request(Code::DigestInvalid, e.to_string()))?,
-            ),
-            _ => return Err(ApiError::not_found(Code::NameUnknown, "unknown registry endpoint")),
+            "blobs" => Endpoint::Blob(arg.parse().map_err(|e: crate::registry::DigestError| {
+                ApiError::bad_request(Code::DigestInvalid, e.to_string())
+            })?),
+            "referrers" => {
+                Endpoint::Referrers(arg.parse().map_err(|e: crate::registry::DigestError| {
+                    ApiError::bad_request(Code::DigestInvalid, e.to_string())
+                })?)
+            }
+            _ => {
+                return Err(ApiError::not_found(
+                    Code::NameUnknown,
+                    "unknown registry endpoint",
+                ))
+            }
         };
         (&segments[..n - 2], endpoint)
     } else {
-        return Err(ApiError::not_found(Code::NameUnknown, "unknown registry endpoint"));
+        return Err(ApiError::not_found(
+            Code::NameUnknown,
+            "unknown registry endpoint",
+        ));
     };
     let client_name = name_segments.join("/");
-    let name = RepoName::parse(&client_name).map_err(|e| ApiError::bad_request(Code::NameInvalid, e.to_string()))?;
+    let name = RepoName::parse(&client_name)
+        .map_err(|e| ApiError::bad_request(Code::NameInvalid, e.to_string()))?;
     let ns = query.and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "ns")
@@ -199,25 +219,48 @@ mod tests {
 
     #[test]
     fn ns_query_is_decoded_and_matched_against_aliases() {
-        let r = route(Method::HEAD, "/v2/org/app/manifests/v1", Some("ns=127.0.0.1%3A5001")).unwrap();
+        let r = route(
+            Method::HEAD,
+            "/v2/org/app/manifests/v1",
+            Some("ns=127.0.0.1%3A5001"),
+        )
+        .unwrap();
         assert_eq!(&*r.upstream.name, "local");
         assert_eq!(r.repo.as_str(), "org/app");
         let r = route(Method::GET, "/v2/app/blobs/".to_owned().as_str(), None);
         assert!(r.is_err());
-        let e = route(Method::GET, "/v2/org/app/manifests/v1", Some("ns=evil.example.com")).err().unwrap();
+        let e = route(
+            Method::GET,
+            "/v2/org/app/manifests/v1",
+            Some("ns=evil.example.com"),
+        )
+        .err()
+        .unwrap();
         assert_eq!(e.code, Code::NameUnknown);
-        let r = route(Method::GET, "/v2/alpine/manifests/v1", Some("ns=registry-1.docker.io")).unwrap();
+        let r = route(
+            Method::GET,
+            "/v2/alpine/manifests/v1",
+            Some("ns=registry-1.docker.io"),
+        )
+        .unwrap();
         assert_eq!(r.repo.as_str(), "library/alpine");
     }
 
     #[test]
     fn repository_prefix_and_path_prefix() {
-        let r = route(Method::GET, &format!("/v2/ghcr.io/owner/app/blobs/{D}"), None).unwrap();
+        let r = route(
+            Method::GET,
+            &format!("/v2/ghcr.io/owner/app/blobs/{D}"),
+            None,
+        )
+        .unwrap();
         assert_eq!(&*r.upstream.name, "ghcr.io");
         assert_eq!(r.repo.as_str(), "owner/app");
         let r = route(Method::GET, "/v2/docker.io/alpine/manifests/latest", None).unwrap();
         assert_eq!(r.repo.as_str(), "library/alpine");
-        let e = route(Method::GET, "/v2/evil.example.com/x/manifests/latest", None).err().unwrap();
+        let e = route(Method::GET, "/v2/evil.example.com/x/manifests/latest", None)
+            .err()
+            .unwrap();
         assert_eq!(e.code, Code::NameUnknown);
         let r = route(Method::GET, "/mirror/quay.io/v2/org/app/manifests/1", None).unwrap();
         assert_eq!(&*r.upstream.name, "quay.io");
@@ -242,19 +285,53 @@ mod tests {
 
     #[test]
     fn bad_input_gets_the_right_code() {
-        let code = |m: Method, p: &str| route(m, p, None).err().map(|e| (e.status.as_u16(), e.code));
-        assert_eq!(code(Method::GET, "/v2/UPPER/manifests/x"), Some((400, Code::NameInvalid)));
-        assert_eq!(code(Method::GET, "/v2/a/../b/manifests/x"), Some((400, Code::NameInvalid)));
-        assert_eq!(code(Method::GET, "/v2/a/blobs/sha256:xyz"), Some((400, Code::DigestInvalid)));
-        assert_eq!(code(Method::GET, "/v2/a/blobs/md5:abc"), Some((400, Code::DigestInvalid)));
-        assert_eq!(code(Method::GET, "/v2/a/manifests/-bad"), Some((400, Code::ManifestInvalid)));
-        assert_eq!(code(Method::PUT, "/v2/a/manifests/x"), Some((405, Code::Unsupported)));
-        assert_eq!(code(Method::POST, "/v2/a/blobs/uploads/"), Some((405, Code::Unsupported)));
-        assert_eq!(code(Method::DELETE, &format!("/v2/a/blobs/{D}")), Some((405, Code::Unsupported)));
-        assert_eq!(code(Method::GET, "/v2/a/blobs/uploads/"), Some((405, Code::Unsupported)));
+        let code =
+            |m: Method, p: &str| route(m, p, None).err().map(|e| (e.status.as_u16(), e.code));
+        assert_eq!(
+            code(Method::GET, "/v2/UPPER/manifests/x"),
+            Some((400, Code::NameInvalid))
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/a/../b/manifests/x"),
+            Some((400, Code::NameInvalid))
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/a/blobs/sha256:xyz"),
+            Some((400, Code::DigestInvalid))
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/a/blobs/md5:abc"),
+            Some((400, Code::DigestInvalid))
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/a/manifests/-bad"),
+            Some((400, Code::ManifestInvalid))
+        );
+        assert_eq!(
+            code(Method::PUT, "/v2/a/manifests/x"),
+            Some((405, Code::Unsupported))
+        );
+        assert_eq!(
+            code(Method::POST, "/v2/a/blobs/uploads/"),
+            Some((405, Code::Unsupported))
+        );
+        assert_eq!(
+            code(Method::DELETE, &format!("/v2/a/blobs/{D}")),
+            Some((405, Code::Unsupported))
+        );
+        assert_eq!(
+            code(Method::GET, "/v2/a/blobs/uploads/"),
+            Some((405, Code::Unsupported))
+        );
         assert_eq!(code(Method::GET, "/v2/a"), Some((404, Code::NameUnknown)));
         assert_eq!(code(Method::GET, "/other"), Some((404, Code::NameUnknown)));
-        assert!(matches!(parse(&Method::GET, "/v2/", None, &upstreams()), Ok(Parsed::Base)));
-        assert!(matches!(parse(&Method::GET, "/v2", None, &upstreams()), Ok(Parsed::Base)));
+        assert!(matches!(
+            parse(&Method::GET, "/v2/", None, &upstreams()),
+            Ok(Parsed::Base)
+        ));
+        assert!(matches!(
+            parse(&Method::GET, "/v2", None, &upstreams()),
+            Ok(Parsed::Base)
+        ));
     }
 }

@@ -42,7 +42,13 @@ pub enum Listener {
 
 /// Serves `listener` until shutdown, then waits up to `grace` for open
 /// connections to finish.
-pub async fn serve(listener: TcpListener, kind: Listener, app: Arc<App>, mut shutdown: Shutdown, grace: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    kind: Listener,
+    app: Arc<App>,
+    mut shutdown: Shutdown,
+    grace: Duration,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -72,7 +78,9 @@ pub async fn serve(listener: TcpListener, kind: Listener, app: Arc<App>, mut shu
             let app = app.clone();
             async move { Ok::<_, Infallible>(dispatch(app, kind, peer, request).await) }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(
             async move {
@@ -84,12 +92,23 @@ pub async fn serve(listener: TcpListener, kind: Listener, app: Arc<App>, mut shu
         );
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?grace, "connections still open after the grace period; closing them");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "connections still open after the grace period; closing them"
+        );
     }
 }
 
-fn dispatch(app: Arc<App>, kind: Listener, peer: SocketAddr, request: hyper::Request<Incoming>) -> impl Future<Output = hyper::Response<Body>> {
+fn dispatch(
+    app: Arc<App>,
+    kind: Listener,
+    peer: SocketAddr,
+    request: hyper::Request<Incoming>,
+) -> impl Future<Output = hyper::Response<Body>> {
     async move {
         let started = tokio::time::Instant::now();
         let method = request.method().clone();

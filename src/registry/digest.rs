@@ -38,7 +38,9 @@ impl Digest {
     pub fn from_hex(hex: &str) -> Result<Digest, DigestError> {
         let valid = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if valid {
-            Ok(Digest { hex: hex.to_owned() })
+            Ok(Digest {
+                hex: hex.to_owned(),
+            })
         } else {
             Err(DigestError::BadEncoding)
         }
@@ -60,7 +62,9 @@ impl FromStr for Digest {
             return Err(DigestError::Malformed(s.chars().take(80).collect()));
         }
         if algorithm != "sha256" {
-            return Err(DigestError::UnsupportedAlgorithm(algorithm.chars().take(32).collect()));
+            return Err(DigestError::UnsupportedAlgorithm(
+                algorithm.chars().take(32).collect(),
+            ));
         }
         Digest::from_hex(encoded)
     }
@@ -117,14 +121,26 @@ mod tests {
 
     #[test]
     fn rejects_bad_digests() {
-        assert!(matches!("sha256".parse::<Digest>(), Err(DigestError::Malformed(_))));
-        assert!(matches!(":abc".parse::<Digest>(), Err(DigestError::Malformed(_))));
-        assert!(matches!("SHA256:abc".parse::<Digest>(), Err(DigestError::Malformed(_))));
+        assert!(matches!(
+            "sha256".parse::<Digest>(),
+            Err(DigestError::Malformed(_))
+        ));
+        assert!(matches!(
+            ":abc".parse::<Digest>(),
+            Err(DigestError::Malformed(_))
+        ));
+        assert!(matches!(
+            "SHA256:abc".parse::<Digest>(),
+            Err(DigestError::Malformed(_))
+        ));
         assert_eq!(
             "sha512:abcd".parse::<Digest>(),
             Err(DigestError::UnsupportedAlgorithm("sha512".into()))
         );
-        assert_eq!("sha256:abc".parse::<Digest>(), Err(DigestError::BadEncoding));
+        assert_eq!(
+            "sha256:abc".parse::<Digest>(),
+            Err(DigestError::BadEncoding)
+        );
         let upper = EMPTY.to_uppercase().replacen("SHA256", "sha256", 1);
         assert_eq!(upper.parse::<Digest>(), Err(DigestError::BadEncoding));
         let traversal = format!("sha256:../../{}", &EMPTY[13..]);

@@ -23,7 +23,14 @@ impl AcceptList {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .map(|entry| entry.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .map(|entry| {
+                entry
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
             .filter(|t| !t.is_empty())
             .collect();
         AcceptList { types }

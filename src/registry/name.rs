@@ -28,7 +28,9 @@ impl RepoName {
         }
         for component in s.split('/') {
             if !valid_component(component) {
-                return Err(NameError::BadComponent(component.chars().take(64).collect()));
+                return Err(NameError::BadComponent(
+                    component.chars().take(64).collect(),
+                ));
             }
         }
         Ok(RepoName(s.to_owned()))
@@ -44,7 +46,9 @@ impl RepoName {
 
     /// The name without its first component, if it has more than one.
     pub fn without_first_component(&self) -> Option<RepoName> {
-        self.0.split_once('/').map(|(_, rest)| RepoName(rest.to_owned()))
+        self.0
+            .split_once('/')
+            .map(|(_, rest)| RepoName(rest.to_owned()))
     }
 
     /// Docker Hub keeps official images under `library/`; clients that name

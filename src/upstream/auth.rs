@@ -138,7 +138,9 @@ async fn fetch_token(http: reqwest::Client, key: TokenKey) -> Result<Token, Upst
     let mut url = reqwest::Url::parse(&key.realm)
         .map_err(|e| UpstreamError::Token(format!("the token realm is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(UpstreamError::Token("the token realm is not an http(s) URL".into()));
+        return Err(UpstreamError::Token(
+            "the token realm is not an http(s) URL".into(),
+        ));
     }
     {
         let mut q = url.query_pairs_mut();
@@ -154,7 +156,9 @@ async fn fetch_token(http: reqwest::Client, key: TokenKey) -> Result<Token, Upst
         .map_err(|e| UpstreamError::Token(format!("token request failed: {e}")))?;
     let status = response.status();
     if !status.is_success() {
-        return Err(UpstreamError::Token(format!("the token server answered {status}")));
+        return Err(UpstreamError::Token(format!(
+            "the token server answered {status}"
+        )));
     }
     // Token responses are small; refuse anything that is not.
     let body = super::read_limited(response, 64 * 1024, Duration::from_secs(30))

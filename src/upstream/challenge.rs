@@ -22,7 +22,10 @@ impl Challenge {
 /// dropped rather than failing the whole header: a registry that sends one
 /// odd parameter should still be usable.
 pub fn parse_challenges(header: &str) -> Vec<Challenge> {
-    let mut p = Parser { s: header.as_bytes(), i: 0 };
+    let mut p = Parser {
+        s: header.as_bytes(),
+        i: 0,
+    };
     let mut out = Vec::new();
     loop {
         p.skip_separators();
@@ -100,7 +103,9 @@ impl<'a> Parser<'a> {
             }
             self.i += 1;
         }
-        (self.i > start).then(|| std::str::from_utf8(&self.s[start..self.i]).ok()).flatten()
+        (self.i > start)
+            .then(|| std::str::from_utf8(&self.s[start..self.i]).ok())
+            .flatten()
     }
 
     fn quoted(&mut self) -> Option<String> {
@@ -155,13 +160,18 @@ mod tests {
         let c = parse_challenges(
             r#"Bearer realm="https://r/token", service="svc", scope="repository:a/b:pull,push repository:c:pull""#,
         );
-        assert_eq!(c[0].param("scope"), Some("repository:a/b:pull,push repository:c:pull"));
+        assert_eq!(
+            c[0].param("scope"),
+            Some("repository:a/b:pull,push repository:c:pull")
+        );
         assert_eq!(c[0].param("service"), Some("svc"));
     }
 
     #[test]
     fn several_challenges_and_case() {
-        let c = parse_challenges(r#"Basic realm="Registry Realm", BEARER Realm="https://x/t",service=x"#);
+        let c = parse_challenges(
+            r#"Basic realm="Registry Realm", BEARER Realm="https://x/t",service=x"#,
+        );
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].scheme, "basic");
         assert_eq!(c[0].param("realm"), Some("Registry Realm"));

@@ -104,7 +104,11 @@ impl Upstreams {
                 name: config.default_upstream.clone(),
                 message: "default_upstream names no configured upstream".into(),
             })?;
-        Ok(Upstreams { all, by_name, default })
+        Ok(Upstreams {
+            all,
+            by_name,
+            default,
+        })
     }
 
     /// The upstream called `name` (its name or an alias), if configured.
@@ -185,7 +189,9 @@ impl Upstream {
         url.set_query(query);
         let scope = format!("repository:{}:pull", repo.as_str());
         let token = self.shared.tokens.cached(&self.name, &scope).await;
-        let response = self.send(method.clone(), url.clone(), &headers, token.as_deref()).await?;
+        let response = self
+            .send(method.clone(), url.clone(), &headers, token.as_deref())
+            .await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
@@ -214,10 +220,17 @@ impl Upstream {
         headers: &HeaderMap,
         token: Option<&str>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let mut request = self.shared.http.request(method, url).headers(headers.clone());
+        let mut request = self
+            .shared
+            .http
+            .request(method, url)
+            .headers(headers.clone());
         // Compressed transfer would change the bytes that must hash to the
         // digest.
-        request = request.header(http::header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        request = request.header(
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
         if let Some(t) = token {
             request = request.bearer_auth(t);
         }
@@ -247,7 +260,10 @@ impl Upstream {
 
     /// Records Docker Hub's rate-limit headers (`ratelimit-limit: 100;w=21600`).
     pub fn record_ratelimit(&self, headers: &HeaderMap) {
-        for (header, kind) in [("ratelimit-limit", "limit"), ("ratelimit-remaining", "remaining")] {
+        for (header, kind) in [
+            ("ratelimit-limit", "limit"),
+            ("ratelimit-remaining", "remaining"),
+        ] {
             let value = headers
                 .get(header)
                 .and_then(|v| v.to_str().ok())
@@ -299,7 +315,11 @@ pub enum ReadError {
 
 /// Reads a small body whole, refusing more than `limit` bytes and failing
 /// when no data arrives for `idle`.
-pub async fn read_limited(response: reqwest::Response, limit: usize, idle: Duration) -> Result<Bytes, ReadError> {
+pub async fn read_limited(
+    response: reqwest::Response,
+    limit: usize,
+    idle: Duration,
+) -> Result<Bytes, ReadError> {
     if response.content_length().is_some_and(|n| n > limit as u64) {
         return Err(ReadError::TooLarge);
     }

@@ -26,13 +26,16 @@ impl NsShim {
         let client = reqwest::Client::new();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let client = client.clone();
                 let ns = ns.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                        forward(client.clone(), target, ns.clone(), req)
-                    });
+                    let service =
+                        hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                            forward(client.clone(), target, ns.clone(), req)
+                        });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -85,5 +88,7 @@ async fn forward(
         .bytes_stream()
         .map_ok(Frame::data)
         .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
-    Ok(builder.body(StreamBody::new(stream).boxed_unsync()).unwrap())
+    Ok(builder
+        .body(StreamBody::new(stream).boxed_unsync())
+        .unwrap())
 }

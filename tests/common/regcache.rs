@@ -112,13 +112,27 @@ impl Regcache {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("regcache exited at startup ({status}); log:\n{}", self.log());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "regcache exited at startup ({status}); log:\n{}",
+                    self.log()
+                );
             }
-            if http_get(self.admin, "/healthz").map(|r| r.status == 200).unwrap_or(false) {
+            if http_get(self.admin, "/healthz")
+                .map(|r| r.status == 200)
+                .unwrap_or(false)
+            {
                 break;
             }
-            assert!(Instant::now() < deadline, "regcache did not start; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "regcache did not start; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -134,7 +148,10 @@ impl Regcache {
     /// SIGTERM, and the exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             if let Ok(Some(s)) = c.try_wait() {
@@ -187,7 +204,10 @@ impl Regcache {
 
     pub fn blob_path(&self, digest: &str) -> PathBuf {
         let hex = digest.trim_start_matches("sha256:");
-        self.cache_dir().join("blobs/sha256").join(&hex[..2]).join(hex)
+        self.cache_dir()
+            .join("blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
     }
 
     pub fn tmp_dir(&self) -> PathBuf {
@@ -199,7 +219,11 @@ impl Drop for Regcache {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!("--- regcache log ({}) ---\n{}", self.log_path.display(), self.log());
+            eprintln!(
+                "--- regcache log ({}) ---\n{}",
+                self.log_path.display(),
+                self.log()
+            );
         }
     }
 }

@@ -1,0 +1,76 @@
+//! Crash safety: a daemon killed mid-fill leaves nothing half-written that a
+//! restart would serve.
+
+mod common;
+
+use std::time::Duration;
+
+use common::fake_upstream::{random_bytes, sha256_digest, Behaviour, FakeUpstream, Fault};
+use common::regcache::{Regcache, UpstreamEntry};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_fill_then_restarted_serves_correct_bytes() {
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    let mut rc = Regcache::start(&[UpstreamEntry::new("fake", &fake.url())]);
+    let data = random_bytes(4 * 1024 * 1024, 9);
+    let digest = fake.add_blob(data.clone());
+    fake.set_blob_fault(
+        &digest,
+        Fault::Slow {
+            chunk: 256 * 1024,
+            delay: Duration::from_millis(100),
+        },
+    );
+    let url = format!("{}/v2/test/app/blobs/{digest}", rc.url());
+    let mut response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let _ = response.chunk().await.unwrap();
+    // The fill is running: its temporary file exists and nothing is committed.
+    let tmp_files = std::fs::read_dir(rc.tmp_dir()).unwrap().count();
+    assert_eq!(tmp_files, 1, "one fill in progress");
+    assert!(!rc.blob_path(&digest).exists());
+
+    rc.kill();
+    assert!(
+        response.bytes().await.is_err(),
+        "the client of a killed daemon sees a failed transfer"
+    );
+    fake.clear_faults();
+    rc.restart();
+    assert_eq!(
+        std::fs::read_dir(rc.tmp_dir()).unwrap().count(),
+        0,
+        "leftovers removed at startup"
+    );
+    assert!(!rc.blob_path(&digest).exists());
+
+    let body = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(sha256_digest(&body), digest);
+    assert!(rc.blob_path(&digest).exists());
+    assert_eq!(fake.count("GET", &format!("/blobs/{digest}")), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_does_not_need_the_upstream() {
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    fake.go_down().await;
+    let rc = Regcache::start(&[UpstreamEntry::new("fake", &fake.url())]);
+    let r = reqwest::get(format!("{}/v2/", rc.url())).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = reqwest::get(format!("{}/v2/test/app/manifests/v1", rc.url()))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        502,
+        "an unreachable upstream with nothing cached is a clear 502"
+    );
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{v}"
+    );
+}
