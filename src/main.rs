@@ -21,6 +21,9 @@ enum Command {
     Serve,
     /// Validate the config and print the effective settings.
     CheckConfig,
+    /// Exit 0 when the daemon's /healthz answers (for container HEALTHCHECKs,
+    /// where no curl is installed).
+    Healthcheck,
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,13 @@ fn main() -> ExitCode {
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
         }
+        Command::Healthcheck => match healthcheck(config.admin_listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("regcache: unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve => {
             init_tracing(config.log_format);
             // reqwest and any future TLS listener share one crypto provider.
@@ -69,5 +79,32 @@ fn init_tracing(format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// One plain HTTP/1.1 GET of `/healthz` on the admin listener.
+fn healthcheck(admin: std::net::SocketAddr) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    // A wildcard listen address is reached through loopback.
+    let target = if admin.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), admin.port())
+    } else {
+        admin
+    };
+    let mut stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    write!(
+        stream,
+        "GET /healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head)?;
+    if head.starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(
+            String::from_utf8_lossy(&head).into_owned(),
+        ))
     }
 }

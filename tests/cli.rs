@@ -11,7 +11,8 @@ use common::registry::free_port;
 fn regcache() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_regcache"));
     // The machine's own /etc/regcache must not leak into these tests.
-    c.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
     c
 }
 
@@ -22,16 +23,29 @@ fn version_and_help() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("regcache "));
     let out = regcache().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("serve") && help.contains("check-config"), "{help}");
+    assert!(
+        help.contains("serve") && help.contains("check-config"),
+        "{help}"
+    );
 }
 
 #[test]
 fn the_shipped_example_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/regcache.toml");
-    let out = regcache().args(["check-config", "--config", example]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = regcache()
+        .args(["check-config", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(printed.contains("default_upstream = \"docker.io\""), "{printed}");
+    assert!(
+        printed.contains("default_upstream = \"docker.io\""),
+        "{printed}"
+    );
     assert!(printed.contains("registry.k8s.io"), "{printed}");
 }
 
@@ -40,7 +54,11 @@ fn bad_config_is_refused_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "listen = \"127.0.0.1:5000\"\ntag_tll = \"5m\"\n").unwrap();
-    let out = regcache().args(["check-config", "--config"]).arg(&path).output().unwrap();
+    let out = regcache()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("tag_tll"));
 
@@ -53,7 +71,11 @@ fn bad_config_is_refused_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("IDLE_TIMEOUT"));
 
     // serve refuses too, before binding anything.
-    let out = regcache().args(["serve", "--config"]).arg(&path).output().unwrap();
+    let out = regcache()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
 }
 
@@ -76,12 +98,15 @@ fn tells_systemd_it_is_ready_then_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut child = regcache()
         .arg("serve")
         .env("NOTIFY_SOCKET", &socket_path)
         .env("REGCACHE_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .env("REGCACHE_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("REGCACHE_ADMIN_LISTEN", &admin)
         .env("REGCACHE_CACHE_DIR", dir.path().join("cache"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -90,9 +115,30 @@ fn tells_systemd_it_is_ready_then_stops_cleanly_on_sigterm() {
     let mut buf = [0u8; 256];
     let n = socket.recv(&mut buf).expect("a notification arrives");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    let n = socket.recv(&mut buf).expect("a stopping notification arrives");
+    let out = regcache()
+        .arg("healthcheck")
+        .env("REGCACHE_ADMIN_LISTEN", &admin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let n = socket
+        .recv(&mut buf)
+        .expect("a stopping notification arrives");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     let status = child.wait().unwrap();
+    let out = regcache()
+        .arg("healthcheck")
+        .env("REGCACHE_ADMIN_LISTEN", &admin)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "no daemon, not healthy");
     assert!(status.success(), "SIGTERM is a clean exit: {status}");
 }

@@ -497,3 +497,30 @@ async fn tags_list_and_referrers_are_relayed_with_links_rewritten() {
         "an upstream 404 stays a 404 so clients fall back to tag schema"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_over_four_mebibytes_are_refused() {
+    let (fake, rc) = setup().await;
+    let huge = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","pad":"{}"}}"#,
+        "x".repeat(4 * MIB + 1)
+    );
+    let digest = fake.add_manifest("test/app", Some("huge"), OCI_MANIFEST, huge.into_bytes());
+    let c = client();
+    for reference in ["huge", digest.as_str()] {
+        let r = c
+            .get(format!("{}/v2/test/app/manifests/{reference}", rc.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502, "{reference}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["errors"][0]["code"], "MANIFEST_INVALID");
+    }
+    assert!(!rc
+        .cache_dir()
+        .join("manifests/sha256")
+        .join(&digest[7..9])
+        .join(&digest[7..])
+        .exists());
+}

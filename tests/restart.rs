@@ -74,3 +74,51 @@ async fn startup_does_not_need_the_upstream() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_index_is_moved_aside_and_rebuilt() {
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    let mut rc = Regcache::start(&[UpstreamEntry::new("fake", &fake.url())]);
+    let data = random_bytes(300_000, 11);
+    let digest = fake.add_blob(data.clone());
+    let url = format!("{}/v2/test/app/blobs/{digest}", rc.url());
+    assert_eq!(
+        reqwest::get(&url).await.unwrap().bytes().await.unwrap(),
+        data
+    );
+    rc.kill();
+    // Scribble over every file of the index.
+    for entry in std::fs::read_dir(rc.index_path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::write(&path, b"this is not a sled database").unwrap();
+        }
+    }
+    fake.go_down().await;
+    rc.restart();
+    let body = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(
+        body, data,
+        "served from the blob file with the upstream down"
+    );
+    let moved_aside = std::fs::read_dir(rc.cache_dir()).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("index.corrupt-")
+    });
+    assert!(
+        moved_aside,
+        "the unreadable index is kept aside for inspection:\n{}",
+        rc.log()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !rc.log().contains("index reconciled") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "index never rebuilt:\n{}",
+            rc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
