@@ -37,6 +37,9 @@ pub struct Config {
     pub shutdown_grace: HumanDuration,
     /// Log format: "text" or "json".
     pub log_format: LogFormat,
+    /// Serve only what is cached and never dial out (every upstream).
+    /// Switchable at run time: SIGHUP or `POST /admin/offline`.
+    pub offline: bool,
     /// Absent in every source means the built-in presets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstreams: Option<Vec<UpstreamConfig>>,
@@ -63,6 +66,55 @@ pub struct UpstreamConfig {
     /// upstream.
     #[serde(default = "default_tag_ttl")]
     pub tag_ttl: HumanDuration,
+    /// How long past `tag_ttl` a cached tag may still be served when the
+    /// upstream fails (down, slow, 5xx, 429). "0s" disables.
+    #[serde(default = "default_stale_if_error")]
+    pub stale_if_error: HumanDuration,
+    /// An upstream 404 for a manifest is remembered this long.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl: HumanDuration,
+    /// Serve only what is cached from this upstream; never dial it.
+    #[serde(default)]
+    pub offline: bool,
+    /// Consecutive failures that open the circuit breaker.
+    #[serde(default = "default_breaker_threshold")]
+    pub breaker_threshold: u32,
+    /// How long an open breaker answers from the cache before probing again.
+    #[serde(default = "default_breaker_cooldown")]
+    pub breaker_cooldown: HumanDuration,
+}
+
+fn default_stale_if_error() -> HumanDuration {
+    HumanDuration(Duration::from_secs(7 * 24 * 3600))
+}
+
+fn default_negative_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+fn default_breaker_threshold() -> u32 {
+    5
+}
+
+fn default_breaker_cooldown() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+impl UpstreamConfig {
+    /// An upstream with every optional setting at its default.
+    pub fn new(name: &str, url: &str) -> UpstreamConfig {
+        UpstreamConfig {
+            name: name.into(),
+            url: url.into(),
+            aliases: Vec::new(),
+            tag_ttl: default_tag_ttl(),
+            stale_if_error: default_stale_if_error(),
+            negative_ttl: default_negative_ttl(),
+            offline: false,
+            breaker_threshold: default_breaker_threshold(),
+            breaker_cooldown: default_breaker_cooldown(),
+        }
+    }
 }
 
 fn default_tag_ttl() -> HumanDuration {
@@ -81,6 +133,7 @@ impl Default for Config {
             idle_timeout: HumanDuration(Duration::from_secs(30)),
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
             log_format: LogFormat::Text,
+            offline: false,
             upstreams: None,
         }
     }
@@ -93,7 +146,7 @@ pub fn builtin_upstreams() -> Vec<UpstreamConfig> {
         name: name.into(),
         url: url.into(),
         aliases: aliases.iter().map(|a| a.to_string()).collect(),
-        tag_ttl: default_tag_ttl(),
+        ..UpstreamConfig::new(name, url)
     };
     vec![
         preset(

@@ -1,6 +1,7 @@
 //! Wiring: build the parts from the config, bind the listeners, run until
 //! SIGTERM/SIGINT, drain, flush the index.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,8 @@ use crate::upstream::Upstreams;
 /// How often batched access times are written to the index.
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// `config_path` is what `--config` named, re-read on SIGHUP.
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     std::fs::create_dir_all(&config.cache_dir)
         .with_context(|| format!("creating cache_dir {}", config.cache_dir.display()))?;
@@ -90,7 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // listeners bound; elsewhere NOTIFY_SOCKET is unset and this does nothing.
     notify_systemd(sd_notify::NotifyState::Ready);
 
-    wait_for_signal().await;
+    wait_for_stop(&app, config_path.as_deref()).await;
     notify_systemd(sd_notify::NotifyState::Stopping);
     tracing::info!(
         ?grace,
@@ -113,17 +115,52 @@ fn notify_systemd(state: sd_notify::NotifyState<'_>) {
     }
 }
 
-async fn wait_for_signal() {
+/// Runs until SIGTERM or SIGINT, reloading the config on every SIGHUP.
+async fn wait_for_stop(app: &App, config_path: Option<&Path>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
+    let (mut term, mut hup) = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+        (Ok(t), Ok(h)) => (t, h),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot listen for signals; stop with SIGKILL");
             return std::future::pending().await;
         }
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = hup.recv() => reload(app, config_path),
+        }
     }
+}
+
+/// Applies what can change live; an invalid new config is refused whole and
+/// the running one kept.
+fn reload(app: &App, config_path: Option<&Path>) {
+    notify_systemd(sd_notify::NotifyState::Reloading);
+    match Config::load(config_path) {
+        Err(e) => tracing::error!(error = %e, "reload refused: the new config is invalid; keeping the running one"),
+        Ok(new) => {
+            let mut needs_restart = app.upstreams.apply(&new);
+            let old = &app.config;
+            for (key, changed) in [
+                ("listen", old.listen != new.listen),
+                ("admin_listen", old.admin_listen != new.admin_listen),
+                ("cache_dir", old.cache_dir != new.cache_dir),
+                ("default_upstream", old.default_upstream != new.default_upstream),
+                ("timeouts", old.connect_timeout != new.connect_timeout
+                    || old.header_timeout != new.header_timeout
+                    || old.idle_timeout != new.idle_timeout),
+            ] {
+                if changed {
+                    needs_restart.push(key.to_owned());
+                }
+            }
+            tracing::info!(offline = new.offline, "config reloaded");
+            if !needs_restart.is_empty() {
+                tracing::warn!(settings = ?needs_restart, "these changes take effect only after a restart");
+            }
+        }
+    }
+    notify_systemd(sd_notify::NotifyState::Ready);
 }

@@ -58,7 +58,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(regcache::daemon::run(config)) {
+            match runtime.block_on(regcache::daemon::run(config, cli.config.clone())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

@@ -26,6 +26,10 @@ pub struct Metrics {
     pub digest_mismatches: IntCounter,
     /// Docker Hub-style rate-limit headers, per upstream.
     pub upstream_ratelimit: IntGaugeVec,
+    /// Circuit breaker per upstream: 0 closed, 1 open, 2 half-open.
+    pub upstream_circuit_state: IntGaugeVec,
+    /// Fills that lost their upstream connection and resumed with a Range.
+    pub fills_resumed: IntCounter,
 }
 
 impl Metrics {
@@ -46,7 +50,7 @@ impl Metrics {
         );
         let cache = counter_vec(
             "cache_requests_total",
-            "Cache lookups by kind (blob, manifest, tag) and outcome (hit, miss, coalesced, revalidated).",
+            "Cache lookups by kind (blob, manifest, tag, listing) and outcome (hit, miss, coalesced, revalidated, stale, negative).",
             &["kind", "outcome"],
         );
         let bytes_served = counter_vec(
@@ -95,8 +99,29 @@ impl Metrics {
         registry
             .register(Box::new(upstream_ratelimit.clone()))
             .expect("unique metric");
+        let upstream_circuit_state = IntGaugeVec::new(
+            Opts::new(
+                "upstream_circuit_state",
+                "Circuit breaker per upstream: 0 closed (healthy), 1 open (answering from cache), 2 half-open (probing).",
+            ),
+            &["upstream"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(upstream_circuit_state.clone()))
+            .expect("unique metric");
+        let fills_resumed = IntCounter::new(
+            "fills_resumed_total",
+            "Fills that lost their upstream connection mid-blob and resumed with a Range request.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(fills_resumed.clone()))
+            .expect("unique metric");
         Metrics {
             registry,
+            upstream_circuit_state,
+            fills_resumed,
             requests,
             cache,
             bytes_served,

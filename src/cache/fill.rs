@@ -185,37 +185,51 @@ impl Fills {
         });
 
         let idle = upstream.idle_timeout();
-        let mut hasher = Sha256Hasher::default();
-        let mut written: u64 = 0;
-        let mut pending = BytesMut::with_capacity(IO_CHUNK);
+        let mut sink = Sink {
+            file: file.clone(),
+            hasher: Sha256Hasher::default(),
+            written: 0,
+            pending: BytesMut::with_capacity(IO_CHUNK),
+            size,
+        };
         let mut body = response.bytes_stream();
+        // Bytes at the start of a restarted (200) stream that are on disk already.
+        let mut skip: u64 = 0;
+        let mut resumes = 0;
         loop {
-            let next = tokio::time::timeout(idle, body.next())
-                .await
-                .map_err(|_| CacheError::Stalled(idle))?;
-            let chunk = match next {
-                Some(Ok(chunk)) => chunk,
-                Some(Err(e)) => return Err(CacheError::UpstreamBody(e.to_string())),
-                None => break,
+            let next = match tokio::time::timeout(idle, body.next()).await {
+                Err(_) => Err(CacheError::Stalled(idle)),
+                Ok(Some(Err(e))) => Err(CacheError::UpstreamBody(e.to_string())),
+                Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
+                Ok(None) => Ok(None),
             };
-            let total = written + (pending.len() + chunk.len()) as u64;
-            if let Some(expected) = size.filter(|&s| total > s) {
-                return Err(CacheError::SizeMismatch {
-                    expected,
-                    actual: total,
-                });
-            }
-            pending.extend_from_slice(&chunk);
-            if pending.len() >= IO_CHUNK {
-                let data = pending.split().freeze();
-                (hasher, written) = write_at(file.clone(), hasher, written, data).await?;
-                tx.send_modify(|p| p.written = written);
+            match next {
+                Ok(Some(mut chunk)) => {
+                    let dropped = skip.min(chunk.len() as u64);
+                    skip -= dropped;
+                    let chunk = chunk.split_off(dropped as usize);
+                    if !chunk.is_empty() {
+                        sink.push(&chunk, tx).await?;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) if resumes < MAX_RESUMES && sink.size.is_some() => {
+                    // The upstream went away mid-blob: keep what we have and
+                    // ask for the rest, so clients see a slower transfer, not
+                    // a failure. The hasher carries on where it was.
+                    resumes += 1;
+                    self.metrics.fills_resumed.inc();
+                    sink.flush(tx).await?;
+                    tracing::warn!(%digest, upstream = %upstream.name, error = %e, from = sink.written, attempt = resumes, "upstream body broke; resuming");
+                    let (resumed, already) = resume(upstream, repo, digest, sink.written, sink.size).await?;
+                    body = resumed.bytes_stream();
+                    skip = already;
+                }
+                Err(e) => return Err(e),
             }
         }
-        if !pending.is_empty() {
-            (hasher, written) = write_at(file.clone(), hasher, written, pending.freeze()).await?;
-            tx.send_modify(|p| p.written = written);
-        }
+        sink.flush(tx).await?;
+        let Sink { hasher, written, .. } = sink;
         if let Some(expected) = size.filter(|&s| s != written) {
             return Err(CacheError::SizeMismatch {
                 expected,
@@ -240,6 +254,84 @@ impl Fills {
             }
         });
         Ok(written)
+    }
+}
+
+/// How often one fill may resume a broken upstream body.
+const MAX_RESUMES: u32 = 3;
+
+/// Asks for the rest of a blob from byte `from`. Returns the response and
+/// how many leading bytes of it are already on disk (all of them when the
+/// upstream ignores Range and starts over with a 200).
+async fn resume(
+    upstream: &Upstream,
+    repo: &RepoName,
+    digest: &Digest,
+    from: u64,
+    size: Option<u64>,
+) -> Result<(reqwest::Response, u64), CacheError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+    let range = HeaderValue::from_str(&format!("bytes={from}-")).expect("digits");
+    headers.insert(http::header::RANGE, range);
+    let response = upstream
+        .request(Method::GET, repo, &format!("blobs/{digest}"), None, headers)
+        .await?;
+    match response.status() {
+        StatusCode::PARTIAL_CONTENT => {
+            let starts_right = response
+                .headers()
+                .get(http::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with(&format!("bytes {from}-")));
+            if !starts_right {
+                return Err(CacheError::UpstreamBody("resumed with the wrong Content-Range".into()));
+            }
+            Ok((response, 0))
+        }
+        StatusCode::OK => {
+            if size.is_some_and(|s| response.content_length() != Some(s)) {
+                return Err(CacheError::UpstreamBody("restarted with a different length".into()));
+            }
+            Ok((response, from))
+        }
+        _ => Err(CacheError::from_upstream_status(&upstream.name, &response, "blob")),
+    }
+}
+
+/// The fill's side of the file: buffers to large writes, hashes, and
+/// publishes progress.
+struct Sink {
+    file: Arc<File>,
+    hasher: Sha256Hasher,
+    written: u64,
+    pending: BytesMut,
+    size: Option<u64>,
+}
+
+impl Sink {
+    async fn push(&mut self, chunk: &[u8], tx: &watch::Sender<Progress>) -> Result<(), CacheError> {
+        let total = self.written + (self.pending.len() + chunk.len()) as u64;
+        if let Some(expected) = self.size.filter(|&s| total > s) {
+            return Err(CacheError::SizeMismatch { expected, actual: total });
+        }
+        self.pending.extend_from_slice(chunk);
+        if self.pending.len() >= IO_CHUNK {
+            self.flush(tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, tx: &watch::Sender<Progress>) -> Result<(), CacheError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let data = self.pending.split().freeze();
+        let hasher = std::mem::take(&mut self.hasher);
+        (self.hasher, self.written) = write_at(self.file.clone(), hasher, self.written, data).await?;
+        let written = self.written;
+        tx.send_modify(|p| p.written = written);
+        Ok(())
     }
 }
 

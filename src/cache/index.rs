@@ -49,6 +49,7 @@ pub struct Index {
     blobs: sled::Tree,
     manifests: sled::Tree,
     tags: sled::Tree,
+    listings: sled::Tree,
     /// Access times gathered between flushes, so a hit costs no write.
     touched: Mutex<HashMap<(Kind, Digest), u64>>,
 }
@@ -84,6 +85,7 @@ impl Index {
             blobs: db.open_tree("blobs")?,
             manifests: db.open_tree("manifests")?,
             tags: db.open_tree("tags")?,
+            listings: db.open_tree("listings")?,
             db,
             touched: Mutex::new(HashMap::new()),
         })
@@ -181,6 +183,19 @@ impl Index {
         let value = serde_json::to_vec(entry).unwrap_or_default();
         self.tags
             .insert(Self::tag_key(upstream, repo, tag), value)?;
+        Ok(())
+    }
+
+    pub fn listing(&self, key: &str) -> Result<Option<super::Listing>, IndexError> {
+        Ok(self
+            .listings
+            .get(key.as_bytes())?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    pub fn set_listing(&self, key: &str, listing: &super::Listing) -> Result<(), IndexError> {
+        let value = serde_json::to_vec(listing).unwrap_or_default();
+        self.listings.insert(key.as_bytes(), value)?;
         Ok(())
     }
 

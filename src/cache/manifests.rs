@@ -13,7 +13,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
+use super::freshness;
 use super::index::{now_millis, Index, TagEntry};
+use super::negative::NegativeCache;
 use super::single_flight::SingleFlight;
 use super::store::{FsStore, Kind};
 use super::CacheError;
@@ -44,6 +46,10 @@ pub enum Outcome {
     Coalesced,
     /// A stale tag was confirmed or updated by the upstream.
     Revalidated,
+    /// The upstream failed; a cached answer past its freshness was served.
+    Stale,
+    /// A remembered upstream 404 answered without asking again.
+    Negative,
 }
 
 impl Outcome {
@@ -53,6 +59,8 @@ impl Outcome {
             Outcome::Miss => "miss",
             Outcome::Coalesced => "coalesced",
             Outcome::Revalidated => "revalidated",
+            Outcome::Stale => "stale",
+            Outcome::Negative => "negative",
         }
     }
 }
@@ -66,6 +74,7 @@ pub struct ManifestCache {
     hot: moka::future::Cache<Digest, Arc<Manifest>>,
     digest_flights: SingleFlight<Digest, Result<Arc<Manifest>, CacheError>>,
     tag_flights: SingleFlight<TagKey, Result<TagEntry, CacheError>>,
+    negative: NegativeCache,
 }
 
 fn full_accept() -> HeaderMap {
@@ -105,10 +114,11 @@ impl ManifestCache {
                 .build(),
             digest_flights: SingleFlight::new(),
             tag_flights: SingleFlight::new(),
+            negative: NegativeCache::new(),
         }
     }
 
-    fn count(&self, kind: &str, outcome: Outcome) {
+    pub(super) fn count(&self, kind: &str, outcome: Outcome) {
         self.metrics
             .cache
             .with_label_values(&[kind, outcome.label()])
@@ -155,6 +165,11 @@ impl ManifestCache {
             self.count("manifest", Outcome::Hit);
             return Ok((m, Outcome::Hit));
         }
+        let negative_key = NegativeCache::key(&upstream.name, repo.as_str(), &digest.to_string());
+        if let Some(e) = self.negative.get(&negative_key).await {
+            self.count("manifest", Outcome::Negative);
+            return Err(e);
+        }
         let fetch = {
             let upstream = upstream.clone();
             let repo = repo.clone();
@@ -162,27 +177,26 @@ impl ManifestCache {
             let store = self.store.clone();
             let index = self.index.clone();
             let metrics = self.metrics.clone();
-            move || async move {
-                fetch_by_digest(&upstream, &repo, &digest, &store, &index, &metrics).await
+            move || async move { fetch_by_digest(&upstream, &repo, &digest, &store, &index, &metrics).await }
+        };
+        let (result, joined) = self.digest_flights.run(digest.clone(), fetch, task_panicked).await;
+        let manifest = match result {
+            Ok(m) => m,
+            Err(e) => {
+                let ttl = upstream.settings().negative_ttl;
+                self.negative.remember(negative_key, &e, ttl).await;
+                return Err(e);
             }
         };
-        let (result, joined) = self
-            .digest_flights
-            .run(digest.clone(), fetch, task_panicked)
-            .await;
-        let manifest = result?;
         self.hot.insert(digest.clone(), manifest.clone()).await;
-        let outcome = if joined {
-            Outcome::Coalesced
-        } else {
-            Outcome::Miss
-        };
+        let outcome = if joined { Outcome::Coalesced } else { Outcome::Miss };
         self.count("manifest", outcome);
         Ok((manifest, outcome))
     }
 
     /// What `tag` points to: from the index while fresh, else from the
-    /// upstream (one HEAD, shared by concurrent callers).
+    /// upstream (one HEAD, shared by concurrent callers), else stale when
+    /// the upstream fails.
     pub async fn resolve_tag(
         &self,
         upstream: &Arc<Upstream>,
@@ -191,29 +205,34 @@ impl ManifestCache {
     ) -> Result<(TagEntry, Outcome), CacheError> {
         let cached = self
             .index
-            .tag(&upstream.name, repo.as_str(), tag.as_str())?;
-        if let Some(entry) = &cached {
-            let age_ms = now_millis().saturating_sub(entry.checked_at);
-            if u128::from(age_ms) < upstream.tag_ttl.as_millis() {
-                self.count("tag", Outcome::Hit);
-                return Ok((entry.clone(), Outcome::Hit));
+            .tag(&upstream.name, repo.as_str(), tag.as_str())?
+            .map(|e| {
+                let at = e.checked_at;
+                (e, at)
+            });
+        let negative_key = NegativeCache::key(&upstream.name, repo.as_str(), tag.as_str());
+        let refresh = || async {
+            if let Some(e) = self.negative.get(&negative_key).await {
+                self.count("tag", Outcome::Negative);
+                return (Err(e), false);
             }
-        }
-        let revalidate = {
-            let upstream = upstream.clone();
-            let repo = repo.clone();
-            let tag = tag.clone();
-            let index = self.index.clone();
-            move || async move { revalidate_tag(&upstream, &repo, &tag, &index).await }
+            let revalidate = {
+                let upstream = upstream.clone();
+                let repo = repo.clone();
+                let tag = tag.clone();
+                let index = self.index.clone();
+                move || async move { revalidate_tag(&upstream, &repo, &tag, &index).await }
+            };
+            let key = (upstream.name.clone(), repo.clone(), tag.clone());
+            let (result, joined) = self.tag_flights.run(key, revalidate, task_panicked).await;
+            if let Err(e) = &result {
+                self.negative
+                    .remember(negative_key.clone(), e, upstream.settings().negative_ttl)
+                    .await;
+            }
+            (result, joined)
         };
-        let key = (upstream.name.clone(), repo.clone(), tag.clone());
-        let (result, joined) = self.tag_flights.run(key, revalidate, task_panicked).await;
-        let entry = result?;
-        let outcome = match (joined, cached.is_some()) {
-            (true, _) => Outcome::Coalesced,
-            (false, true) => Outcome::Revalidated,
-            (false, false) => Outcome::Miss,
-        };
+        let (entry, outcome) = freshness::lookup(upstream, cached, refresh).await?;
         self.count("tag", outcome);
         Ok((entry, outcome))
     }

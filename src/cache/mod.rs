@@ -3,8 +3,11 @@
 //! misses, and tag freshness.
 
 mod fill;
+mod freshness;
 mod index;
+mod listings;
 mod manifests;
+mod negative;
 mod single_flight;
 mod store;
 
@@ -18,6 +21,7 @@ pub use fill::{
     body_stream, wait_for_headers, Attached, BodySource, Fills, Progress, IO_CHUNK, UNKNOWN_SIZE,
 };
 pub use index::{Index, ReconcileReport, TagEntry};
+pub use listings::{Listing, ListingCache};
 pub use manifests::{Manifest, ManifestCache, Outcome, MAX_MANIFEST_SIZE};
 pub use single_flight::SingleFlight;
 pub use store::{FsStore, Kind};
@@ -73,6 +77,23 @@ impl CacheError {
         }
     }
 
+    /// Failures that say the upstream is down, slow or rate-limiting — the
+    /// ones a stale answer may cover — as opposed to answers about the
+    /// content itself (404, 401, a digest mismatch).
+    pub fn is_upstream_failure(&self) -> bool {
+        match self {
+            CacheError::Upstream(_) | CacheError::UpstreamBody(_) | CacheError::Stalled(_) => true,
+            CacheError::UpstreamStatus { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => false,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, CacheError::UpstreamStatus { status, .. } if *status == StatusCode::NOT_FOUND)
+    }
+
     fn fill_result_label(&self) -> &'static str {
         match self {
             CacheError::DigestMismatch { .. } => "digest_mismatch",
@@ -109,6 +130,7 @@ pub struct Cache {
     pub index: Arc<Index>,
     pub fills: Arc<Fills>,
     pub manifests: ManifestCache,
+    pub listings: ListingCache,
 }
 
 impl Cache {
@@ -119,12 +141,14 @@ impl Cache {
         let store = Arc::new(FsStore::open(dir)?);
         let index = Arc::new(Index::open(&dir.join("index"))?);
         let fills = Arc::new(Fills::new(store.clone(), index.clone(), metrics.clone()));
-        let manifests = ManifestCache::new(store.clone(), index.clone(), metrics);
+        let manifests = ManifestCache::new(store.clone(), index.clone(), metrics.clone());
+        let listings = ListingCache::new(index.clone(), metrics);
         Ok(Cache {
             store,
             index,
             fills,
             manifests,
+            listings,
         })
     }
 

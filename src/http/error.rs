@@ -121,6 +121,13 @@ impl ApiError {
                     ..ApiError::new(status, code, message)
                 }
             }
+            CacheError::Upstream(UpstreamError::Offline { .. }) => {
+                ApiError::not_found(unknown, format!("not cached, and {e}"))
+            }
+            CacheError::Upstream(UpstreamError::CircuitOpen { .. }) => ApiError {
+                retry_after: Some("30".into()),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, format!("not cached, and {e}"))
+            },
             CacheError::Upstream(UpstreamError::Timeout { .. }) | CacheError::Stalled(_) => {
                 ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,

@@ -7,8 +7,8 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use super::body::{self, Body};
 use super::error::{ApiError, Code};
 use super::route::Route;
-use super::{passthrough, App, RequestLog};
-use crate::cache::{Manifest, MAX_MANIFEST_SIZE};
+use super::{mark_stale, passthrough, App, RequestLog};
+use crate::cache::{Manifest, Outcome};
 use crate::registry::{AcceptList, Digest, Reference};
 
 pub async fn manifest(
@@ -21,6 +21,7 @@ pub async fn manifest(
 ) -> Result<Response<Body>, ApiError> {
     let accept = AcceptList::from_headers(headers);
     let cache = &app.cache.manifests;
+    let mut stale = false;
     let manifest = match reference {
         Reference::Digest(digest) => {
             let (m, outcome) = cache
@@ -36,6 +37,7 @@ pub async fn manifest(
                 .await
                 .map_err(|e| ApiError::from_cache(&e, Code::ManifestUnknown))?;
             log.outcome = outcome.label();
+            stale = outcome == Outcome::Stale;
             if !accept.allows(&entry.media_type) {
                 return forward(route, reference, &accept, head, log).await;
             }
@@ -49,13 +51,11 @@ pub async fn manifest(
             if head {
                 // A HEAD answers from the tag record alone: no body needed,
                 // and no manifest download for a version check.
-                return Ok(manifest_response(
-                    &digest,
-                    &entry.media_type,
-                    entry.size,
-                    None,
-                    headers,
-                ));
+                let mut response = manifest_response(&digest, &entry.media_type, entry.size, None, headers);
+                if stale {
+                    mark_stale(&mut response);
+                }
+                return Ok(response);
             }
             let (m, _) = cache
                 .by_digest(&route.upstream, &route.repo, &digest)
@@ -67,13 +67,17 @@ pub async fn manifest(
     if !accept.allows(&manifest.media_type) {
         return forward(route, reference, &accept, head, log).await;
     }
-    Ok(manifest_response(
+    let mut response = manifest_response(
         &manifest.digest,
         &manifest.media_type,
         manifest.bytes.len() as u64,
         (!head).then_some(&manifest),
         headers,
-    ))
+    );
+    if stale {
+        mark_stale(&mut response);
+    }
+    Ok(response)
 }
 
 /// Headers (and, for GET, the byte-exact body) of a manifest answer.
@@ -126,19 +130,5 @@ async fn forward(
     log: &mut RequestLog,
 ) -> Result<Response<Body>, ApiError> {
     log.outcome = "bypass";
-    let mut headers = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&accept.header_value()) {
-        headers.insert(http::header::ACCEPT, v);
-    }
-    passthrough::relay(
-        route,
-        &format!("manifests/{reference}"),
-        None,
-        headers,
-        head,
-        MAX_MANIFEST_SIZE,
-        Code::ManifestUnknown,
-        None,
-    )
-    .await
+    passthrough::relay_manifest(route, reference, accept, head).await
 }

@@ -5,6 +5,7 @@ mod admin;
 mod blobs;
 pub mod body;
 pub mod error;
+mod listings;
 mod manifests;
 mod passthrough;
 pub mod range;
@@ -106,30 +107,12 @@ async fn route_and_answer<B>(
         }
         Endpoint::TagsList => {
             log.route = "tags";
-            log.outcome = "passthrough";
-            passthrough::listing(
-                &route,
-                "tags/list",
-                uri.path(),
-                uri.query(),
-                head,
-                Code::NameUnknown,
-            )
-            .await?
+            listings::listing(app, &route, "tags/list", uri.path(), uri.query(), head, Code::NameUnknown, log).await?
         }
         Endpoint::Referrers(digest) => {
             log.route = "referrers";
-            log.outcome = "passthrough";
             let suffix = format!("referrers/{digest}");
-            passthrough::listing(
-                &route,
-                &suffix,
-                uri.path(),
-                uri.query(),
-                head,
-                Code::ManifestUnknown,
-            )
-            .await?
+            listings::listing(app, &route, &suffix, uri.path(), uri.query(), head, Code::ManifestUnknown, log).await?
         }
     };
     // The OCI spec asks proxies to echo the namespace they served.
@@ -141,4 +124,11 @@ async fn route_and_answer<B>(
         response.headers_mut().insert("oci-namespace", v);
     }
     Ok(response)
+}
+
+/// Marks an answer served past its freshness because the upstream failed.
+pub fn mark_stale(response: &mut Response<Body>) {
+    response
+        .headers_mut()
+        .insert(http::header::WARNING, HeaderValue::from_static("110 - \"response is stale\""));
 }

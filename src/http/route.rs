@@ -191,10 +191,8 @@ mod tests {
         let mut config = Config::default();
         let mut ups = crate::config::builtin_upstreams();
         ups.push(UpstreamConfig {
-            name: "local".into(),
-            url: "http://127.0.0.1:1".into(),
             aliases: vec!["127.0.0.1:5001".into()],
-            tag_ttl: crate::config::HumanDuration(std::time::Duration::from_secs(1)),
+            ..UpstreamConfig::new("local", "http://127.0.0.1:1")
         });
         config.upstreams = Some(ups);
         Upstreams::from_config(&config, Arc::new(Metrics::new())).unwrap()

@@ -3,8 +3,10 @@
 
 mod auth;
 mod challenge;
+mod health;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 pub use auth::TokenCache;
 pub use challenge::{parse_challenges, Challenge};
+pub use health::{Admission, BreakerState, CircuitBreaker};
 
 use crate::config::{Config, UpstreamConfig};
 use crate::metrics::Metrics;
@@ -35,6 +38,10 @@ pub enum UpstreamError {
     Timeout { upstream: String, after: Duration },
     #[error("upstream token: {0}")]
     Token(String),
+    #[error("the mirror is offline: upstream {upstream} is not contacted")]
+    Offline { upstream: String },
+    #[error("upstream {upstream} is failing; not contacted until it recovers")]
+    CircuitOpen { upstream: String },
     #[error("upstream body: {0}")]
     Body(String),
 }
@@ -46,6 +53,28 @@ pub struct Shared {
     header_timeout: Duration,
     idle_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// The global `offline` switch.
+    offline: AtomicBool,
+}
+
+/// The settings of an upstream that can change without a restart.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub tag_ttl: Duration,
+    pub stale_if_error: Duration,
+    pub negative_ttl: Duration,
+    pub offline: bool,
+}
+
+impl UpstreamSettings {
+    fn from_config(c: &UpstreamConfig) -> UpstreamSettings {
+        UpstreamSettings {
+            tag_ttl: c.tag_ttl.get(),
+            stale_if_error: c.stale_if_error.get(),
+            negative_ttl: c.negative_ttl.get(),
+            offline: c.offline,
+        }
+    }
 }
 
 /// One configured upstream registry.
@@ -53,7 +82,8 @@ pub struct Upstream {
     pub name: Arc<str>,
     aliases: Vec<String>,
     base: reqwest::Url,
-    pub tag_ttl: Duration,
+    settings: parking_lot::RwLock<UpstreamSettings>,
+    breaker: CircuitBreaker,
     docker_hub: bool,
     shared: Arc<Shared>,
 }
@@ -87,6 +117,7 @@ impl Upstreams {
             header_timeout: config.header_timeout.get(),
             idle_timeout: config.idle_timeout.get(),
             metrics,
+            offline: AtomicBool::new(config.offline),
         });
         let mut all = Vec::new();
         let mut by_name = HashMap::new();
@@ -123,6 +154,36 @@ impl Upstreams {
     pub fn all(&self) -> &[Arc<Upstream>] {
         &self.all
     }
+
+    pub fn set_offline(&self, offline: bool) {
+        self.default.shared.offline.store(offline, Ordering::Relaxed);
+    }
+
+    pub fn offline(&self) -> bool {
+        self.default.shared.offline.load(Ordering::Relaxed)
+    }
+
+    /// Applies the settings of a reloaded config that can change live, and
+    /// returns what needs a restart instead.
+    pub fn apply(&self, config: &Config) -> Vec<String> {
+        self.set_offline(config.offline);
+        let mut needs_restart = Vec::new();
+        let new = config.upstreams();
+        for u in &new {
+            match self.all.iter().find(|e| *e.name == *u.name) {
+                Some(existing) if existing.base.as_str().trim_end_matches('/') == u.url.trim_end_matches('/') => {
+                    *existing.settings.write() = UpstreamSettings::from_config(u);
+                }
+                _ => needs_restart.push(format!("upstream {} (added or its url changed)", u.name)),
+            }
+        }
+        for e in &self.all {
+            if !new.iter().any(|u| *u.name == *e.name) {
+                needs_restart.push(format!("upstream {} (removed)", e.name));
+            }
+        }
+        needs_restart
+    }
 }
 
 impl Upstream {
@@ -144,7 +205,8 @@ impl Upstream {
             name: config.name.as_str().into(),
             aliases: config.aliases.clone(),
             base,
-            tag_ttl: config.tag_ttl.get(),
+            settings: parking_lot::RwLock::new(UpstreamSettings::from_config(config)),
+            breaker: CircuitBreaker::new(config.breaker_threshold, config.breaker_cooldown.get()),
             docker_hub,
             shared,
         })
@@ -166,6 +228,23 @@ impl Upstream {
 
     pub fn idle_timeout(&self) -> Duration {
         self.shared.idle_timeout
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        self.shared.header_timeout
+    }
+
+    pub fn settings(&self) -> UpstreamSettings {
+        self.settings.read().clone()
+    }
+
+    /// Offline globally or for this upstream.
+    pub fn is_offline(&self) -> bool {
+        self.shared.offline.load(Ordering::Relaxed) || self.settings.read().offline
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
     }
 
     /// Sends `method /v2/<repo>/<suffix>[?query]`, answering a Bearer
@@ -234,6 +313,22 @@ impl Upstream {
         if let Some(t) = token {
             request = request.bearer_auth(t);
         }
+        if self.is_offline() {
+            return Err(UpstreamError::Offline {
+                upstream: self.name.to_string(),
+            });
+        }
+        let admission = self.breaker.admit();
+        if admission == Admission::Rejected {
+            return Err(UpstreamError::CircuitOpen {
+                upstream: self.name.to_string(),
+            });
+        }
+        // If this future is dropped mid-request, a probe slot must be freed.
+        let probe = ProbeGuard {
+            breaker: &self.breaker,
+            admission: Some(admission),
+        };
         let sent = tokio::time::timeout(self.shared.header_timeout, request.send()).await;
         let status_label = match &sent {
             Ok(Ok(r)) => r.status().as_u16().to_string(),
@@ -245,6 +340,15 @@ impl Upstream {
             .upstream_requests
             .with_label_values(&[&*self.name, status_label.as_str()])
             .inc();
+        // 5xx and 429 count against the upstream's health: both mean "stop
+        // sending it traffic for a while".
+        let healthy = matches!(&sent, Ok(Ok(r)) if !r.status().is_server_error() && r.status() != StatusCode::TOO_MANY_REQUESTS);
+        let state = probe.finish(healthy);
+        self.shared
+            .metrics
+            .upstream_circuit_state
+            .with_label_values(&[&*self.name])
+            .set(state.gauge_value());
         match sent {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(UpstreamError::Unreachable {
@@ -281,6 +385,28 @@ impl Upstream {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         std::iter::once(&*self.name).chain(self.aliases.iter().map(String::as_str))
+    }
+}
+
+struct ProbeGuard<'a> {
+    breaker: &'a CircuitBreaker,
+    admission: Option<Admission>,
+}
+
+impl ProbeGuard<'_> {
+    fn finish(mut self, healthy: bool) -> BreakerState {
+        match self.admission.take() {
+            Some(a) => self.breaker.record(&a, healthy),
+            None => self.breaker.state(),
+        }
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(a) = self.admission.take() {
+            self.breaker.abandon(&a);
+        }
     }
 }
 

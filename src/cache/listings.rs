@@ -1,0 +1,141 @@
+//! Tag lists and referrers: mutable listings relayed from the upstream,
+//! kept in the index so that they are served fresh for `tag_ttl` and stale
+//! when the upstream fails, like tags.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::freshness;
+use super::index::{now_millis, Index};
+use super::negative::NegativeCache;
+use super::single_flight::SingleFlight;
+use super::{CacheError, Outcome};
+use crate::metrics::Metrics;
+use crate::registry::RepoName;
+use crate::upstream::{read_limited, ReadError, Upstream};
+
+/// Listings are buffered whole; a registry with more tags than this should
+/// be paginated by the client.
+const LISTING_LIMIT: usize = 8 * 1024 * 1024;
+
+/// An upstream listing answer, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Listing {
+    pub content_type: Option<String>,
+    /// The upstream's `Link` header, rewritten for the client when served.
+    pub link: Option<String>,
+    pub filters_applied: Option<String>,
+    pub body: String,
+    pub checked_at: u64,
+}
+
+pub struct ListingCache {
+    index: Arc<Index>,
+    metrics: Arc<Metrics>,
+    flights: SingleFlight<String, Result<Listing, CacheError>>,
+    negative: NegativeCache,
+}
+
+fn task_panicked() -> Result<Listing, CacheError> {
+    Err(CacheError::Io("listing task panicked".into()))
+}
+
+impl ListingCache {
+    pub fn new(index: Arc<Index>, metrics: Arc<Metrics>) -> ListingCache {
+        ListingCache {
+            index,
+            metrics,
+            flights: SingleFlight::new(),
+            negative: NegativeCache::new(),
+        }
+    }
+
+    /// `GET /v2/<repo>/<suffix>?<query>` at the upstream, through the cache.
+    pub async fn get(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        suffix: &str,
+        query: Option<&str>,
+    ) -> Result<(Listing, Outcome), CacheError> {
+        let what = format!("{suffix}?{}", query.unwrap_or(""));
+        let key = NegativeCache::key(&upstream.name, repo.as_str(), &what);
+        let cached = self.index.listing(&key)?.map(|l| {
+            let at = l.checked_at;
+            (l, at)
+        });
+        let refresh = || async {
+            if let Some(e) = self.negative.get(&key).await {
+                return (Err(e), false);
+            }
+            let fetch = {
+                let upstream = upstream.clone();
+                let repo = repo.clone();
+                let suffix = suffix.to_owned();
+                let query = query.map(str::to_owned);
+                let index = self.index.clone();
+                let key = key.clone();
+                move || async move { fetch(&upstream, &repo, &suffix, query.as_deref(), &index, &key).await }
+            };
+            let (result, joined) = self.flights.run(key.clone(), fetch, task_panicked).await;
+            if let Err(e) = &result {
+                self.negative
+                    .remember(key.clone(), e, upstream.settings().negative_ttl)
+                    .await;
+            }
+            (result, joined)
+        };
+        let (listing, outcome) = freshness::lookup(upstream, cached, refresh).await?;
+        self.metrics
+            .cache
+            .with_label_values(&["listing", outcome.label()])
+            .inc();
+        Ok((listing, outcome))
+    }
+}
+
+async fn fetch(
+    upstream: &Upstream,
+    repo: &RepoName,
+    suffix: &str,
+    query: Option<&str>,
+    index: &Index,
+    key: &str,
+) -> Result<Listing, CacheError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::ACCEPT, HeaderValue::from_static("application/json, */*"));
+    let response = upstream.request(Method::GET, repo, suffix, query, headers).await?;
+    if response.status() != StatusCode::OK {
+        return Err(CacheError::from_upstream_status(&upstream.name, &response, "listing"));
+    }
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = header("content-type");
+    let link = header("link");
+    let filters_applied = header("oci-filters-applied");
+    let bytes = read_limited(response, LISTING_LIMIT, upstream.idle_timeout())
+        .await
+        .map_err(|e| match e {
+            ReadError::TooLarge => CacheError::UpstreamBody(format!("listing larger than {LISTING_LIMIT} bytes")),
+            ReadError::Stalled(d) => CacheError::Stalled(d),
+            ReadError::Transport(t) => CacheError::UpstreamBody(t),
+        })?;
+    let body = String::from_utf8(bytes.to_vec())
+        .map_err(|_| CacheError::UpstreamBody("listing is not UTF-8 JSON".into()))?;
+    let listing = Listing {
+        content_type,
+        link,
+        filters_applied,
+        body,
+        checked_at: now_millis(),
+    };
+    index.set_listing(key, &listing)?;
+    Ok(listing)
+}

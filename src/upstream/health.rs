@@ -1,0 +1,167 @@
+//! Upstream health: a circuit breaker per upstream, so that no request
+//! waits on an upstream that is known to be down.
+//!
+//! Closed: requests flow; consecutive failures are counted. After
+//! `threshold` of them the breaker opens for `cooldown`: requests fail at
+//! once and callers answer from the cache. When the cooldown ends one
+//! request is let through as a probe (half-open); its success closes the
+//! breaker, its failure opens it for another cooldown.
+
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// The value of the `regcache_upstream_circuit_state` gauge.
+    pub fn gauge_value(self) -> i64 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        }
+    }
+}
+
+struct Inner {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+    /// A half-open probe is in flight; everyone else still fails fast.
+    probing: bool,
+}
+
+pub struct CircuitBreaker {
+    inner: Mutex<Inner>,
+    threshold: u32,
+    cooldown: Duration,
+}
+
+/// Whether a request may go out.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    Allowed,
+    /// The probe of a half-open breaker: its outcome decides.
+    Probe,
+    Rejected,
+}
+
+impl CircuitBreaker {
+    pub fn new(threshold: u32, cooldown: Duration) -> CircuitBreaker {
+        CircuitBreaker {
+            inner: Mutex::new(Inner {
+                consecutive_failures: 0,
+                open_until: None,
+                probing: false,
+            }),
+            threshold: threshold.max(1),
+            cooldown,
+        }
+    }
+
+    pub fn admit(&self) -> Admission {
+        let mut inner = self.inner.lock();
+        match inner.open_until {
+            None => Admission::Allowed,
+            Some(until) if Instant::now() < until => Admission::Rejected,
+            Some(_) if inner.probing => Admission::Rejected,
+            Some(_) => {
+                inner.probing = true;
+                Admission::Probe
+            }
+        }
+    }
+
+    /// Records an outcome; returns the state afterwards.
+    pub fn record(&self, admission: &Admission, success: bool) -> BreakerState {
+        let mut inner = self.inner.lock();
+        if *admission == Admission::Probe {
+            inner.probing = false;
+        }
+        if success {
+            inner.consecutive_failures = 0;
+            inner.open_until = None;
+        } else {
+            inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
+            let trips = inner.consecutive_failures >= self.threshold || *admission == Admission::Probe;
+            if trips {
+                inner.open_until = Some(Instant::now() + self.cooldown);
+            }
+        }
+        Self::state_of(&inner)
+    }
+
+    /// A probe that never completed (its caller went away) must not leave
+    /// the breaker half-open forever.
+    pub fn abandon(&self, admission: &Admission) {
+        if *admission == Admission::Probe {
+            self.inner.lock().probing = false;
+        }
+    }
+
+    pub fn state(&self) -> BreakerState {
+        Self::state_of(&self.inner.lock())
+    }
+
+    fn state_of(inner: &Inner) -> BreakerState {
+        match inner.open_until {
+            None => BreakerState::Closed,
+            Some(until) if Instant::now() < until => BreakerState::Open,
+            Some(_) => BreakerState::HalfOpen,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_threshold_half_opens_and_recovers() {
+        let b = CircuitBreaker::new(3, Duration::from_secs(30));
+        for _ in 0..2 {
+            let a = b.admit();
+            assert_eq!(a, Admission::Allowed);
+            assert_eq!(b.record(&a, false), BreakerState::Closed);
+        }
+        let a = b.admit();
+        assert_eq!(b.record(&a, false), BreakerState::Open);
+        assert_eq!(b.admit(), Admission::Rejected);
+
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        let probe = b.admit();
+        assert_eq!(probe, Admission::Probe);
+        assert_eq!(b.admit(), Admission::Rejected, "one probe at a time");
+        // The probe fails: open again for a full cooldown.
+        assert_eq!(b.record(&probe, false), BreakerState::Open);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let probe = b.admit();
+        assert_eq!(probe, Admission::Probe);
+        assert_eq!(b.record(&probe, true), BreakerState::Closed);
+        assert_eq!(b.admit(), Admission::Allowed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_resets_the_count_and_an_abandoned_probe_frees_the_slot() {
+        let b = CircuitBreaker::new(2, Duration::from_secs(5));
+        let a = b.admit();
+        b.record(&a, false);
+        let a = b.admit();
+        b.record(&a, true);
+        let a = b.admit();
+        assert_eq!(b.record(&a, false), BreakerState::Closed, "count restarted");
+        let a = b.admit();
+        assert_eq!(b.record(&a, false), BreakerState::Open);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let probe = b.admit();
+        b.abandon(&probe);
+        assert_eq!(b.admit(), Admission::Probe);
+    }
+}
