@@ -118,7 +118,10 @@ fn notify_systemd(state: sd_notify::NotifyState<'_>) {
 /// Runs until SIGTERM or SIGINT, reloading the config on every SIGHUP.
 async fn wait_for_stop(app: &App, config_path: Option<&Path>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut hup) = match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+    let (mut term, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
         (Ok(t), Ok(h)) => (t, h),
         (Err(e), _) | (_, Err(e)) => {
             tracing::error!(error = %e, "cannot listen for signals; stop with SIGKILL");
@@ -139,7 +142,9 @@ async fn wait_for_stop(app: &App, config_path: Option<&Path>) {
 fn reload(app: &App, config_path: Option<&Path>) {
     notify_systemd(sd_notify::NotifyState::Reloading);
     match Config::load(config_path) {
-        Err(e) => tracing::error!(error = %e, "reload refused: the new config is invalid; keeping the running one"),
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused: the new config is invalid; keeping the running one")
+        }
         Ok(new) => {
             let mut needs_restart = app.upstreams.apply(&new);
             let old = &app.config;
@@ -147,10 +152,16 @@ fn reload(app: &App, config_path: Option<&Path>) {
                 ("listen", old.listen != new.listen),
                 ("admin_listen", old.admin_listen != new.admin_listen),
                 ("cache_dir", old.cache_dir != new.cache_dir),
-                ("default_upstream", old.default_upstream != new.default_upstream),
-                ("timeouts", old.connect_timeout != new.connect_timeout
-                    || old.header_timeout != new.header_timeout
-                    || old.idle_timeout != new.idle_timeout),
+                (
+                    "default_upstream",
+                    old.default_upstream != new.default_upstream,
+                ),
+                (
+                    "timeouts",
+                    old.connect_timeout != new.connect_timeout
+                        || old.header_timeout != new.header_timeout
+                        || old.idle_timeout != new.idle_timeout,
+                ),
             ] {
                 if changed {
                     needs_restart.push(key.to_owned());

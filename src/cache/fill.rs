@@ -221,7 +221,8 @@ impl Fills {
                     self.metrics.fills_resumed.inc();
                     sink.flush(tx).await?;
                     tracing::warn!(%digest, upstream = %upstream.name, error = %e, from = sink.written, attempt = resumes, "upstream body broke; resuming");
-                    let (resumed, already) = resume(upstream, repo, digest, sink.written, sink.size).await?;
+                    let (resumed, already) =
+                        resume(upstream, repo, digest, sink.written, sink.size).await?;
                     body = resumed.bytes_stream();
                     skip = already;
                 }
@@ -229,7 +230,9 @@ impl Fills {
             }
         }
         sink.flush(tx).await?;
-        let Sink { hasher, written, .. } = sink;
+        let Sink {
+            hasher, written, ..
+        } = sink;
         if let Some(expected) = size.filter(|&s| s != written) {
             return Err(CacheError::SizeMismatch {
                 expected,
@@ -285,17 +288,25 @@ async fn resume(
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with(&format!("bytes {from}-")));
             if !starts_right {
-                return Err(CacheError::UpstreamBody("resumed with the wrong Content-Range".into()));
+                return Err(CacheError::UpstreamBody(
+                    "resumed with the wrong Content-Range".into(),
+                ));
             }
             Ok((response, 0))
         }
         StatusCode::OK => {
             if size.is_some_and(|s| response.content_length() != Some(s)) {
-                return Err(CacheError::UpstreamBody("restarted with a different length".into()));
+                return Err(CacheError::UpstreamBody(
+                    "restarted with a different length".into(),
+                ));
             }
             Ok((response, from))
         }
-        _ => Err(CacheError::from_upstream_status(&upstream.name, &response, "blob")),
+        _ => Err(CacheError::from_upstream_status(
+            &upstream.name,
+            &response,
+            "blob",
+        )),
     }
 }
 
@@ -313,7 +324,10 @@ impl Sink {
     async fn push(&mut self, chunk: &[u8], tx: &watch::Sender<Progress>) -> Result<(), CacheError> {
         let total = self.written + (self.pending.len() + chunk.len()) as u64;
         if let Some(expected) = self.size.filter(|&s| total > s) {
-            return Err(CacheError::SizeMismatch { expected, actual: total });
+            return Err(CacheError::SizeMismatch {
+                expected,
+                actual: total,
+            });
         }
         self.pending.extend_from_slice(chunk);
         if self.pending.len() >= IO_CHUNK {
@@ -328,7 +342,8 @@ impl Sink {
         }
         let data = self.pending.split().freeze();
         let hasher = std::mem::take(&mut self.hasher);
-        (self.hasher, self.written) = write_at(self.file.clone(), hasher, self.written, data).await?;
+        (self.hasher, self.written) =
+            write_at(self.file.clone(), hasher, self.written, data).await?;
         let written = self.written;
         tx.send_modify(|p| p.written = written);
         Ok(())

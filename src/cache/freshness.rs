@@ -14,7 +14,11 @@ use crate::upstream::Upstream;
 /// Looks up a mutable value. `cached` is the value and when the upstream
 /// last confirmed it (unix ms); `refresh` asks the upstream (shared by
 /// concurrent callers) and says whether this call joined another's flight.
-pub async fn lookup<T, F, Fut>(upstream: &Upstream, cached: Option<(T, u64)>, refresh: F) -> Result<(T, Outcome), CacheError>
+pub async fn lookup<T, F, Fut>(
+    upstream: &Upstream,
+    cached: Option<(T, u64)>,
+    refresh: F,
+) -> Result<(T, Outcome), CacheError>
 where
     T: Clone,
     F: FnOnce() -> Fut,
@@ -30,7 +34,9 @@ where
     }
     let offline = upstream.is_offline();
     let stale = cached.as_ref().filter(|(_, at)| {
-        offline || (!settings.stale_if_error.is_zero() && age(*at) < settings.tag_ttl + settings.stale_if_error)
+        offline
+            || (!settings.stale_if_error.is_zero()
+                && age(*at) < settings.tag_ttl + settings.stale_if_error)
     });
     let fresh_outcome = |joined: bool| match (joined, cached.is_some()) {
         (true, _) => Outcome::Coalesced,

@@ -77,7 +77,9 @@ impl ListingCache {
                 let query = query.map(str::to_owned);
                 let index = self.index.clone();
                 let key = key.clone();
-                move || async move { fetch(&upstream, &repo, &suffix, query.as_deref(), &index, &key).await }
+                move || async move {
+                    fetch(&upstream, &repo, &suffix, query.as_deref(), &index, &key).await
+                }
             };
             let (result, joined) = self.flights.run(key.clone(), fetch, task_panicked).await;
             if let Err(e) = &result {
@@ -105,10 +107,19 @@ async fn fetch(
     key: &str,
 ) -> Result<Listing, CacheError> {
     let mut headers = HeaderMap::new();
-    headers.insert(http::header::ACCEPT, HeaderValue::from_static("application/json, */*"));
-    let response = upstream.request(Method::GET, repo, suffix, query, headers).await?;
+    headers.insert(
+        http::header::ACCEPT,
+        HeaderValue::from_static("application/json, */*"),
+    );
+    let response = upstream
+        .request(Method::GET, repo, suffix, query, headers)
+        .await?;
     if response.status() != StatusCode::OK {
-        return Err(CacheError::from_upstream_status(&upstream.name, &response, "listing"));
+        return Err(CacheError::from_upstream_status(
+            &upstream.name,
+            &response,
+            "listing",
+        ));
     }
     let header = |name: &str| {
         response
@@ -123,7 +134,9 @@ async fn fetch(
     let bytes = read_limited(response, LISTING_LIMIT, upstream.idle_timeout())
         .await
         .map_err(|e| match e {
-            ReadError::TooLarge => CacheError::UpstreamBody(format!("listing larger than {LISTING_LIMIT} bytes")),
+            ReadError::TooLarge => {
+                CacheError::UpstreamBody(format!("listing larger than {LISTING_LIMIT} bytes"))
+            }
             ReadError::Stalled(d) => CacheError::Stalled(d),
             ReadError::Transport(t) => CacheError::UpstreamBody(t),
         })?;

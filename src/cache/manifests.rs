@@ -177,9 +177,14 @@ impl ManifestCache {
             let store = self.store.clone();
             let index = self.index.clone();
             let metrics = self.metrics.clone();
-            move || async move { fetch_by_digest(&upstream, &repo, &digest, &store, &index, &metrics).await }
+            move || async move {
+                fetch_by_digest(&upstream, &repo, &digest, &store, &index, &metrics).await
+            }
         };
-        let (result, joined) = self.digest_flights.run(digest.clone(), fetch, task_panicked).await;
+        let (result, joined) = self
+            .digest_flights
+            .run(digest.clone(), fetch, task_panicked)
+            .await;
         let manifest = match result {
             Ok(m) => m,
             Err(e) => {
@@ -189,7 +194,11 @@ impl ManifestCache {
             }
         };
         self.hot.insert(digest.clone(), manifest.clone()).await;
-        let outcome = if joined { Outcome::Coalesced } else { Outcome::Miss };
+        let outcome = if joined {
+            Outcome::Coalesced
+        } else {
+            Outcome::Miss
+        };
         self.count("manifest", outcome);
         Ok((manifest, outcome))
     }

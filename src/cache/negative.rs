@@ -29,7 +29,10 @@ pub struct NegativeCache {
 impl NegativeCache {
     pub fn new() -> NegativeCache {
         NegativeCache {
-            entries: Cache::builder().max_capacity(100_000).expire_after(PerEntryTtl).build(),
+            entries: Cache::builder()
+                .max_capacity(100_000)
+                .expire_after(PerEntryTtl)
+                .build(),
         }
     }
 

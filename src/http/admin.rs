@@ -12,7 +12,11 @@ use super::App;
 pub async fn admin_service<B>(app: Arc<App>, request: Request<B>) -> Response<Body> {
     let method = request.method();
     match request.uri().path() {
-        "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", app.metrics.render()),
+        "/metrics" => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            app.metrics.render(),
+        ),
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         // Ready as soon as the listeners are up: serving never needs the
         // upstream, and hits do not need the index.
@@ -27,9 +31,18 @@ pub async fn admin_service<B>(app: Arc<App>, request: Request<B>) -> Response<Bo
             match enabled.as_deref() {
                 Some("true" | "1") | None => app.upstreams.set_offline(true),
                 Some("false" | "0") => app.upstreams.set_offline(false),
-                Some(_) => return text(StatusCode::BAD_REQUEST, "text/plain", "enabled must be true or false\n".into()),
+                Some(_) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        "enabled must be true or false\n".into(),
+                    )
+                }
             }
-            tracing::warn!(offline = app.upstreams.offline(), "offline mode switched through the admin API");
+            tracing::warn!(
+                offline = app.upstreams.offline(),
+                "offline mode switched through the admin API"
+            );
             offline_state(&app)
         }
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
@@ -47,8 +60,9 @@ fn offline_state(app: &App) -> Response<Body> {
 fn text(status: StatusCode, content_type: &'static str, text: String) -> Response<Body> {
     let mut response = Response::new(body::full(text));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
     response
 }

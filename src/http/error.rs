@@ -126,7 +126,11 @@ impl ApiError {
             }
             CacheError::Upstream(UpstreamError::CircuitOpen { .. }) => ApiError {
                 retry_after: Some("30".into()),
-                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, format!("not cached, and {e}"))
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Code::Unavailable,
+                    format!("not cached, and {e}"),
+                )
             },
             CacheError::Upstream(UpstreamError::Timeout { .. }) | CacheError::Stalled(_) => {
                 ApiError::new(

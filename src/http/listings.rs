@@ -36,14 +36,25 @@ pub async fn listing(
         .map_err(|e| ApiError::from_cache(&e, unknown))?;
     log.outcome = outcome.label();
     let length = listing.body.len();
-    let mut response = Response::new(if head { body::head() } else { body::full(listing.body) });
+    let mut response = Response::new(if head {
+        body::head()
+    } else {
+        body::full(listing.body)
+    });
     let headers = response.headers_mut();
-    let content_type = listing.content_type.as_deref().unwrap_or("application/json");
+    let content_type = listing
+        .content_type
+        .as_deref()
+        .unwrap_or("application/json");
     if let Ok(v) = HeaderValue::from_str(content_type) {
         headers.insert(http::header::CONTENT_TYPE, v);
     }
     headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
-    if let Some(v) = listing.filters_applied.as_deref().and_then(|f| HeaderValue::from_str(f).ok()) {
+    if let Some(v) = listing
+        .filters_applied
+        .as_deref()
+        .and_then(|f| HeaderValue::from_str(f).ok())
+    {
         headers.insert("oci-filters-applied", v);
     }
     if let Some(v) = listing
@@ -96,7 +107,10 @@ mod tests {
             Some("ghcr.io"),
         )
         .unwrap();
-        assert_eq!(v, r#"</mirror/v2/org/app/tags/list?n=1&last=a&ns=ghcr.io>; rel="next""#);
+        assert_eq!(
+            v,
+            r#"</mirror/v2/org/app/tags/list?n=1&last=a&ns=ghcr.io>; rel="next""#
+        );
         assert!(rewrite_link("garbage", "/p", None).is_none());
     }
 }

@@ -51,7 +51,8 @@ pub async fn manifest(
             if head {
                 // A HEAD answers from the tag record alone: no body needed,
                 // and no manifest download for a version check.
-                let mut response = manifest_response(&digest, &entry.media_type, entry.size, None, headers);
+                let mut response =
+                    manifest_response(&digest, &entry.media_type, entry.size, None, headers);
                 if stale {
                     mark_stale(&mut response);
                 }

@@ -107,12 +107,32 @@ async fn route_and_answer<B>(
         }
         Endpoint::TagsList => {
             log.route = "tags";
-            listings::listing(app, &route, "tags/list", uri.path(), uri.query(), head, Code::NameUnknown, log).await?
+            listings::listing(
+                app,
+                &route,
+                "tags/list",
+                uri.path(),
+                uri.query(),
+                head,
+                Code::NameUnknown,
+                log,
+            )
+            .await?
         }
         Endpoint::Referrers(digest) => {
             log.route = "referrers";
             let suffix = format!("referrers/{digest}");
-            listings::listing(app, &route, &suffix, uri.path(), uri.query(), head, Code::ManifestUnknown, log).await?
+            listings::listing(
+                app,
+                &route,
+                &suffix,
+                uri.path(),
+                uri.query(),
+                head,
+                Code::ManifestUnknown,
+                log,
+            )
+            .await?
         }
     };
     // The OCI spec asks proxies to echo the namespace they served.
@@ -128,7 +148,8 @@ async fn route_and_answer<B>(
 
 /// Marks an answer served past its freshness because the upstream failed.
 pub fn mark_stale(response: &mut Response<Body>) {
-    response
-        .headers_mut()
-        .insert(http::header::WARNING, HeaderValue::from_static("110 - \"response is stale\""));
+    response.headers_mut().insert(
+        http::header::WARNING,
+        HeaderValue::from_static("110 - \"response is stale\""),
+    );
 }

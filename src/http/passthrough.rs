@@ -14,7 +14,12 @@ use crate::upstream::read_limited;
 /// with its body and the headers clients need; anything else as regcache's
 /// own OCI error (an upstream's `WWW-Authenticate` must never reach the
 /// client, who would answer it with credentials meant for the upstream).
-pub async fn relay_manifest(route: &Route, reference: &Reference, accept: &AcceptList, head: bool) -> Result<Response<Body>, ApiError> {
+pub async fn relay_manifest(
+    route: &Route,
+    reference: &Reference,
+    accept: &AcceptList,
+    head: bool,
+) -> Result<Response<Body>, ApiError> {
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&accept.header_value()) {
         headers.insert(http::header::ACCEPT, v);
@@ -23,13 +28,23 @@ pub async fn relay_manifest(route: &Route, reference: &Reference, accept: &Accep
     let upstream = &route.upstream;
     let failed = |e: CacheError| ApiError::from_cache(&e, Code::ManifestUnknown);
     let response = upstream
-        .request(method, &route.repo, &format!("manifests/{reference}"), None, headers)
+        .request(
+            method,
+            &route.repo,
+            &format!("manifests/{reference}"),
+            None,
+            headers,
+        )
         .await
         .map_err(|e| failed(e.into()))?;
     upstream.record_ratelimit(response.headers());
     let status = response.status();
     if !status.is_success() {
-        return Err(failed(CacheError::from_upstream_status(&upstream.name, &response, "manifest")));
+        return Err(failed(CacheError::from_upstream_status(
+            &upstream.name,
+            &response,
+            "manifest",
+        )));
     }
     let mut out_headers = HeaderMap::new();
     for name in ["content-type", "docker-content-digest", "etag"] {

@@ -53,11 +53,11 @@ fn method_not_allowed() -> ApiError {
 
 /// Splits off the path prefix before `/v2` (a mirror mounted at a path).
 fn split_v2(path: &str) -> Option<(&str, &str)> {
-    if let Some(prefix) = path.strip_suffix("/v2") {
-        return Some((prefix, ""));
+    // The first "/v2/" wins: a tag or name component may itself be "v2".
+    if let Some(at) = path.find("/v2/") {
+        return Some((&path[..at], &path[at + 4..]));
     }
-    let at = path.find("/v2/")?;
-    Some((&path[..at], &path[at + 4..]))
+    path.strip_suffix("/v2").map(|prefix| (prefix, ""))
 }
 
 pub fn parse(
@@ -269,6 +269,17 @@ mod tests {
 
     #[test]
     fn endpoints_match_from_the_right() {
+        let r = route(Method::GET, "/v2/a/manifests/v2", None).unwrap();
+        assert_eq!(
+            r.endpoint,
+            Endpoint::Manifest(Reference::parse("v2").unwrap())
+        );
+        let r = route(Method::GET, "/v2/v2/app/manifests/v2", None).unwrap();
+        assert_eq!(r.repo.as_str(), "v2/app");
+        assert!(matches!(
+            parse(&Method::GET, "/mirror/v2", None, &upstreams()),
+            Ok(Parsed::Base)
+        ));
         let r = route(Method::GET, "/v2/a/blobs/manifests/x", None).unwrap();
         assert_eq!(r.repo.as_str(), "a/blobs");
         let r = route(Method::GET, &format!("/v2/manifests/blobs/{D}"), None).unwrap();

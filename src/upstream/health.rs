@@ -89,7 +89,8 @@ impl CircuitBreaker {
             inner.open_until = None;
         } else {
             inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
-            let trips = inner.consecutive_failures >= self.threshold || *admission == Admission::Probe;
+            let trips =
+                inner.consecutive_failures >= self.threshold || *admission == Admission::Probe;
             if trips {
                 inner.open_until = Some(Instant::now() + self.cooldown);
             }

@@ -156,7 +156,10 @@ impl Upstreams {
     }
 
     pub fn set_offline(&self, offline: bool) {
-        self.default.shared.offline.store(offline, Ordering::Relaxed);
+        self.default
+            .shared
+            .offline
+            .store(offline, Ordering::Relaxed);
     }
 
     pub fn offline(&self) -> bool {
@@ -171,7 +174,10 @@ impl Upstreams {
         let new = config.upstreams();
         for u in &new {
             match self.all.iter().find(|e| *e.name == *u.name) {
-                Some(existing) if existing.base.as_str().trim_end_matches('/') == u.url.trim_end_matches('/') => {
+                Some(existing)
+                    if existing.base.as_str().trim_end_matches('/')
+                        == u.url.trim_end_matches('/') =>
+                {
                     *existing.settings.write() = UpstreamSettings::from_config(u);
                 }
                 _ => needs_restart.push(format!("upstream {} (added or its url changed)", u.name)),

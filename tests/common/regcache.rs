@@ -14,6 +14,8 @@ pub struct UpstreamEntry {
     pub url: String,
     pub aliases: Vec<String>,
     pub tag_ttl: String,
+    /// More `key = value` lines for this upstream.
+    pub extra: Vec<String>,
 }
 
 impl UpstreamEntry {
@@ -23,7 +25,14 @@ impl UpstreamEntry {
             url: url.into(),
             aliases: Vec::new(),
             tag_ttl: "5m".into(),
+            extra: Vec::new(),
         }
+    }
+
+    /// Any other upstream key, the value written as TOML (`"7d"`, `true`, `3`).
+    pub fn set(mut self, key: &str, toml_value: &str) -> Self {
+        self.extra.push(format!("{key} = {toml_value}"));
+        self
     }
 
     pub fn alias(mut self, alias: &str) -> Self {
@@ -59,23 +68,7 @@ impl Regcache {
         let dir = tmp.path().to_owned();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut config = format!(
-            "listen = \"{addr}\"\nadmin_listen = \"{admin}\"\ncache_dir = \"{}\"\ndefault_upstream = \"{}\"\n{extra}\n",
-            dir.join("cache").display(),
-            upstreams[0].name
-        );
-        for u in upstreams {
-            let aliases: Vec<String> = u.aliases.iter().map(|a| format!("{a:?}")).collect();
-            config.push_str(&format!(
-                "\n[[upstreams]]\nname = {:?}\nurl = {:?}\naliases = [{}]\ntag_ttl = {:?}\n",
-                u.name,
-                u.url,
-                aliases.join(", "),
-                u.tag_ttl
-            ));
-        }
         let config_path = dir.join("regcache.toml");
-        std::fs::write(&config_path, config).expect("write config");
         let mut rc = Regcache {
             child: None,
             addr,
@@ -85,8 +78,49 @@ impl Regcache {
             dir,
             _tmp: Some(tmp),
         };
+        rc.write_config(upstreams, extra);
         rc.spawn();
         rc
+    }
+
+    /// Writes the config file; the first upstream is the default.
+    pub fn write_config(&self, upstreams: &[UpstreamEntry], extra: &str) {
+        let mut config = format!(
+            "listen = \"{}\"\nadmin_listen = \"{}\"\ncache_dir = \"{}\"\ndefault_upstream = \"{}\"\n{extra}\n",
+            self.addr,
+            self.admin,
+            self.cache_dir().display(),
+            upstreams[0].name
+        );
+        for u in upstreams {
+            let aliases: Vec<String> = u.aliases.iter().map(|a| format!("{a:?}")).collect();
+            config.push_str(&format!(
+                "\n[[upstreams]]\nname = {:?}\nurl = {:?}\naliases = [{}]\ntag_ttl = {:?}\n{}\n",
+                u.name,
+                u.url,
+                aliases.join(", "),
+                u.tag_ttl,
+                u.extra.join("\n")
+            ));
+        }
+        std::fs::write(&self.config_path, config).expect("write config");
+    }
+
+    /// Sends SIGHUP (reload the config file).
+    pub fn sighup(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-HUP")
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
+    /// POST to the admin listener; the status code.
+    pub fn admin_post(&self, path: &str) -> u16 {
+        super::registry::http_request(self.admin, "POST", path, &[], Some(b""))
+            .map(|r| r.status)
+            .unwrap_or(0)
     }
 
     pub fn cache_dir(&self) -> PathBuf {
