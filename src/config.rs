@@ -76,12 +76,60 @@ pub struct UpstreamConfig {
     /// Serve only what is cached from this upstream; never dial it.
     #[serde(default)]
     pub offline: bool,
+    /// Credentials for the upstream: `password`, or `password_file` (kept
+    /// out of the main file), or `REGCACHE_UPSTREAMS__<n>__PASSWORD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redact"
+    )]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) to trust for this upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate. Only for testing; logged as a warning.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
     /// Consecutive failures that open the circuit breaker.
     #[serde(default = "default_breaker_threshold")]
     pub breaker_threshold: u32,
     /// How long an open breaker answers from the cache before probing again.
     #[serde(default = "default_breaker_cooldown")]
     pub breaker_cooldown: HumanDuration,
+}
+
+/// Secrets never appear in `check-config` output.
+fn redact<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+impl UpstreamConfig {
+    /// The configured credentials, reading `password_file` now.
+    pub fn credentials(&self) -> Result<Option<(String, String)>, String> {
+        let password = match (&self.password, &self.password_file) {
+            (Some(_), Some(_)) => return Err("set password or password_file, not both".into()),
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("password_file {}: {e}", path.display()))?;
+                Some(text.trim_end_matches(['\r', '\n']).to_owned())
+            }
+            (None, None) => None,
+        };
+        match (&self.username, password) {
+            (Some(u), Some(p)) => Ok(Some((u.clone(), p))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("username is set without a password".into()),
+            (None, Some(_)) => Err("a password is set without a username".into()),
+        }
+    }
 }
 
 fn default_stale_if_error() -> HumanDuration {
@@ -111,6 +159,11 @@ impl UpstreamConfig {
             stale_if_error: default_stale_if_error(),
             negative_ttl: default_negative_ttl(),
             offline: false,
+            username: None,
+            password: None,
+            password_file: None,
+            ca_file: None,
+            insecure_skip_verify: false,
             breaker_threshold: default_breaker_threshold(),
             breaker_cooldown: default_breaker_cooldown(),
         }
@@ -204,10 +257,52 @@ impl Config {
             }
             None => {}
         }
-        figment = figment.merge(Env::prefixed("REGCACHE_").split("__"));
-        let config: Config = figment.extract().map_err(Box::new)?;
+        // REGCACHE_UPSTREAMS__<n>__<KEY> addresses an array entry, which
+        // figment cannot merge; those are applied after extraction.
+        figment = figment.merge(
+            Env::prefixed("REGCACHE_")
+                .filter(|k| !k.as_str().to_ascii_lowercase().starts_with("upstreams__"))
+                .split("__"),
+        );
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        config.apply_upstream_env(std::env::vars())?;
         config.validate()?;
         Ok(config)
+    }
+
+    fn apply_upstream_env(
+        &mut self,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (name, value) in vars {
+            let Some(rest) = name.strip_prefix("REGCACHE_UPSTREAMS__") else {
+                continue;
+            };
+            let bad = |message: &str| ConfigError::Invalid {
+                key: name.clone(),
+                message: message.to_owned(),
+            };
+            let (index, key) = rest
+                .split_once("__")
+                .ok_or_else(|| bad("expected REGCACHE_UPSTREAMS__<n>__<KEY>"))?;
+            let index: usize = index.parse().map_err(|_| bad("<n> must be a number"))?;
+            let mut upstreams = self.upstreams();
+            let entry = upstreams
+                .get_mut(index)
+                .ok_or_else(|| bad("there is no upstream with that index"))?;
+            match key.to_ascii_lowercase().as_str() {
+                "username" => entry.username = Some(value),
+                "password" => entry.password = Some(value),
+                "password_file" => entry.password_file = Some(PathBuf::from(value)),
+                _ => {
+                    return Err(bad(
+                        "only USERNAME, PASSWORD and PASSWORD_FILE can be set this way",
+                    ))
+                }
+            }
+            self.upstreams = Some(upstreams);
+        }
+        Ok(())
     }
 
     pub fn upstreams(&self) -> Vec<UpstreamConfig> {
@@ -230,6 +325,17 @@ impl Config {
                     return invalid(
                         format!("upstreams[{i}]"),
                         format!("the name or alias {n:?} is used twice"),
+                    );
+                }
+            }
+            if let Err(message) = u.credentials() {
+                return invalid(format!("upstreams[{i}] ({})", u.name), message);
+            }
+            if let Some(ca) = &u.ca_file {
+                if let Err(e) = std::fs::read(ca) {
+                    return invalid(
+                        format!("upstreams[{i}] ({}).ca_file", u.name),
+                        format!("{}: {e}", ca.display()),
                     );
                 }
             }
@@ -349,12 +455,19 @@ mod tests {
             )?;
             jail.set_env("REGCACHE_LISTEN", "127.0.0.1:7000");
             jail.set_env("REGCACHE_CACHE_DIR", "/tmp/x");
+            jail.set_env("REGCACHE_UPSTREAMS__0__USERNAME", "bot");
+            jail.set_env("REGCACHE_UPSTREAMS__0__PASSWORD", "s3cret");
             let c = Config::load(Some(Path::new("r.toml"))).expect("loads");
             assert_eq!(c.listen.to_string(), "127.0.0.1:7000");
             assert_eq!(c.cache_dir, PathBuf::from("/tmp/x"));
             let ups = c.upstreams();
             assert_eq!(ups.len(), 1);
             assert_eq!(ups[0].tag_ttl.get(), Duration::from_secs(60));
+            assert_eq!(
+                ups[0].credentials(),
+                Ok(Some(("bot".into(), "s3cret".into())))
+            );
+            assert!(!c.to_toml().contains("s3cret"), "secrets are redacted");
             Ok(())
         });
     }

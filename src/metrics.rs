@@ -30,6 +30,8 @@ pub struct Metrics {
     pub upstream_circuit_state: IntGaugeVec,
     /// Fills that lost their upstream connection and resumed with a Range.
     pub fills_resumed: IntCounter,
+    /// Token requests sent to upstream token servers.
+    pub token_fetches: IntCounter,
 }
 
 impl Metrics {
@@ -118,8 +120,17 @@ impl Metrics {
         registry
             .register(Box::new(fills_resumed.clone()))
             .expect("unique metric");
+        let token_fetches = IntCounter::new(
+            "upstream_token_fetches_total",
+            "Token requests sent to upstream token servers.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(token_fetches.clone()))
+            .expect("unique metric");
         Metrics {
             registry,
+            token_fetches,
             upstream_circuit_state,
             fills_resumed,
             requests,

@@ -113,6 +113,8 @@ fn dispatch(
         let started = tokio::time::Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
+        // The query carries routing (containerd's ns=) and paging, never secrets.
+        let query = request.uri().query().unwrap_or("").to_owned();
         let mut log = RequestLog::default();
         let response = match kind {
             Listener::Registry => super::handle(&app, request, &mut log).await,
@@ -132,6 +134,7 @@ fn dispatch(
                 client = %peer,
                 method = %method,
                 path = %path,
+                query = %query,
                 status,
                 route = log.route,
                 upstream = log.upstream.as_deref().unwrap_or("-"),

@@ -1,0 +1,421 @@
+//! One upstream registry: its settings, its HTTP client (with its own CA
+//! and TLS choices), authentication, redirects and health.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use parking_lot::RwLock;
+
+use super::auth::{bearer_header, Credentials};
+use super::body::describe;
+use super::challenge::parse_challenges;
+use super::health::{Admission, BreakerState, CircuitBreaker};
+use super::{BuildError, Shared, UpstreamError};
+use crate::config::UpstreamConfig;
+use crate::registry::RepoName;
+
+/// Hosts that all mean Docker Hub.
+const DOCKER_HUB_NAMES: [&str; 4] = [
+    "docker.io",
+    "index.docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+];
+
+/// Redirect hops followed per request (blob redirects go to a CDN once;
+/// registry.k8s.io redirects manifests to a regional host).
+const MAX_REDIRECTS: usize = 10;
+
+/// The settings of an upstream that can change without a restart.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub tag_ttl: Duration,
+    pub stale_if_error: Duration,
+    pub negative_ttl: Duration,
+    pub offline: bool,
+    pub credentials: Option<Credentials>,
+}
+
+impl UpstreamSettings {
+    fn from_config(c: &UpstreamConfig) -> Result<UpstreamSettings, String> {
+        Ok(UpstreamSettings {
+            tag_ttl: c.tag_ttl.get(),
+            stale_if_error: c.stale_if_error.get(),
+            negative_ttl: c.negative_ttl.get(),
+            offline: c.offline,
+            credentials: c.credentials()?.map(|(u, p)| Credentials::new(u, p)),
+        })
+    }
+}
+
+/// One configured upstream registry.
+pub struct Upstream {
+    pub name: Arc<str>,
+    aliases: Vec<String>,
+    base: reqwest::Url,
+    http: reqwest::Client,
+    /// What the client was built from; changing it needs a restart.
+    tls: (Option<std::path::PathBuf>, bool),
+    settings: RwLock<UpstreamSettings>,
+    /// The upstream answered a Basic challenge: send credentials up front.
+    basic_auth: std::sync::atomic::AtomicBool,
+    breaker: CircuitBreaker,
+    docker_hub: bool,
+    shared: Arc<Shared>,
+}
+
+impl Upstream {
+    pub(super) fn new(
+        config: &UpstreamConfig,
+        shared: Arc<Shared>,
+    ) -> Result<Upstream, BuildError> {
+        let fail = |message: String| BuildError::Upstream {
+            name: config.name.clone(),
+            message,
+        };
+        let mut base = reqwest::Url::parse(&config.url).map_err(|e| fail(format!("url: {e}")))?;
+        // Joining "v2/..." onto the base must keep any path the URL has.
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(shared.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            // Redirects are followed by `request`, which decides per hop
+            // what credentials may go along.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("regcache/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| fail(format!("ca_file {}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| fail(format!("ca_file {}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(fail(format!(
+                    "ca_file {} holds no certificate",
+                    path.display()
+                )));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if config.insecure_skip_verify {
+            tracing::warn!(upstream = %config.name, "insecure_skip_verify: TLS certificates of this upstream are NOT verified");
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder.build().map_err(|source| BuildError::Client {
+            name: config.name.clone(),
+            source,
+        })?;
+        let docker_hub = std::iter::once(&config.name)
+            .chain(&config.aliases)
+            .chain(base.host_str().map(str::to_owned).iter())
+            .any(|n| DOCKER_HUB_NAMES.contains(&n.to_ascii_lowercase().as_str()));
+        Ok(Upstream {
+            name: config.name.as_str().into(),
+            aliases: config.aliases.clone(),
+            base,
+            http,
+            tls: (config.ca_file.clone(), config.insecure_skip_verify),
+            settings: RwLock::new(UpstreamSettings::from_config(config).map_err(fail)?),
+            basic_auth: std::sync::atomic::AtomicBool::new(false),
+            breaker: CircuitBreaker::new(config.breaker_threshold, config.breaker_cooldown.get()),
+            docker_hub,
+            shared,
+        })
+    }
+
+    /// Whether a reloaded config describes the same endpoint (so that the
+    /// live settings can simply be swapped).
+    pub(super) fn same_endpoint(&self, config: &UpstreamConfig) -> bool {
+        let url = config.url.trim_end_matches('/');
+        self.base.as_str().trim_end_matches('/') == url
+            && self.tls == (config.ca_file.clone(), config.insecure_skip_verify)
+    }
+
+    pub(super) fn update(&self, config: &UpstreamConfig) -> Result<(), String> {
+        let settings = UpstreamSettings::from_config(config)?;
+        let credentials_changed = self.settings.read().credentials != settings.credentials;
+        *self.settings.write() = settings;
+        if credentials_changed {
+            self.basic_auth.store(false, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    pub fn is_docker_hub(&self) -> bool {
+        self.docker_hub
+    }
+
+    /// The upstream's own name for a repository: Docker Hub keeps official
+    /// images under `library/`.
+    pub fn upstream_repo(&self, repo: &RepoName) -> RepoName {
+        if self.docker_hub {
+            repo.with_library_prefix()
+        } else {
+            repo.clone()
+        }
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        self.shared.idle_timeout
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        self.shared.header_timeout
+    }
+
+    pub fn settings(&self) -> UpstreamSettings {
+        self.settings.read().clone()
+    }
+
+    /// Offline globally or for this upstream.
+    pub fn is_offline(&self) -> bool {
+        self.shared.offline.load(Ordering::Relaxed) || self.settings.read().offline
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(&*self.name).chain(self.aliases.iter().map(String::as_str))
+    }
+
+    /// Sends `method /v2/<repo>/<suffix>[?query]`: authenticates as the
+    /// upstream asks (Bearer token or Basic), follows redirects itself, and
+    /// returns the final answer. Any status comes back as a response; only
+    /// transport failures, timeouts, offline and an open breaker are errors.
+    pub async fn request(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        suffix: &str,
+        query: Option<&str>,
+        headers: HeaderMap,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut url = self
+            .base
+            .join(&format!("v2/{}/{}", repo.as_str(), suffix))
+            .map_err(|e| self.unreachable(format!("bad URL: {e}")))?;
+        url.set_query(query);
+        let scope = format!("repository:{}:pull", repo.as_str());
+        let credentials = self.settings().credentials;
+        let mut method = method;
+        for _ in 0..=MAX_REDIRECTS {
+            // Credentials and our tokens go only to the upstream itself; a
+            // redirect target (a CDN, object storage with a presigned URL)
+            // gets nothing unless it challenges on its own account.
+            let home = url.origin() == self.base.origin();
+            let authorization = if home {
+                self.upfront_auth(&scope, credentials.as_ref()).await
+            } else {
+                None
+            };
+            let mut response = self
+                .send(method.clone(), url.clone(), &headers, authorization)
+                .await?;
+            if response.status() == StatusCode::UNAUTHORIZED {
+                let home_credentials = if home { credentials.as_ref() } else { None };
+                if let Some(retry) = self
+                    .answer_challenge(&response, &scope, home, home_credentials)
+                    .await?
+                {
+                    response = self
+                        .send(method.clone(), url.clone(), &headers, Some(retry))
+                        .await?;
+                }
+            }
+            if !response.status().is_redirection() {
+                return Ok(response);
+            }
+            let next = response
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| url.join(l).ok());
+            let Some(next) = next else {
+                return Ok(response);
+            };
+            if response.status() == StatusCode::SEE_OTHER {
+                method = Method::GET;
+            }
+            url = next;
+        }
+        Err(self.unreachable(format!("more than {MAX_REDIRECTS} redirects")))
+    }
+
+    fn unreachable(&self, detail: String) -> UpstreamError {
+        UpstreamError::Unreachable {
+            upstream: self.name.to_string(),
+            detail,
+        }
+    }
+
+    /// What to send before any challenge: Basic credentials once the
+    /// upstream has asked for them, else a cached token for the scope.
+    async fn upfront_auth(
+        &self,
+        scope: &str,
+        credentials: Option<&Credentials>,
+    ) -> Option<HeaderValue> {
+        if let Some(c) = credentials.filter(|_| self.basic_auth.load(Ordering::Relaxed)) {
+            return Some(c.basic_header());
+        }
+        let token = self
+            .shared
+            .tokens
+            .cached(&self.name, scope, credentials)
+            .await?;
+        Some(bearer_header(&token))
+    }
+
+    /// Answers a 401's challenge, if it can: a Bearer token (with our
+    /// credentials only at our own upstream's realm), or Basic credentials
+    /// to our own upstream. None leaves the 401 to the caller.
+    async fn answer_challenge(
+        &self,
+        response: &reqwest::Response,
+        scope: &str,
+        home: bool,
+        credentials: Option<&Credentials>,
+    ) -> Result<Option<HeaderValue>, UpstreamError> {
+        let challenges: Vec<_> = response
+            .headers()
+            .get_all(http::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(parse_challenges)
+            .collect();
+        if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
+            let home_name = home.then_some(&self.name);
+            let answer =
+                self.shared
+                    .tokens
+                    .answer(&self.http, home_name, bearer, scope, credentials);
+            let token = tokio::time::timeout(self.shared.header_timeout, answer)
+                .await
+                .map_err(|_| UpstreamError::Timeout {
+                    upstream: self.name.to_string(),
+                    after: self.shared.header_timeout,
+                })??;
+            return Ok(Some(bearer_header(&token)));
+        }
+        if challenges.iter().any(|c| c.scheme == "basic") {
+            if let Some(c) = credentials {
+                self.basic_auth.store(true, Ordering::Relaxed);
+                return Ok(Some(c.basic_header()));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: reqwest::Url,
+        headers: &HeaderMap,
+        authorization: Option<HeaderValue>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        if self.is_offline() {
+            return Err(UpstreamError::Offline {
+                upstream: self.name.to_string(),
+            });
+        }
+        let admission = self.breaker.admit();
+        if admission == Admission::Rejected {
+            return Err(UpstreamError::CircuitOpen {
+                upstream: self.name.to_string(),
+            });
+        }
+        // If this future is dropped mid-request, a probe slot must be freed.
+        let probe = ProbeGuard {
+            breaker: &self.breaker,
+            admission: Some(admission),
+        };
+        let mut request = self.http.request(method, url).headers(headers.clone());
+        // Compressed transfer would change the bytes that must hash to the
+        // digest.
+        request = request.header(
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        if let Some(a) = authorization {
+            request = request.header(http::header::AUTHORIZATION, a);
+        }
+        let sent = tokio::time::timeout(self.shared.header_timeout, request.send()).await;
+        let status_label = match &sent {
+            Ok(Ok(r)) => r.status().as_u16().to_string(),
+            Ok(Err(_)) => "error".to_owned(),
+            Err(_) => "timeout".to_owned(),
+        };
+        let metrics = &self.shared.metrics;
+        metrics
+            .upstream_requests
+            .with_label_values(&[&*self.name, status_label.as_str()])
+            .inc();
+        // 5xx and 429 count against the upstream's health: both mean "stop
+        // sending it traffic for a while".
+        let healthy = matches!(&sent, Ok(Ok(r)) if !r.status().is_server_error() && r.status() != StatusCode::TOO_MANY_REQUESTS);
+        let state = probe.finish(healthy);
+        metrics
+            .upstream_circuit_state
+            .with_label_values(&[&*self.name])
+            .set(state.gauge_value());
+        match sent {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(self.unreachable(describe(&e))),
+            Err(_) => Err(UpstreamError::Timeout {
+                upstream: self.name.to_string(),
+                after: self.shared.header_timeout,
+            }),
+        }
+    }
+
+    /// Records Docker Hub's rate-limit headers (`ratelimit-limit: 100;w=21600`).
+    pub fn record_ratelimit(&self, headers: &HeaderMap) {
+        for (header, kind) in [
+            ("ratelimit-limit", "limit"),
+            ("ratelimit-remaining", "remaining"),
+        ] {
+            let value = headers
+                .get(header)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(';').next())
+                .and_then(|v| v.trim().parse::<i64>().ok());
+            if let Some(v) = value {
+                self.shared
+                    .metrics
+                    .upstream_ratelimit
+                    .with_label_values(&[&*self.name, kind])
+                    .set(v);
+            }
+        }
+    }
+}
+
+struct ProbeGuard<'a> {
+    breaker: &'a CircuitBreaker,
+    admission: Option<Admission>,
+}
+
+impl ProbeGuard<'_> {
+    fn finish(mut self, healthy: bool) -> BreakerState {
+        match self.admission.take() {
+            Some(a) => self.breaker.record(&a, healthy),
+            None => self.breaker.state(),
+        }
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(a) = self.admission.take() {
+            self.breaker.abandon(&a);
+        }
+    }
+}
