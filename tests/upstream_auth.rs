@@ -1,0 +1,246 @@
+//! Upstream authentication and the habits of real upstreams: Basic
+//! credentials against a real htpasswd registry, redirects to another host,
+//! rate-limit headers, auth errors.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::fake_upstream::{random_bytes, sha256_digest, Behaviour, FakeUpstream, OCI_MANIFEST};
+use common::images::{self, read_dir_copy, skopeo_copy_all};
+use common::regcache::{Regcache, UpstreamEntry};
+use common::registry::{Registry, TEST_PASSWORD, TEST_USER};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+fn response(status: u16, headers: &[(&str, &str)], body: &str) -> http::Response<Bytes> {
+    let mut b = http::Response::builder().status(status);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Bytes::from(body.to_owned())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_open_a_real_htpasswd_registry_and_their_absence_is_a_clear_401() {
+    // Load the images into an open registry, then serve the same storage
+    // with htpasswd auth.
+    let mut loader = Registry::start();
+    let fixtures = images::load_fixtures(&loader);
+    loader.stop();
+    let storage = loader.storage_dir();
+    let upstream = Registry::builder()
+        .htpasswd_auth()
+        .env(
+            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+            storage.to_str().unwrap(),
+        )
+        .start();
+
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = secret_dir.path().join("upstream.password");
+    std::fs::write(&secret, format!("{TEST_PASSWORD}\n")).unwrap();
+    let with_creds = Regcache::start(&[UpstreamEntry::new("private", &upstream.url())
+        .set("username", &format!("{TEST_USER:?}"))
+        .set(
+            "password_file",
+            &format!("{:?}", secret.display().to_string()),
+        )]);
+    let host = with_creds.host();
+    let f = fixtures.oci_index.clone();
+    tokio::task::spawn_blocking(move || {
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("image");
+        skopeo_copy_all(&format!("{host}/{}:{}", f.repo, f.tag), &dest).unwrap();
+        assert_eq!(read_dir_copy(&dest).unwrap().manifest_digest, f.digest);
+    })
+    .await
+    .unwrap();
+    assert!(
+        !with_creds.log().contains(TEST_PASSWORD),
+        "the password never reaches the log"
+    );
+
+    let without = Regcache::start(&[UpstreamEntry::new("private", &upstream.url())]);
+    let r = client()
+        .get(format!(
+            "{}/v2/{}/manifests/{}",
+            without.url(),
+            fixtures.oci_index.repo,
+            fixtures.oci_index.tag
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        !r.headers().contains_key("www-authenticate"),
+        "the upstream's challenge is not relayed"
+    );
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["code"], "UNAUTHORIZED");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("private"),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_redirects_are_followed_without_carrying_credentials_to_the_other_host() {
+    let origin = FakeUpstream::start(Behaviour::default()).await;
+    let cdn = FakeUpstream::start(Behaviour::default()).await;
+    let data = random_bytes(3 * 1024 * 1024 + 5, 41);
+    let digest = cdn.add_blob(data.clone());
+    // The registry wants Basic credentials, then sends blob GETs elsewhere.
+    let cdn_url = cdn.url();
+    origin.set_on_request(move |req| {
+        if req.header("authorization") != Some("Basic Ym90OnMzY3JldA==") {
+            return Some(response(
+                401,
+                &[("WWW-Authenticate", "Basic realm=\"origin\"")],
+                "",
+            ));
+        }
+        if req.path.contains("/blobs/") {
+            let location = format!("{cdn_url}/v2/cdn{}?X-Signature=abc", &req.path[3..]);
+            return Some(response(307, &[("Location", location.as_str())], ""));
+        }
+        None
+    });
+    // The CDN has its own token realm, anonymous.
+    let cdn_realm = format!("{}/token", cdn.url());
+    cdn.set_on_request(move |req| {
+        if req.path == "/token" {
+            return Some(response(
+                200,
+                &[("Content-Type", "application/json")],
+                r#"{"token":"cdn-token","expires_in":300}"#,
+            ));
+        }
+        if req.header("authorization") != Some("Bearer cdn-token") {
+            let challenge = format!("Bearer realm=\"{cdn_realm}\",service=\"cdn\"");
+            return Some(response(
+                401,
+                &[("WWW-Authenticate", challenge.as_str())],
+                "",
+            ));
+        }
+        None
+    });
+    let rc = Regcache::start(&[UpstreamEntry::new("origin", &origin.url())
+        .set("username", "\"bot\"")
+        .set("password", "\"s3cret\"")]);
+    let body = client()
+        .get(format!("{}/v2/org/app/blobs/{digest}", rc.url()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(sha256_digest(&body), digest);
+    assert!(rc.blob_path(&digest).is_file(), "verified and cached");
+    for r in cdn.requests() {
+        let auth = r.header("authorization").unwrap_or("");
+        assert!(
+            !auth.starts_with("Basic"),
+            "the CDN never sees the registry's credentials: {auth}"
+        );
+    }
+    assert!(cdn
+        .requests()
+        .iter()
+        .any(|r| r.header("authorization") == Some("Bearer cdn-token")));
+    let token_requests = cdn.requests_matching("GET", "/token");
+    assert_eq!(token_requests.len(), 1);
+    assert!(
+        !token_requests[0].has_header("authorization"),
+        "tokens from a foreign realm are fetched anonymously"
+    );
+    assert!(
+        !rc.log().contains("X-Signature"),
+        "presigned URLs stay out of the log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_headers_become_gauges_and_auth_errors_name_the_upstream() {
+    let fake = FakeUpstream::start(Behaviour {
+        extra_headers: vec![
+            ("ratelimit-limit".into(), "100;w=21600".into()),
+            ("ratelimit-remaining".into(), "42;w=21600".into()),
+            ("docker-ratelimit-source".into(), "192.0.2.1".into()),
+        ],
+        ..Behaviour::default()
+    })
+    .await;
+    fake.add_manifest("library/alpine", Some("3"), OCI_MANIFEST, br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#.to_vec());
+    let rc = Regcache::start(&[UpstreamEntry::new("docker.io", &fake.url())]);
+    let r = client()
+        .get(format!("{}/v2/alpine/manifests/3", rc.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "single-component names get library/ on Docker Hub"
+    );
+    let metrics = rc.metrics();
+    let gauge = |kind: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("regcache_upstream_ratelimit{")
+                    && l.contains(&format!("kind=\"{kind}\""))
+                    && l.contains("upstream=\"docker.io\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(gauge("limit"), Some(100.0), "{metrics}");
+    assert_eq!(gauge("remaining"), Some(42.0), "{metrics}");
+
+    fake.set_on_request(|req| {
+        if req.path.contains("forbidden") {
+            Some(response(403, &[], r#"{"errors":[{"code":"DENIED"}]}"#))
+        } else if req.path.contains("secret") {
+            Some(response(
+                401,
+                &[("WWW-Authenticate", "Basic realm=\"x\"")],
+                "",
+            ))
+        } else {
+            None
+        }
+    });
+    let r = client()
+        .get(format!("{}/v2/org/forbidden/manifests/1", rc.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["code"], "DENIED");
+    assert!(v["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("docker.io"));
+    let r = client()
+        .get(format!("{}/v2/org/secret/manifests/1", rc.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["code"], "UNAUTHORIZED");
+}
