@@ -2,6 +2,7 @@
 //! tests can read an isolated set). Labels are bounded: never a repository,
 //! tag, digest or client address.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -10,7 +11,7 @@ pub struct Metrics {
     registry: Registry,
     /// Requests by route and status code.
     pub requests: IntCounterVec,
-    /// Cache outcomes by kind (blob, manifest, tag) and outcome.
+    /// Cache outcomes by kind (blob, manifest, tag, listing) and outcome.
     pub cache: IntCounterVec,
     /// Body bytes sent to clients, by where they came from.
     pub bytes_served: IntCounterVec,
@@ -22,126 +23,87 @@ pub struct Metrics {
     pub fill_waiters: IntGauge,
     /// Fills that ended, by result.
     pub fills: IntCounterVec,
+    /// Fills that lost their upstream connection and resumed with a Range.
+    pub fills_resumed: IntCounter,
     /// Content whose bytes did not hash to the digest it was fetched for.
     pub digest_mismatches: IntCounter,
     /// Docker Hub-style rate-limit headers, per upstream.
     pub upstream_ratelimit: IntGaugeVec,
     /// Circuit breaker per upstream: 0 closed, 1 open, 2 half-open.
     pub upstream_circuit_state: IntGaugeVec,
-    /// Fills that lost their upstream connection and resumed with a Range.
-    pub fills_resumed: IntCounter,
     /// Token requests sent to upstream token servers.
     pub token_fetches: IntCounter,
+}
+
+/// Registers a metric built from constant names; a failure here is a bug in
+/// this file, caught by every test that builds `Metrics`.
+fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("metric names and labels are valid");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new_custom(Some("regcache".into()), None)
             .expect("a constant prefix is valid");
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
+        let r = &registry;
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            register(r, IntCounterVec::new(Opts::new(name, help), labels))
         };
-        let requests = counter_vec(
-            "http_requests_total",
-            "Requests by route and status.",
-            &["route", "status"],
-        );
-        let cache = counter_vec(
-            "cache_requests_total",
-            "Cache lookups by kind (blob, manifest, tag, listing) and outcome (hit, miss, coalesced, revalidated, stale, negative).",
-            &["kind", "outcome"],
-        );
-        let bytes_served = counter_vec(
-            "served_bytes_total",
-            "Body bytes sent to clients, by source (cache, upstream).",
-            &["source"],
-        );
-        let upstream_requests = counter_vec(
-            "upstream_requests_total",
-            "Requests sent upstream, by upstream and status.",
-            &["upstream", "status"],
-        );
-        let fills = counter_vec(
-            "fills_total",
-            "Blob fills that ended, by result.",
-            &["result"],
-        );
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            register(r, IntGaugeVec::new(Opts::new(name, help), labels))
         };
-        let fills_in_progress = gauge("fills_in_progress", "Blob fills running now.");
-        let fill_waiters = gauge(
-            "fill_waiters",
-            "Client responses streaming from a running fill.",
-        );
-        let digest_mismatches = IntCounter::new(
-            "digest_mismatches_total",
-            "Upstream content whose bytes did not match the requested digest.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(digest_mismatches.clone()))
-            .expect("unique metric");
-        let upstream_ratelimit = IntGaugeVec::new(
-            Opts::new(
+        let counter = |name: &str, help: &str| register(r, IntCounter::new(name, help));
+        let gauge = |name: &str, help: &str| register(r, IntGauge::new(name, help));
+        Metrics {
+            requests: counters("http_requests_total", "Requests by route and status.", &["route", "status"]),
+            cache: counters(
+                "cache_requests_total",
+                "Cache lookups by kind (blob, manifest, tag, listing) and outcome (hit, miss, coalesced, revalidated, stale, negative).",
+                &["kind", "outcome"],
+            ),
+            bytes_served: counters(
+                "served_bytes_total",
+                "Body bytes sent to clients, by source (cache, upstream).",
+                &["source"],
+            ),
+            upstream_requests: counters(
+                "upstream_requests_total",
+                "Requests sent upstream, by upstream and status.",
+                &["upstream", "status"],
+            ),
+            fills_in_progress: gauge("fills_in_progress", "Blob fills running now."),
+            fill_waiters: gauge("fill_waiters", "Client responses streaming from a running fill."),
+            fills: counters("fills_total", "Blob fills that ended, by result.", &["result"]),
+            fills_resumed: counter(
+                "fills_resumed_total",
+                "Fills that lost their upstream connection mid-blob and resumed with a Range request.",
+            ),
+            digest_mismatches: counter(
+                "digest_mismatches_total",
+                "Upstream content whose bytes did not match the requested digest.",
+            ),
+            upstream_ratelimit: gauges(
                 "upstream_ratelimit",
                 "Docker Hub rate-limit headers seen on the last manifest response (kind: limit, remaining).",
+                &["upstream", "kind"],
             ),
-            &["upstream", "kind"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(upstream_ratelimit.clone()))
-            .expect("unique metric");
-        let upstream_circuit_state = IntGaugeVec::new(
-            Opts::new(
+            upstream_circuit_state: gauges(
                 "upstream_circuit_state",
                 "Circuit breaker per upstream: 0 closed (healthy), 1 open (answering from cache), 2 half-open (probing).",
+                &["upstream"],
             ),
-            &["upstream"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(upstream_circuit_state.clone()))
-            .expect("unique metric");
-        let fills_resumed = IntCounter::new(
-            "fills_resumed_total",
-            "Fills that lost their upstream connection mid-blob and resumed with a Range request.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(fills_resumed.clone()))
-            .expect("unique metric");
-        let token_fetches = IntCounter::new(
-            "upstream_token_fetches_total",
-            "Token requests sent to upstream token servers.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(token_fetches.clone()))
-            .expect("unique metric");
-        Metrics {
+            token_fetches: counter(
+                "upstream_token_fetches_total",
+                "Token requests sent to upstream token servers.",
+            ),
             registry,
-            token_fetches,
-            upstream_circuit_state,
-            fills_resumed,
-            requests,
-            cache,
-            bytes_served,
-            upstream_requests,
-            fills_in_progress,
-            fill_waiters,
-            fills,
-            digest_mismatches,
-            upstream_ratelimit,
         }
     }
 
@@ -159,5 +121,27 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_exported_with_the_prefix() {
+        let m = Metrics::new();
+        m.requests.with_label_values(&["blob", "200"]).inc();
+        m.fills_resumed.inc();
+        let text = m.render();
+        assert!(
+            text.contains("regcache_http_requests_total{route=\"blob\",status=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("regcache_fills_resumed_total 1"), "{text}");
+        assert!(
+            text.contains("# TYPE regcache_fills_in_progress gauge"),
+            "{text}"
+        );
     }
 }

@@ -275,7 +275,8 @@ async fn resume(
 ) -> Result<(reqwest::Response, u64), CacheError> {
     let mut headers = HeaderMap::new();
     headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
-    let range = HeaderValue::from_str(&format!("bytes={from}-")).expect("digits");
+    let range = HeaderValue::try_from(format!("bytes={from}-"))
+        .map_err(|e| CacheError::Io(e.to_string()))?;
     headers.insert(http::header::RANGE, range);
     let response = upstream
         .request(Method::GET, repo, &format!("blobs/{digest}"), None, headers)

@@ -20,7 +20,7 @@ use super::single_flight::SingleFlight;
 use super::store::{FsStore, Kind};
 use super::CacheError;
 use crate::metrics::Metrics;
-use crate::registry::{sniff_manifest_media_type, Digest, RepoName, Tag, MANIFEST_MEDIA_TYPES};
+use crate::registry::{sniff_manifest_media_type, Digest, RepoName, Tag, MANIFEST_ACCEPT};
 use crate::upstream::{read_limited, Upstream};
 
 /// Manifests larger than this are refused: containerd rejects anything over
@@ -81,7 +81,7 @@ fn full_accept() -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(
         http::header::ACCEPT,
-        HeaderValue::from_str(&MANIFEST_MEDIA_TYPES.join(", ")).expect("constant header"),
+        HeaderValue::from_static(MANIFEST_ACCEPT),
     );
     headers
 }

@@ -139,11 +139,17 @@ fn respond(
         })? {
             RangeRequest::Full => (StatusCode::OK, 0, size),
             RangeRequest::Partial { start, end } => {
-                let content_range = format!("bytes {start}-{}/{size}", end - 1);
-                headers.insert(
-                    http::header::CONTENT_RANGE,
-                    HeaderValue::from_str(&content_range).expect("digits and punctuation"),
-                );
+                let content_range =
+                    HeaderValue::try_from(format!("bytes {start}-{}/{size}", end - 1)).map_err(
+                        |e| {
+                            ApiError::new(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                Code::Unavailable,
+                                e.to_string(),
+                            )
+                        },
+                    )?;
+                headers.insert(http::header::CONTENT_RANGE, content_range);
                 (StatusCode::PARTIAL_CONTENT, start, end)
             }
             RangeRequest::Unsatisfiable => {

@@ -9,6 +9,9 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 /// it caches does not depend on which client happened to ask first.
 pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
 
+/// [`MANIFEST_MEDIA_TYPES`] as one Accept header value.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
 /// The media types a client accepts, from every `Accept` header line and
 /// every comma-separated entry in each, parameters stripped.
 #[derive(Debug, Clone, Default)]
@@ -104,6 +107,11 @@ mod tests {
         assert!(accepts(&headers(&["application/json, */*"]), DOCKER_LIST));
         assert!(accepts(&HeaderMap::new(), OCI_INDEX));
         assert!(!accepts(&headers(&["application/json"]), OCI_INDEX));
+    }
+
+    #[test]
+    fn the_accept_header_lists_every_manifest_type() {
+        assert_eq!(MANIFEST_ACCEPT, MANIFEST_MEDIA_TYPES.join(", "));
     }
 
     #[test]

@@ -8,6 +8,8 @@ mod name;
 pub mod reference;
 
 pub use digest::{Digest, DigestError, Sha256Hasher};
-pub use media_type::{accepts, sniff_manifest_media_type, AcceptList, MANIFEST_MEDIA_TYPES};
+pub use media_type::{
+    accepts, sniff_manifest_media_type, AcceptList, MANIFEST_ACCEPT, MANIFEST_MEDIA_TYPES,
+};
 pub use name::{NameError, RepoName};
 pub use reference::{Reference, Tag, TagError};

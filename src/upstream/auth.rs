@@ -27,11 +27,22 @@ const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 pub struct Credentials {
     username: String,
     password: String,
+    basic: HeaderValue,
 }
 
 impl Credentials {
-    pub fn new(username: String, password: String) -> Credentials {
-        Credentials { username, password }
+    pub fn new(username: String, password: String) -> Result<Credentials, String> {
+        use base64::Engine;
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+        let mut basic = HeaderValue::from_str(&format!("Basic {encoded}"))
+            .map_err(|_| "credentials cannot form a header".to_owned())?;
+        basic.set_sensitive(true);
+        Ok(Credentials {
+            username,
+            password,
+            basic,
+        })
     }
 
     /// A stable, non-reversible name for the account, for cache keys.
@@ -297,8 +308,8 @@ mod tests {
 
     #[test]
     fn credentials_never_print_and_identities_differ() {
-        let a = Credentials::new("bot".into(), "secret".into());
-        let b = Credentials::new("bot".into(), "other".into());
+        let a = Credentials::new("bot".into(), "secret".into()).unwrap();
+        let b = Credentials::new("bot".into(), "other".into()).unwrap();
         assert!(!format!("{a:?}").contains("secret"));
         assert_ne!(a.identity(), b.identity());
         assert!(a.basic_header().is_sensitive());

@@ -45,7 +45,10 @@ impl UpstreamSettings {
             stale_if_error: c.stale_if_error.get(),
             negative_ttl: c.negative_ttl.get(),
             offline: c.offline,
-            credentials: c.credentials()?.map(|(u, p)| Credentials::new(u, p)),
+            credentials: c
+                .credentials()?
+                .map(|(u, p)| Credentials::new(u, p))
+                .transpose()?,
         })
     }
 }
