@@ -293,35 +293,11 @@ async fn revalidate_tag(
         // Some registries answer HEAD without the digest: GET by tag and
         // hash the bytes instead.
         _ => {
-            let response = upstream
-                .request(
-                    Method::GET,
-                    repo,
-                    &format!("manifests/{tag}"),
-                    None,
-                    full_accept(),
-                )
-                .await?;
-            upstream.record_ratelimit(response.headers());
-            if response.status() != StatusCode::OK {
-                return Err(CacheError::from_upstream_status(
-                    &upstream.name,
-                    &response,
-                    "manifest",
-                ));
-            }
-            let media_type = content_type(response.headers());
-            let bytes = read_limited(response, MAX_MANIFEST_SIZE, upstream.idle_timeout())
-                .await
-                .map_err(manifest_body_error)?;
-            let digest = Digest::sha256_of(&bytes);
-            let media_type = media_type
-                .or_else(|| sniff_manifest_media_type(&bytes))
-                .ok_or(CacheError::BadManifestAnswer)?;
+            let fetched = get_manifest(upstream, repo, tag.as_str()).await?;
             TagEntry {
-                digest: digest.to_string(),
-                media_type,
-                size: bytes.len() as u64,
+                digest: Digest::sha256_of(&fetched.bytes).to_string(),
+                media_type: fetched.media_type,
+                size: fetched.bytes.len() as u64,
                 checked_at: now_millis(),
             }
         }
@@ -331,6 +307,45 @@ async fn revalidate_tag(
     }
     index.set_tag(&upstream.name, repo.as_str(), tag.as_str(), &entry)?;
     Ok(entry)
+}
+
+struct Fetched {
+    bytes: Bytes,
+    media_type: String,
+}
+
+/// `GET manifests/<reference>` with the full Accept set: the bytes, at most
+/// [`MAX_MANIFEST_SIZE`], and their media type.
+async fn get_manifest(
+    upstream: &Upstream,
+    repo: &RepoName,
+    reference: &str,
+) -> Result<Fetched, CacheError> {
+    let response = upstream
+        .request(
+            Method::GET,
+            repo,
+            &format!("manifests/{reference}"),
+            None,
+            full_accept(),
+        )
+        .await?;
+    upstream.record_ratelimit(response.headers());
+    if response.status() != StatusCode::OK {
+        return Err(CacheError::from_upstream_status(
+            &upstream.name,
+            &response,
+            "manifest",
+        ));
+    }
+    let media_type = content_type(response.headers());
+    let bytes = read_limited(response, MAX_MANIFEST_SIZE, upstream.idle_timeout())
+        .await
+        .map_err(manifest_body_error)?;
+    let media_type = media_type
+        .or_else(|| sniff_manifest_media_type(&bytes))
+        .ok_or(CacheError::BadManifestAnswer)?;
+    Ok(Fetched { bytes, media_type })
 }
 
 fn manifest_body_error(e: crate::upstream::ReadError) -> CacheError {
@@ -349,27 +364,7 @@ async fn fetch_by_digest(
     index: &Index,
     metrics: &Metrics,
 ) -> Result<Arc<Manifest>, CacheError> {
-    let response = upstream
-        .request(
-            Method::GET,
-            repo,
-            &format!("manifests/{digest}"),
-            None,
-            full_accept(),
-        )
-        .await?;
-    upstream.record_ratelimit(response.headers());
-    if response.status() != StatusCode::OK {
-        return Err(CacheError::from_upstream_status(
-            &upstream.name,
-            &response,
-            "manifest",
-        ));
-    }
-    let media_type = content_type(response.headers());
-    let bytes = read_limited(response, MAX_MANIFEST_SIZE, upstream.idle_timeout())
-        .await
-        .map_err(manifest_body_error)?;
+    let Fetched { bytes, media_type } = get_manifest(upstream, repo, &digest.to_string()).await?;
     let actual = Digest::sha256_of(&bytes);
     if actual != *digest {
         metrics.digest_mismatches.inc();
@@ -378,9 +373,6 @@ async fn fetch_by_digest(
             actual,
         });
     }
-    let media_type = media_type
-        .or_else(|| sniff_manifest_media_type(&bytes))
-        .ok_or(CacheError::BadManifestAnswer)?;
     let to_store = bytes.clone();
     let store = store.clone();
     let d = digest.clone();
