@@ -4,25 +4,36 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
     registry: Registry,
-    /// Requests by route and status code.
+    /// Requests by route, method and status code.
     pub requests: IntCounterVec,
-    /// Cache outcomes by kind (blob, manifest, tag, listing) and outcome.
+    /// Time to response headers, by route.
+    pub request_duration: HistogramVec,
+    /// Cache outcomes by upstream, kind (blob, manifest, tag, listing) and
+    /// outcome.
     pub cache: IntCounterVec,
     /// Body bytes sent to clients, by where they came from.
     pub bytes_served: IntCounterVec,
     /// Requests sent upstream, by upstream and status (or "error").
     pub upstream_requests: IntCounterVec,
+    /// Upstream time to response headers, by upstream.
+    pub upstream_duration: HistogramVec,
+    /// Body bytes received from each upstream.
+    pub upstream_bytes: IntCounterVec,
     /// Blob fills running now.
     pub fills_in_progress: IntGauge,
     /// Client responses streaming from a running fill.
     pub fill_waiters: IntGauge,
     /// Fills that ended, by result.
     pub fills: IntCounterVec,
+    /// How long completed fills took, and how big they were.
+    pub fill_duration: Histogram,
+    pub fill_size: Histogram,
     /// Fills that lost their upstream connection and resumed with a Range.
     pub fills_resumed: IntCounter,
     /// Content whose bytes did not hash to the digest it was fetched for.
@@ -33,6 +44,9 @@ pub struct Metrics {
     pub upstream_circuit_state: IntGaugeVec,
     /// Token requests sent to upstream token servers.
     pub token_fetches: IntCounter,
+    /// What the cache holds, by kind (blob, manifest).
+    pub cache_bytes: IntGaugeVec,
+    pub cache_objects: IntGaugeVec,
 }
 
 /// Registers a metric built from constant names; a failure here is a bug in
@@ -61,12 +75,43 @@ impl Metrics {
         };
         let counter = |name: &str, help: &str| register(r, IntCounter::new(name, help));
         let gauge = |name: &str, help: &str| register(r, IntGauge::new(name, help));
+        let histograms = |name: &str, help: &str, buckets: Vec<f64>, labels: &[&str]| {
+            register(
+                r,
+                HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels),
+            )
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            register(
+                r,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)),
+            )
+        };
+        let latency = || prometheus::exponential_buckets(0.0005, 2.5, 14).unwrap_or_default();
+        let build_info = gauges(
+            "build_info",
+            "Always 1; the version is a label.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         Metrics {
-            requests: counters("http_requests_total", "Requests by route and status.", &["route", "status"]),
+            requests: counters(
+                "http_requests_total",
+                "Requests by route, method and status.",
+                &["route", "method", "status"],
+            ),
+            request_duration: histograms(
+                "http_request_duration_seconds",
+                "Time from request to response headers, by route (bodies stream afterwards).",
+                latency(),
+                &["route"],
+            ),
             cache: counters(
                 "cache_requests_total",
-                "Cache lookups by kind (blob, manifest, tag, listing) and outcome (hit, miss, coalesced, revalidated, stale, negative).",
-                &["kind", "outcome"],
+                "Cache lookups by upstream, kind (blob, manifest, tag, listing) and outcome (hit, miss, coalesced, revalidated, stale, negative).",
+                &["upstream", "kind", "outcome"],
             ),
             bytes_served: counters(
                 "served_bytes_total",
@@ -78,6 +123,29 @@ impl Metrics {
                 "Requests sent upstream, by upstream and status.",
                 &["upstream", "status"],
             ),
+            upstream_duration: histograms(
+                "upstream_request_duration_seconds",
+                "Upstream time to response headers, by upstream.",
+                latency(),
+                &["upstream"],
+            ),
+            upstream_bytes: counters(
+                "upstream_received_bytes_total",
+                "Body bytes received from each upstream (blobs, manifests, listings).",
+                &["upstream"],
+            ),
+            fill_duration: histogram(
+                "fill_duration_seconds",
+                "How long completed blob fills took.",
+                prometheus::exponential_buckets(0.01, 3.0, 12).unwrap_or_default(),
+            ),
+            fill_size: histogram(
+                "fill_size_bytes",
+                "Size of completed blob fills.",
+                prometheus::exponential_buckets(1024.0, 4.0, 12).unwrap_or_default(),
+            ),
+            cache_bytes: gauges("cache_size_bytes", "Bytes in the cache, by kind (blob, manifest).", &["kind"]),
+            cache_objects: gauges("cache_objects", "Objects in the cache, by kind (blob, manifest).", &["kind"]),
             fills_in_progress: gauge("fills_in_progress", "Blob fills running now."),
             fill_waiters: gauge("fill_waiters", "Client responses streaming from a running fill."),
             fills: counters("fills_total", "Blob fills that ended, by result.", &["result"]),
@@ -131,13 +199,14 @@ mod tests {
     #[test]
     fn every_metric_is_exported_with_the_prefix() {
         let m = Metrics::new();
-        m.requests.with_label_values(&["blob", "200"]).inc();
+        m.requests.with_label_values(&["blob", "GET", "200"]).inc();
         m.fills_resumed.inc();
         let text = m.render();
         assert!(
-            text.contains("regcache_http_requests_total{route=\"blob\",status=\"200\"} 1"),
+            text.contains("regcache_http_requests_total{method=\"GET\",route=\"blob\",status=\"200\"} 1"),
             "{text}"
         );
+        assert!(text.contains("regcache_build_info{version=\""), "{text}");
         assert!(text.contains("regcache_fills_resumed_total 1"), "{text}");
         assert!(
             text.contains("# TYPE regcache_fills_in_progress gauge"),

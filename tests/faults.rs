@@ -160,7 +160,9 @@ async fn concurrent_cold_requests_share_one_upstream_fetch_including_late_joiner
         assert_eq!(sha256_digest(&body), digest);
     }
     assert_eq!(fake.count("GET", &format!("/blobs/{digest}")), 1);
-    let coalesced = rc.metric("regcache_cache_requests_total{kind=\"blob\",outcome=\"coalesced\"}");
+    let coalesced = rc.metric(
+        "regcache_cache_requests_total{kind=\"blob\",outcome=\"coalesced\",upstream=\"fake\"}",
+    );
     assert!(
         coalesced >= 10.0,
         "late joiners attach to the fill (coalesced = {coalesced})"

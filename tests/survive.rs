@@ -116,7 +116,11 @@ async fn every_kind_of_upstream_failure_serves_cached_tags_stale_and_fails_fast_
     let r = c.head(&url).send().await.unwrap();
     assert_eq!(r.status(), 200, "HEAD is served stale too");
     assert!(r.headers().contains_key("warning"));
-    assert!(rc.metric("regcache_cache_requests_total{kind=\"tag\",outcome=\"stale\"}") >= 7.0);
+    assert!(
+        rc.metric(
+            "regcache_cache_requests_total{kind=\"tag\",outcome=\"stale\",upstream=\"fake\"}"
+        ) >= 7.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

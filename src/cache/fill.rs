@@ -137,6 +137,10 @@ impl Fills {
         let result = self.fill(&tx, &upstream, &repo, &digest).await;
         let label = match &result {
             Ok(size) => {
+                self.metrics
+                    .fill_duration
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.fill_size.observe(*size as f64);
                 tracing::info!(%digest, upstream = %upstream.name, size, elapsed_ms = started.elapsed().as_millis() as u64, "fill complete");
                 "complete"
             }
@@ -209,6 +213,7 @@ impl Fills {
                     skip -= dropped;
                     let chunk = chunk.split_off(dropped as usize);
                     if !chunk.is_empty() {
+                        upstream.count_received(chunk.len());
                         sink.push(&chunk, tx).await?;
                     }
                 }

@@ -52,6 +52,15 @@ pub struct Index {
     listings: sled::Tree,
     /// Access times gathered between flushes, so a hit costs no write.
     touched: Mutex<HashMap<(Kind, Digest), u64>>,
+    /// Objects and bytes per kind, kept as entries come and go (sled's own
+    /// `len` walks the whole tree).
+    totals: Mutex<HashMap<Kind, Totals>>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub objects: u64,
+    pub bytes: u64,
 }
 
 pub fn now_millis() -> u64 {
@@ -88,6 +97,7 @@ impl Index {
             listings: db.open_tree("listings")?,
             db,
             touched: Mutex::new(HashMap::new()),
+            totals: Mutex::new(HashMap::new()),
         })
     }
 
@@ -124,17 +134,34 @@ impl Index {
 
     fn put(&self, kind: Kind, digest: &Digest, entry: &ContentEntry) -> Result<(), IndexError> {
         let value = serde_json::to_vec(entry).unwrap_or_default();
-        self.tree(kind).insert(digest.hex(), value)?;
+        let old = self.tree(kind).insert(digest.hex(), value)?;
+        let old_size = old
+            .and_then(|v| serde_json::from_slice::<ContentEntry>(&v).ok())
+            .map(|e| e.size);
+        let mut totals = self.totals.lock();
+        let t = totals.entry(kind).or_default();
+        match old_size {
+            None => t.objects += 1,
+            Some(size) => t.bytes = t.bytes.saturating_sub(size),
+        }
+        t.bytes += entry.size;
         Ok(())
     }
 
     pub fn remove(&self, kind: Kind, digest: &Digest) -> Result<(), IndexError> {
-        self.tree(kind).remove(digest.hex())?;
+        let old = self.tree(kind).remove(digest.hex())?;
+        if let Some(e) = old.and_then(|v| serde_json::from_slice::<ContentEntry>(&v).ok()) {
+            let mut totals = self.totals.lock();
+            let t = totals.entry(kind).or_default();
+            t.objects = t.objects.saturating_sub(1);
+            t.bytes = t.bytes.saturating_sub(e.size);
+        }
         Ok(())
     }
 
-    pub fn len(&self, kind: Kind) -> usize {
-        self.tree(kind).len()
+    /// Objects and bytes of a kind in the cache.
+    pub fn totals(&self, kind: Kind) -> Totals {
+        self.totals.lock().get(&kind).copied().unwrap_or_default()
     }
 
     /// Notes a use; written by the next [`Index::flush_access_times`].
@@ -233,9 +260,24 @@ impl Index {
                 self.record(kind, &digest, size, media_type.as_deref())?;
                 report.added += 1;
             }
+            self.recount(kind);
         }
         self.db.flush()?;
         Ok(report)
+    }
+}
+
+impl Index {
+    /// Sets the totals of a kind from a walk of its tree.
+    fn recount(&self, kind: Kind) {
+        let mut t = Totals::default();
+        for (_, v) in self.tree(kind).iter().flatten() {
+            if let Ok(e) = serde_json::from_slice::<ContentEntry>(&v) {
+                t.objects += 1;
+                t.bytes += e.size;
+            }
+        }
+        self.totals.lock().insert(kind, t);
     }
 }
 

@@ -92,7 +92,7 @@ impl ListingCache {
         let (listing, outcome) = freshness::lookup(upstream, cached, refresh).await?;
         self.metrics
             .cache
-            .with_label_values(&["listing", outcome.label()])
+            .with_label_values(&[&upstream.name, "listing", outcome.label()])
             .inc();
         Ok((listing, outcome))
     }
@@ -140,6 +140,7 @@ async fn fetch(
             ReadError::Stalled(d) => CacheError::Stalled(d),
             ReadError::Transport(t) => CacheError::UpstreamBody(t),
         })?;
+    upstream.count_received(bytes.len());
     let body = String::from_utf8(bytes.to_vec())
         .map_err(|_| CacheError::UpstreamBody("listing is not UTF-8 JSON".into()))?;
     let listing = Listing {

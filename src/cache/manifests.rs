@@ -118,10 +118,10 @@ impl ManifestCache {
         }
     }
 
-    pub(super) fn count(&self, kind: &str, outcome: Outcome) {
+    fn count(&self, upstream: &Upstream, kind: &str, outcome: Outcome) {
         self.metrics
             .cache
-            .with_label_values(&[kind, outcome.label()])
+            .with_label_values(&[&upstream.name, kind, outcome.label()])
             .inc();
     }
 
@@ -162,12 +162,12 @@ impl ManifestCache {
         digest: &Digest,
     ) -> Result<(Arc<Manifest>, Outcome), CacheError> {
         if let Some(m) = self.local(digest).await? {
-            self.count("manifest", Outcome::Hit);
+            self.count(upstream, "manifest", Outcome::Hit);
             return Ok((m, Outcome::Hit));
         }
         let negative_key = NegativeCache::key(&upstream.name, repo.as_str(), &digest.to_string());
         if let Some(e) = self.negative.get(&negative_key).await {
-            self.count("manifest", Outcome::Negative);
+            self.count(upstream, "manifest", Outcome::Negative);
             return Err(e);
         }
         let fetch = {
@@ -199,7 +199,7 @@ impl ManifestCache {
         } else {
             Outcome::Miss
         };
-        self.count("manifest", outcome);
+        self.count(upstream, "manifest", outcome);
         Ok((manifest, outcome))
     }
 
@@ -222,7 +222,7 @@ impl ManifestCache {
         let negative_key = NegativeCache::key(&upstream.name, repo.as_str(), tag.as_str());
         let refresh = || async {
             if let Some(e) = self.negative.get(&negative_key).await {
-                self.count("tag", Outcome::Negative);
+                self.count(upstream, "tag", Outcome::Negative);
                 return (Err(e), false);
             }
             let revalidate = {
@@ -242,7 +242,7 @@ impl ManifestCache {
             (result, joined)
         };
         let (entry, outcome) = freshness::lookup(upstream, cached, refresh).await?;
-        self.count("tag", outcome);
+        self.count(upstream, "tag", outcome);
         Ok((entry, outcome))
     }
 }
@@ -342,6 +342,7 @@ async fn get_manifest(
     let bytes = read_limited(response, MAX_MANIFEST_SIZE, upstream.idle_timeout())
         .await
         .map_err(manifest_body_error)?;
+    upstream.count_received(bytes.len());
     let media_type = media_type
         .or_else(|| sniff_manifest_media_type(&bytes))
         .ok_or(CacheError::BadManifestAnswer)?;

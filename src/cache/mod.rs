@@ -20,7 +20,7 @@ use http::StatusCode;
 pub use fill::{
     body_stream, wait_for_headers, Attached, BodySource, Fills, Progress, IO_CHUNK, UNKNOWN_SIZE,
 };
-pub use index::{Index, ReconcileReport, TagEntry};
+pub use index::{Index, ReconcileReport, TagEntry, Totals};
 pub use listings::{Listing, ListingCache};
 pub use manifests::{Manifest, ManifestCache, Outcome, MAX_MANIFEST_SIZE};
 pub use single_flight::SingleFlight;

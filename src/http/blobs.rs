@@ -30,7 +30,10 @@ pub async fn blob(
     for _ in 0..2 {
         if let Some((file, size)) = open_committed(app, digest).await? {
             log.outcome = "hit";
-            app.metrics.cache.with_label_values(&["blob", "hit"]).inc();
+            app.metrics
+                .cache
+                .with_label_values(&[&route.upstream.name, "blob", "hit"])
+                .inc();
             app.cache.index.touch(Kind::Blob, digest);
             return respond(
                 app,

@@ -35,6 +35,31 @@ pub struct App {
     pub metrics: Arc<Metrics>,
 }
 
+impl App {
+    /// Gauges that are read from state rather than kept up to date.
+    pub fn refresh_gauges(&self) {
+        use crate::cache::Kind;
+        for kind in [Kind::Blob, Kind::Manifest] {
+            let totals = self.cache.index.totals(kind);
+            let label = [kind.label()];
+            self.metrics
+                .cache_bytes
+                .with_label_values(&label)
+                .set(totals.bytes as i64);
+            self.metrics
+                .cache_objects
+                .with_label_values(&label)
+                .set(totals.objects as i64);
+        }
+        for upstream in self.upstreams.all() {
+            self.metrics
+                .upstream_circuit_state
+                .with_label_values(&[&upstream.name])
+                .set(upstream.breaker_state().gauge_value());
+        }
+    }
+}
+
 /// Fields of the one access-log line each request gets.
 #[derive(Default)]
 pub struct RequestLog {

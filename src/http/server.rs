@@ -127,8 +127,12 @@ fn dispatch(
         if matches!(kind, Listener::Registry) {
             app.metrics
                 .requests
-                .with_label_values(&[log.route, &status.to_string()])
+                .with_label_values(&[log.route, method.as_str(), &status.to_string()])
                 .inc();
+            app.metrics
+                .request_duration
+                .with_label_values(&[log.route])
+                .observe(started.elapsed().as_secs_f64());
             tracing::info!(
                 target: "regcache::access",
                 client = %peer,

@@ -350,6 +350,7 @@ impl Upstream {
         if let Some(a) = authorization {
             request = request.header(http::header::AUTHORIZATION, a);
         }
+        let started = tokio::time::Instant::now();
         let sent = tokio::time::timeout(self.shared.header_timeout, request.send()).await;
         let status_label = match &sent {
             Ok(Ok(r)) => r.status().as_u16().to_string(),
@@ -361,6 +362,10 @@ impl Upstream {
             .upstream_requests
             .with_label_values(&[&*self.name, status_label.as_str()])
             .inc();
+        metrics
+            .upstream_duration
+            .with_label_values(&[&*self.name])
+            .observe(started.elapsed().as_secs_f64());
         // 5xx and 429 count against the upstream's health: both mean "stop
         // sending it traffic for a while".
         let healthy = matches!(&sent, Ok(Ok(r)) if !r.status().is_server_error() && r.status() != StatusCode::TOO_MANY_REQUESTS);
@@ -377,6 +382,15 @@ impl Upstream {
                 after: self.shared.header_timeout,
             }),
         }
+    }
+
+    /// Counts body bytes received from this upstream.
+    pub fn count_received(&self, bytes: usize) {
+        self.shared
+            .metrics
+            .upstream_bytes
+            .with_label_values(&[&*self.name])
+            .inc_by(bytes as u64);
     }
 
     /// Records Docker Hub's rate-limit headers (`ratelimit-limit: 100;w=21600`).
