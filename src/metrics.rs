@@ -175,6 +175,13 @@ impl Metrics {
         }
     }
 
+    /// Counts one cache lookup outcome.
+    pub fn cache_outcome(&self, upstream: &str, kind: &str, outcome: &str) {
+        self.cache
+            .with_label_values(&[upstream, kind, outcome])
+            .inc();
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -203,7 +210,9 @@ mod tests {
         m.fills_resumed.inc();
         let text = m.render();
         assert!(
-            text.contains("regcache_http_requests_total{method=\"GET\",route=\"blob\",status=\"200\"} 1"),
+            text.contains(
+                "regcache_http_requests_total{method=\"GET\",route=\"blob\",status=\"200\"} 1"
+            ),
             "{text}"
         );
         assert!(text.contains("regcache_build_info{version=\""), "{text}");

@@ -91,9 +91,7 @@ impl ListingCache {
         };
         let (listing, outcome) = freshness::lookup(upstream, cached, refresh).await?;
         self.metrics
-            .cache
-            .with_label_values(&[&upstream.name, "listing", outcome.label()])
-            .inc();
+            .cache_outcome(&upstream.name, "listing", outcome.label());
         Ok((listing, outcome))
     }
 }

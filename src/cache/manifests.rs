@@ -120,9 +120,7 @@ impl ManifestCache {
 
     fn count(&self, upstream: &Upstream, kind: &str, outcome: Outcome) {
         self.metrics
-            .cache
-            .with_label_values(&[&upstream.name, kind, outcome.label()])
-            .inc();
+            .cache_outcome(&upstream.name, kind, outcome.label());
     }
 
     /// A cached manifest, from memory or disk, without asking upstream.

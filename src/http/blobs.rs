@@ -31,9 +31,7 @@ pub async fn blob(
         if let Some((file, size)) = open_committed(app, digest).await? {
             log.outcome = "hit";
             app.metrics
-                .cache
-                .with_label_values(&[&route.upstream.name, "blob", "hit"])
-                .inc();
+                .cache_outcome(&route.upstream.name, "blob", "hit");
             app.cache.index.touch(Kind::Blob, digest);
             return respond(
                 app,
@@ -60,9 +58,7 @@ pub async fn blob(
             } => {
                 log.outcome = if joined { "coalesced" } else { "miss" };
                 app.metrics
-                    .cache
-                    .with_label_values(&["blob", log.outcome])
-                    .inc();
+                    .cache_outcome(&route.upstream.name, "blob", log.outcome);
                 let size = wait_for_headers(&mut progress)
                     .await
                     .map_err(|e| ApiError::from_cache(&e, Code::BlobUnknown))?;
