@@ -37,6 +37,9 @@ pub struct Config {
     pub shutdown_grace: HumanDuration,
     /// Log format: "text" or "json".
     pub log_format: LogFormat,
+    /// Log level or filter ("info", "debug", "info,regcache=debug");
+    /// `RUST_LOG`, when set, wins.
+    pub log_level: String,
     /// Serve only what is cached and never dial out (every upstream).
     /// Switchable at run time: SIGHUP or `POST /admin/offline`.
     pub offline: bool,
@@ -186,6 +189,7 @@ impl Default for Config {
             idle_timeout: HumanDuration(Duration::from_secs(30)),
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
             log_format: LogFormat::Text,
+            log_level: "info".into(),
             offline: false,
             upstreams: None,
         }

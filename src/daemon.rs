@@ -92,14 +92,40 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     // listeners bound; elsewhere NOTIFY_SOCKET is unset and this does nothing.
     notify_systemd(sd_notify::NotifyState::Ready);
 
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        // Ping at half the interval systemd expects; a wedged runtime stops
+        // pinging and systemd restarts us.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval / 2);
+            loop {
+                tick.tick().await;
+                notify_systemd(sd_notify::NotifyState::Watchdog);
+            }
+        });
+    }
+
     wait_for_stop(&app, config_path.as_deref()).await;
     notify_systemd(sd_notify::NotifyState::Stopping);
     tracing::info!(
         ?grace,
         "shutting down: no new connections, finishing open ones"
     );
+    let deadline = tokio::time::Instant::now() + grace;
     let _ = stop.send(true);
     let _ = tokio::join!(registry, admin);
+    // Fills nobody is reading any more still finish if they can in time, so
+    // the work is not lost; what is left at the deadline is dropped, and its
+    // temporary file with it.
+    while app.cache.fills.in_progress() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let abandoned = app.cache.fills.in_progress();
+    if abandoned > 0 {
+        tracing::warn!(
+            abandoned,
+            "fills still running at the end of the grace period are discarded"
+        );
+    }
     flusher.abort();
     let app_for_flush = app.clone();
     tokio::task::spawn_blocking(move || app_for_flush.cache.index.flush_access_times())

@@ -48,7 +48,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve => {
-            init_tracing(config.log_format);
+            init_tracing(config.log_format, &config.log_level);
             // reqwest and any future TLS listener share one crypto provider.
             let _ = rustls::crypto::ring::default_provider().install_default();
             let runtime = match tokio::runtime::Runtime::new() {
@@ -70,9 +70,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|e| {
+            eprintln!("regcache: log_level {level:?} is not a valid filter ({e}); using info");
+            EnvFilter::new("info")
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -15,8 +15,8 @@ pub struct Metrics {
     /// Time to response headers, by route.
     pub request_duration: HistogramVec,
     /// Cache outcomes by upstream, kind (blob, manifest, tag, listing) and
-    /// outcome.
-    pub cache: IntCounterVec,
+    /// outcome; counted through [`Metrics::cache_outcome`].
+    cache: IntCounterVec,
     /// Body bytes sent to clients, by where they came from.
     pub bytes_served: IntCounterVec,
     /// Requests sent upstream, by upstream and status (or "error").

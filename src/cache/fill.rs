@@ -125,6 +125,11 @@ impl Fills {
         }
     }
 
+    /// Fills running now.
+    pub fn in_progress(&self) -> usize {
+        self.table.lock().len()
+    }
+
     async fn run(
         self: Arc<Self>,
         tx: watch::Sender<Progress>,

@@ -12,11 +12,14 @@ use super::App;
 pub async fn admin_service<B>(app: Arc<App>, request: Request<B>) -> Response<Body> {
     let method = request.method();
     match request.uri().path() {
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            app.metrics.render(),
-        ),
+        "/metrics" => {
+            app.refresh_gauges();
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                app.metrics.render(),
+            )
+        }
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         // Ready as soon as the listeners are up: serving never needs the
         // upstream, and hits do not need the index.

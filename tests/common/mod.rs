@@ -7,3 +7,4 @@ pub mod images;
 pub mod ns_shim;
 pub mod regcache;
 pub mod registry;
+pub mod token_server;

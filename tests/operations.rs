@@ -1,0 +1,443 @@
+//! Operations: metrics that move with real traffic, the dashboard and alerts
+//! only query exported metrics, the systemd unit and the Dockerfile hold up,
+//! reload and drain behave.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::fake_upstream::{
+    random_bytes, sha256_digest, Behaviour, FakeUpstream, Fault, OCI_MANIFEST,
+};
+use common::images::{self, skopeo_copy_all};
+use common::regcache::{Regcache, UpstreamEntry};
+use common::registry::Registry;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_move_with_real_pulls() {
+    let upstream = Registry::start();
+    let fixtures = images::load_fixtures(&upstream);
+    let rc = Regcache::start(&[UpstreamEntry::new("local", &upstream.url())]);
+    // Five clients at once on the cold big layer: one fill, others coalesce.
+    let url = format!(
+        "{}/v2/test/big/blobs/{}",
+        rc.url(),
+        fixtures.big_layer_digest
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            client()
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .len()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap() as u64, fixtures.big_layer_size);
+    }
+    let host = rc.host();
+    let f = fixtures.oci_image.clone();
+    tokio::task::spawn_blocking(move || {
+        let out = tempfile::tempdir().unwrap();
+        skopeo_copy_all(
+            &format!("{host}/{}:{}", f.repo, f.tag),
+            &out.path().join("i"),
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+
+    let m = rc.metrics();
+    let size = fixtures.big_layer_size as f64;
+    assert!(
+        sample(
+            &m,
+            "regcache_cache_requests_total",
+            &[("kind", "blob"), ("outcome", "miss")]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "regcache_cache_requests_total",
+            &[("kind", "blob"), ("outcome", "coalesced")]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "regcache_cache_requests_total",
+            &[("kind", "blob"), ("outcome", "hit")]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "regcache_cache_requests_total",
+            &[("kind", "tag"), ("outcome", "miss")]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "regcache_served_bytes_total", &[("source", "upstream")]) >= 4.0 * size,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "regcache_served_bytes_total", &[("source", "cache")]) >= size,
+        "{m}"
+    );
+    let received = sample(
+        &m,
+        "regcache_upstream_received_bytes_total",
+        &[("upstream", "local")],
+    );
+    assert!(
+        received >= size && received < 1.5 * size,
+        "the big layer came from upstream once: {received}"
+    );
+    assert_eq!(
+        sample(&m, "regcache_fills_total", &[("result", "complete")]),
+        sample(&m, "regcache_fill_size_bytes_count", &[])
+    );
+    assert!(
+        sample(&m, "regcache_cache_size_bytes", &[("kind", "blob")]) >= size,
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "regcache_http_requests_total",
+            &[("route", "blob"), ("method", "GET"), ("status", "200")]
+        ) >= 6.0
+    );
+    assert_eq!(sample(&m, "regcache_fills_in_progress", &[]), 0.0);
+    assert_eq!(sample(&m, "regcache_fill_waiters", &[]), 0.0);
+}
+
+/// Every `regcache_*` name a file mentions, without histogram suffixes.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("regcache_") {
+        let start = i + at;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        let name = &text[start..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        names.insert(base.to_owned());
+        i = end;
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_alerts_query_only_exported_metrics() {
+    let dashboard =
+        std::fs::read_to_string(format!("{ROOT}/config/grafana/regcache.json")).unwrap();
+    let parsed: serde_json::Value =
+        serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    assert!(
+        parsed["panels"].as_array().is_some_and(|p| p.len() >= 8),
+        "a real dashboard"
+    );
+    let alerts =
+        std::fs::read_to_string(format!("{ROOT}/config/prometheus/regcache-alerts.yml")).unwrap();
+    assert!(alerts.contains("groups:") && alerts.contains("alert:"));
+
+    // Traffic that touches every labelled series once.
+    let fake = FakeUpstream::start(Behaviour {
+        extra_headers: vec![
+            ("ratelimit-limit".into(), "100;w=21600".into()),
+            ("ratelimit-remaining".into(), "90;w=21600".into()),
+        ],
+        ..Behaviour::default()
+    })
+    .await;
+    fake.add_manifest(
+        "test/app",
+        Some("v1"),
+        OCI_MANIFEST,
+        br#"{"schemaVersion":2,"layers":[]}"#.to_vec(),
+    );
+    let digest = fake.add_blob(random_bytes(1000, 51));
+    let rc = Regcache::start(&[UpstreamEntry::new("fake", &fake.url())]);
+    let c = client();
+    c.get(format!("{}/v2/test/app/manifests/v1", rc.url()))
+        .send()
+        .await
+        .unwrap();
+    c.get(format!("{}/v2/test/app/blobs/{digest}", rc.url()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    c.get(format!("{}/v2/test/app/blobs/{digest}", rc.url()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let exported: BTreeSet<String> = rc
+        .metrics()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    for (file, text) in [("dashboard", &dashboard), ("alerts", &alerts)] {
+        let used = metric_names(text);
+        assert!(used.len() >= 5, "{file} uses regcache metrics: {used:?}");
+        let missing: Vec<_> = used.difference(&exported).collect();
+        assert!(
+            missing.is_empty(),
+            "{file} queries metrics regcache does not export: {missing:?}\nexported: {exported:?}"
+        );
+    }
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(format!("{ROOT}/systemd/regcache.service")).unwrap();
+    for needed in [
+        "Type=notify",
+        "ExecReload=",
+        "WatchdogSec=",
+        "DynamicUser=yes",
+        "CacheDirectory=regcache",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "SystemCallFilter=@system-service",
+        "MemoryDenyWriteExecute=yes",
+    ] {
+        assert!(unit.contains(needed), "the unit sets {needed}");
+    }
+    // systemd-analyze wants the binary to exist: point it at the test build.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("regcache.service");
+    let unit = unit.replace("/usr/local/bin/regcache", env!("CARGO_BIN_EXE_regcache"));
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is installed by .ci/install-test-deps");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
+    let complaints: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("regcache.service"))
+        .collect();
+    assert!(complaints.is_empty(), "{complaints:?}");
+}
+
+#[test]
+fn the_dockerfile_builds_a_small_non_root_image_with_a_healthcheck() {
+    // No container engine runs here (and hadolint is not packaged), so the
+    // Dockerfile's promises are checked by reading it.
+    let text = std::fs::read_to_string(format!("{ROOT}/Dockerfile")).unwrap();
+    let joined = text.replace("\\\n", " ");
+    let instructions: Vec<(String, String)> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(i, rest)| (i.to_ascii_uppercase(), rest.trim().to_owned()))
+        .collect();
+    let all = |name: &str| {
+        instructions
+            .iter()
+            .filter(|(i, _)| i == name)
+            .map(|(_, r)| r.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert!(all("FROM").len() >= 2, "multi-stage");
+    assert!(
+        all("FROM").last().unwrap().contains("slim")
+            || all("FROM").last().unwrap().contains("distroless")
+    );
+    let user = all("USER");
+    assert!(
+        !user.is_empty() && user.iter().all(|u| *u != "root" && *u != "0"),
+        "non-root: {user:?}"
+    );
+    assert!(all("EXPOSE")
+        .iter()
+        .any(|e| e.contains("5000") && e.contains("9090")));
+    assert!(all("VOLUME")
+        .iter()
+        .any(|v| v.contains("/var/cache/regcache")));
+    assert!(all("HEALTHCHECK")
+        .iter()
+        .any(|h| h.contains("regcache") && h.contains("healthcheck")));
+    // Everything the build copies exists in the repository.
+    for copy in all("COPY").iter().filter(|c| !c.starts_with("--from")) {
+        let parts: Vec<&str> = copy.split_whitespace().collect();
+        for src in &parts[..parts.len() - 1] {
+            assert!(
+                std::path::Path::new(ROOT).join(src).exists(),
+                "COPY source {src} exists"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_changes_the_tag_ttl_while_a_download_goes_on() {
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    let d1 = fake.add_manifest(
+        "test/app",
+        Some("v1"),
+        OCI_MANIFEST,
+        br#"{"schemaVersion":2,"n":1}"#.to_vec(),
+    );
+    let data = random_bytes(2 * 1024 * 1024, 61);
+    let blob = fake.add_blob(data.clone());
+    fake.set_blob_fault(
+        &blob,
+        Fault::Slow {
+            chunk: 128 * 1024,
+            delay: Duration::from_millis(60),
+        },
+    );
+    let rc = Regcache::start(&[UpstreamEntry::new("fake", &fake.url()).tag_ttl("1h")]);
+    let c = client();
+    let tag = format!("{}/v2/test/app/manifests/v1", rc.url());
+    assert_eq!(
+        c.get(&tag).send().await.unwrap().headers()["docker-content-digest"],
+        d1.as_str()
+    );
+    let download = tokio::spawn({
+        let url = format!("{}/v2/test/app/blobs/{blob}", rc.url());
+        async move { client().get(url).send().await.unwrap().bytes().await }
+    });
+    let d2 = fake.add_manifest(
+        "test/app",
+        Some("v1"),
+        OCI_MANIFEST,
+        br#"{"schemaVersion":2,"n":2}"#.to_vec(),
+    );
+    assert_eq!(
+        c.get(&tag).send().await.unwrap().headers()["docker-content-digest"],
+        d1.as_str(),
+        "fresh for an hour"
+    );
+
+    rc.write_config(&[UpstreamEntry::new("fake", &fake.url()).tag_ttl("1s")], "");
+    rc.sighup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rc.log().contains("config reloaded") {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        c.get(&tag).send().await.unwrap().headers()["docker-content-digest"],
+        d2.as_str(),
+        "the new TTL applies"
+    );
+    let body = download
+        .await
+        .unwrap()
+        .expect("the download survives the reload");
+    assert_eq!(sha256_digest(&body), blob);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_large_download_finish_then_exits_cleanly() {
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    let data = random_bytes(4 * 1024 * 1024, 71);
+    let digest = fake.add_blob(data.clone());
+    fake.set_blob_fault(
+        &digest,
+        Fault::Slow {
+            chunk: 256 * 1024,
+            delay: Duration::from_millis(80),
+        },
+    );
+    let mut rc = Regcache::start_with(
+        &[UpstreamEntry::new("fake", &fake.url())],
+        "shutdown_grace = \"20s\"\n",
+    );
+    let url = format!("{}/v2/test/app/blobs/{digest}", rc.url());
+    let mut response = client().get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.chunk().await.unwrap().unwrap().to_vec();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = rc.terminate();
+        (rc, status)
+    });
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .expect("the download completes during the grace period")
+    {
+        body.extend_from_slice(&chunk);
+    }
+    assert_eq!(sha256_digest(&body), digest);
+    let (mut rc, status) = status.await.unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit 0 after draining: {status:?}"
+    );
+    assert!(rc.log().contains("stopped"));
+
+    // The index is consistent: the blob is served from the cache.
+    rc.restart();
+    let body = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body, data);
+    assert_eq!(fake.count("GET", &format!("/blobs/{digest}")), 1);
+}
