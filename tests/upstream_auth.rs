@@ -11,6 +11,7 @@ use common::fake_upstream::{random_bytes, sha256_digest, Behaviour, FakeUpstream
 use common::images::{self, read_dir_copy, skopeo_copy_all};
 use common::regcache::{Regcache, UpstreamEntry};
 use common::registry::{Registry, TEST_PASSWORD, TEST_USER};
+use common::token_server::TokenServer;
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -243,4 +244,161 @@ async fn rate_limit_headers_become_gauges_and_auth_errors_name_the_upstream() {
     assert_eq!(r.status(), 401);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["errors"][0]["code"], "UNAUTHORIZED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_token_auth_registry_costs_one_token_per_scope_per_lifetime() {
+    let tokens = TokenServer::start("regcache-test-issuer", "regcache-test-registry").await;
+    let (upstream, fixtures) =
+        tokio::task::block_in_place(|| tokens.start_registry_with_fixtures(1024 * 1024));
+    tokens.clear_requests();
+    let rc = Regcache::start(&[UpstreamEntry::new("tokened", &upstream.url())]);
+    for f in fixtures.all() {
+        let reference = format!("{}/{}:{}", rc.host(), f.repo, f.tag);
+        let expected = f.digest.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = tempfile::tempdir().unwrap();
+            let dest = out.path().join("image");
+            skopeo_copy_all(&reference, &dest).unwrap_or_else(|e| panic!("{reference}: {e}"));
+            assert_eq!(read_dir_copy(&dest).unwrap().manifest_digest, expected);
+        })
+        .await
+        .unwrap();
+    }
+    // Every pull made several upstream requests (tag, manifests, blobs) in
+    // one scope; each scope cost exactly one token.
+    for f in fixtures.all() {
+        let scope = format!("repository:{}:pull", f.repo);
+        let upstream_requests = upstream.request_count("GET", &format!("/v2/{}/", f.repo));
+        assert!(
+            upstream_requests >= 3,
+            "{scope}: {upstream_requests} upstream GETs"
+        );
+        assert_eq!(
+            tokens.count_for_scope(&scope),
+            1,
+            "{scope}: one token request"
+        );
+    }
+    assert_eq!(
+        tokens.count(),
+        fixtures.all().len(),
+        "no token request beyond one per scope"
+    );
+    assert_eq!(
+        rc.metric("regcache_upstream_token_fetches_total"),
+        tokens.count() as f64
+    );
+    assert!(
+        tokens.requests().iter().all(|r| !r.authorization),
+        "anonymous upstream: no credentials sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_ca_is_trusted_only_when_configured() {
+    let mut loader = Registry::start();
+    let fixtures = images::load_fixtures(&loader);
+    loader.stop();
+    let pki = tempfile::tempdir().unwrap();
+    let ca = common::tls::TestCa::new("regcache test CA");
+    let ca_file = ca.write_cert(pki.path(), "ca.pem");
+    let leaf = ca.issue(&["127.0.0.1", "localhost"], pki.path(), "registry");
+    let upstream = Registry::builder()
+        .env(
+            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+            loader.storage_dir().to_str().unwrap(),
+        )
+        .env(
+            "REGISTRY_HTTP_TLS_CERTIFICATE",
+            leaf.cert_path.to_str().unwrap(),
+        )
+        .env("REGISTRY_HTTP_TLS_KEY", leaf.key_path.to_str().unwrap())
+        .start();
+    let https = format!("https://{}", upstream.host());
+    let f = &fixtures.docker_schema2;
+    let path = format!("/v2/{}/manifests/{}", f.repo, f.tag);
+    let get = |rc: &Regcache| {
+        let url = format!("{}{path}", rc.url());
+        async move { client().get(url).send().await.unwrap() }
+    };
+
+    let trusted = Regcache::start(&[UpstreamEntry::new("tls", &https)
+        .set("ca_file", &format!("{:?}", ca_file.display().to_string()))]);
+    let r = get(&trusted).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"], f.digest.as_str());
+
+    let untrusted = Regcache::start(&[UpstreamEntry::new("tls", &https)]);
+    let r = get(&untrusted).await;
+    assert_eq!(r.status(), 502);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("certificate"),
+        "{v}"
+    );
+
+    let skipping =
+        Regcache::start(&[UpstreamEntry::new("tls", &https).set("insecure_skip_verify", "true")]);
+    assert_eq!(get(&skipping).await.status(), 200);
+    assert!(
+        skipping.log().contains("NOT verified"),
+        "the insecure setting is logged as a warning"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_target_that_asks_for_nothing_gets_no_authorization_at_all() {
+    let origin = FakeUpstream::start(Behaviour::default()).await;
+    let storage = FakeUpstream::start(Behaviour::default()).await;
+    let data = random_bytes(500_000, 43);
+    let digest = storage.add_blob(data.clone());
+    let storage_url = storage.url();
+    // An origin that issues Bearer tokens, then redirects blob GETs.
+    let realm = format!("{}/token", origin.url());
+    origin.set_on_request(move |req| {
+        if req.path == "/token" {
+            return Some(response(200, &[], r#"{"access_token":"origin-token"}"#));
+        }
+        if req.header("authorization") != Some("Bearer origin-token") {
+            let challenge = format!(
+                "Bearer realm=\"{realm}\",service=\"origin\",scope=\"repository:org/app:pull\""
+            );
+            return Some(response(
+                401,
+                &[("WWW-Authenticate", challenge.as_str())],
+                "",
+            ));
+        }
+        if req.path.contains("/blobs/") {
+            let location = format!("{storage_url}{}", req.path);
+            return Some(response(302, &[("Location", location.as_str())], ""));
+        }
+        None
+    });
+    let rc = Regcache::start(&[UpstreamEntry::new("origin", &origin.url())]);
+    let body = client()
+        .get(format!("{}/v2/org/app/blobs/{digest}", rc.url()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body, data);
+    assert!(!storage.requests().is_empty());
+    assert!(
+        storage
+            .requests()
+            .iter()
+            .all(|r| !r.has_header("authorization")),
+        "the redirect target never sees the origin's token"
+    );
+    assert!(origin
+        .requests()
+        .iter()
+        .any(|r| r.header("authorization") == Some("Bearer origin-token")));
 }

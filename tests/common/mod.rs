@@ -7,4 +7,5 @@ pub mod images;
 pub mod ns_shim;
 pub mod regcache;
 pub mod registry;
+pub mod tls;
 pub mod token_server;

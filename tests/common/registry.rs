@@ -525,7 +525,10 @@ fn spawn_registry(
             return Err(format!("exited with {status}\n{}", read_logs(dir)));
         }
         if let Ok(resp) = http_request(addr, "GET", READY_PROBE, &[], None) {
-            if resp.status == 200 || resp.status == 401 {
+            // A TLS listener (REGISTRY_HTTP_TLS_*) answers plain HTTP with 400.
+            let tls_up =
+                resp.status == 400 && String::from_utf8_lossy(&resp.body).contains("HTTPS");
+            if resp.status == 200 || resp.status == 401 || tls_up {
                 return Ok(child);
             }
         }
