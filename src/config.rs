@@ -26,6 +26,19 @@ pub struct Config {
     pub cache_dir: PathBuf,
     /// Requests that name no upstream (no `ns=`, no prefix) go here.
     pub default_upstream: String,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDRs). From anyone
+    /// else the header is ignored and the peer address is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Per-client request limits.
+    pub rate_limit: RateLimitConfig,
+    /// Client authentication (off unless a credential source is set).
+    pub auth: AuthConfig,
+    /// HTTPS on `listen` (off unless cert_file and key_file are set).
+    pub tls: TlsConfig,
+    /// Bounds on what one client connection may cost.
+    pub limits: LimitsConfig,
+    /// The JSON audit log: one line per request.
+    pub audit: AuditConfig,
     /// Dialling an upstream may take this long.
     pub connect_timeout: HumanDuration,
     /// An upstream must answer with headers within this time.
@@ -46,6 +59,100 @@ pub struct Config {
     /// Absent in every source means the built-in presets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstreams: Option<Vec<UpstreamConfig>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Manifest (and tag list, referrers) requests per second per client;
+    /// 0 turns the limit off.
+    pub manifests_per_second: f64,
+    /// How many manifest requests a client may make at once above the rate.
+    pub burst: u32,
+    /// Blob bytes per second per client; unset means unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blob_bytes_per_second: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// htpasswd file with bcrypt entries (`user:$2y$...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub htpasswd: Option<PathBuf>,
+    /// Static bearer tokens, one `user token` pair per line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_file: Option<PathBuf>,
+    /// Per-user access lists: globs over `<upstream>/<repository>`. Users
+    /// not listed may pull everything the upstream policy allows.
+    pub access: std::collections::BTreeMap<String, Vec<String>>,
+    /// Failed logins allowed per client per minute before it is refused
+    /// with 429 for a while.
+    pub failed_logins_per_minute: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            htpasswd: None,
+            tokens_file: None,
+            access: Default::default(),
+            failed_logins_per_minute: 10,
+        }
+    }
+}
+
+impl AuthConfig {
+    pub fn enabled(&self) -> bool {
+        self.htpasswd.is_some() || self.tokens_file.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Require client certificates signed by this CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() || self.key_file.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Open client connections; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A client must send its request headers within this time (slowloris).
+    pub header_read_timeout: HumanDuration,
+    /// Request line plus headers, in bytes.
+    pub max_header_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 4096,
+            header_read_timeout: HumanDuration(Duration::from_secs(10)),
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// "stdout", or a file path to append to; unset turns it off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -97,6 +204,21 @@ pub struct UpstreamConfig {
     /// Accept any certificate. Only for testing; logged as a warning.
     #[serde(default)]
     pub insecure_skip_verify: bool,
+    /// Repository globs (on the upstream's names, e.g. `library/*`,
+    /// `myorg/**`) that may be pulled; empty allows all. `deny` wins.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Refuse manifests the upstream serves only with credentials.
+    #[serde(default)]
+    pub public_only: bool,
+    /// Blob fills running at once against this upstream; more wait.
+    #[serde(default = "default_max_concurrent_fills")]
+    pub max_concurrent_fills: usize,
+    /// Requests per second sent to this upstream; 0 is unlimited.
+    #[serde(default)]
+    pub max_requests_per_second: f64,
     /// Consecutive failures that open the circuit breaker.
     #[serde(default = "default_breaker_threshold")]
     pub breaker_threshold: u32,
@@ -135,6 +257,10 @@ impl UpstreamConfig {
     }
 }
 
+fn default_max_concurrent_fills() -> usize {
+    64
+}
+
 fn default_stale_if_error() -> HumanDuration {
     HumanDuration(Duration::from_secs(7 * 24 * 3600))
 }
@@ -167,6 +293,11 @@ impl UpstreamConfig {
             password_file: None,
             ca_file: None,
             insecure_skip_verify: false,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            public_only: false,
+            max_concurrent_fills: default_max_concurrent_fills(),
+            max_requests_per_second: 0.0,
             breaker_threshold: default_breaker_threshold(),
             breaker_cooldown: default_breaker_cooldown(),
         }
@@ -184,6 +315,12 @@ impl Default for Config {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             cache_dir: PathBuf::from("regcache-data"),
             default_upstream: "docker.io".into(),
+            trusted_proxies: Vec::new(),
+            rate_limit: RateLimitConfig::default(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+            audit: AuditConfig::default(),
             connect_timeout: HumanDuration(Duration::from_secs(5)),
             header_timeout: HumanDuration(Duration::from_secs(10)),
             idle_timeout: HumanDuration(Duration::from_secs(30)),
@@ -366,6 +503,18 @@ impl Config {
             return invalid(
                 "default_upstream".into(),
                 format!("{:?} names no configured upstream", self.default_upstream),
+            );
+        }
+        if let Err((key, message)) = crate::policy::validate(self) {
+            return invalid(key, message);
+        }
+        if self.tls.enabled() && (self.tls.cert_file.is_none() || self.tls.key_file.is_none()) {
+            return invalid("tls".into(), "cert_file and key_file go together".into());
+        }
+        if self.limits.max_connections == 0 || self.limits.max_header_bytes < 8192 {
+            return invalid(
+                "limits".into(),
+                "max_connections must be positive and max_header_bytes at least 8192".into(),
             );
         }
         for (key, d) in [

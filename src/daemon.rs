@@ -10,8 +10,9 @@ use tokio::net::TcpListener;
 
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::http::{serve, App, Listener, Shutdown};
+use crate::http::{serve, App, AuditLog, Listener, ServeOptions, Shutdown, Tls};
 use crate::metrics::Metrics;
+use crate::policy::ClientPolicy;
 use crate::upstream::Upstreams;
 
 /// How often batched access times are written to the index.
@@ -25,6 +26,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let cache = Cache::open(&config.cache_dir, metrics.clone())
         .with_context(|| format!("opening the cache in {}", config.cache_dir.display()))?;
     let upstreams = Upstreams::from_config(&config, metrics.clone())?;
+    let tls = Tls::load(&config.tls).map_err(|e| anyhow::anyhow!(e))?;
     let registry_listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding listen address {}", config.listen))?;
@@ -32,11 +34,21 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         .await
         .with_context(|| format!("binding admin_listen address {}", config.admin_listen))?;
     let grace = config.shutdown_grace.get();
+    let policy = ClientPolicy::from_config(&config).map_err(|e| anyhow::anyhow!(e))?;
+    let audit = match &config.audit.log {
+        Some(target) => Some(
+            AuditLog::open(target, metrics.audit_dropped.clone())
+                .with_context(|| format!("opening audit.log {target}"))?,
+        ),
+        None => None,
+    };
     let app = Arc::new(App {
         config,
         upstreams,
         cache,
         metrics,
+        policy: parking_lot::RwLock::new(Arc::new(policy)),
+        audit,
     });
 
     // The index is reconciled with the files in the background: hits are
@@ -55,6 +67,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         let mut tick = tokio::time::interval(ACCESS_FLUSH_INTERVAL);
         loop {
             tick.tick().await;
+            flushing.policy.read().limiter.forget_idle();
             let app = flushing.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 if let Err(e) = app.cache.index.flush_access_times() {
@@ -71,21 +84,33 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         admin = %admin_listener.local_addr()?,
         cache_dir = %app.config.cache_dir.display(),
         default_upstream = %app.config.default_upstream,
+        tls = tls.is_some(),
+        auth = app.config.auth.enabled(),
         "regcache serving"
     );
+    let registry_options = ServeOptions {
+        grace,
+        limits: app.config.limits.clone(),
+        tls: tls.clone(),
+    };
+    let admin_options = ServeOptions {
+        grace,
+        limits: app.config.limits.clone(),
+        tls: None,
+    };
     let registry = tokio::spawn(serve(
         registry_listener,
         Listener::Registry,
         app.clone(),
         shutdown.clone(),
-        grace,
+        registry_options,
     ));
     let admin = tokio::spawn(serve(
         admin_listener,
         Listener::Admin,
         app.clone(),
         shutdown,
-        grace,
+        admin_options,
     ));
 
     // Under systemd (Type=notify) the unit is "started" only now, with both
@@ -104,7 +129,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         });
     }
 
-    wait_for_stop(&app, config_path.as_deref()).await;
+    wait_for_stop(&app, tls.as_deref(), config_path.as_deref()).await;
     notify_systemd(sd_notify::NotifyState::Stopping);
     tracing::info!(
         ?grace,
@@ -142,7 +167,7 @@ fn notify_systemd(state: sd_notify::NotifyState<'_>) {
 }
 
 /// Runs until SIGTERM or SIGINT, reloading the config on every SIGHUP.
-async fn wait_for_stop(app: &App, config_path: Option<&Path>) {
+async fn wait_for_stop(app: &App, tls: Option<&Tls>, config_path: Option<&Path>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (mut term, mut hup) = match (
         signal(SignalKind::terminate()),
@@ -158,14 +183,14 @@ async fn wait_for_stop(app: &App, config_path: Option<&Path>) {
         tokio::select! {
             _ = term.recv() => return,
             _ = tokio::signal::ctrl_c() => return,
-            _ = hup.recv() => reload(app, config_path),
+            _ = hup.recv() => reload(app, tls, config_path),
         }
     }
 }
 
 /// Applies what can change live; an invalid new config is refused whole and
 /// the running one kept.
-fn reload(app: &App, config_path: Option<&Path>) {
+fn reload(app: &App, tls: Option<&Tls>, config_path: Option<&Path>) {
     notify_systemd(sd_notify::NotifyState::Reloading);
     match Config::load(config_path) {
         Err(e) => {
@@ -173,6 +198,19 @@ fn reload(app: &App, config_path: Option<&Path>) {
         }
         Ok(new) => {
             let mut needs_restart = app.upstreams.apply(&new);
+            match (tls, new.tls.enabled()) {
+                (Some(tls), true) => {
+                    if let Err(e) = tls.reload(&new.tls) {
+                        needs_restart.push(format!("TLS certificate not reloaded: {e}"));
+                    }
+                }
+                (None, false) => {}
+                _ => needs_restart.push("tls (turned on or off)".to_owned()),
+            }
+            match ClientPolicy::from_config(&new) {
+                Ok(policy) => *app.policy.write() = Arc::new(policy),
+                Err(e) => needs_restart.push(format!("client policy not applied: {e}")),
+            }
             let old = &app.config;
             for (key, changed) in [
                 ("listen", old.listen != new.listen),

@@ -10,5 +10,6 @@ pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod metrics;
+pub mod policy;
 pub mod registry;
 pub mod upstream;

@@ -44,6 +44,12 @@ pub struct Metrics {
     pub upstream_circuit_state: IntGaugeVec,
     /// Token requests sent to upstream token servers.
     pub token_fetches: IntCounter,
+    /// Audit lines dropped because the writer could not keep up.
+    pub audit_dropped: IntCounter,
+    /// Requests refused by policy, by upstream.
+    pub denied: IntCounterVec,
+    /// Requests slowed or refused by a rate limit, by reason.
+    throttled: IntCounterVec,
     /// What the cache holds, by kind (blob, manifest).
     pub cache_bytes: IntGaugeVec,
     pub cache_objects: IntGaugeVec,
@@ -144,6 +150,20 @@ impl Metrics {
                 "Size of completed blob fills.",
                 prometheus::exponential_buckets(1024.0, 4.0, 12).unwrap_or_default(),
             ),
+            audit_dropped: counter(
+                "audit_dropped_total",
+                "Audit log lines dropped because the writer could not keep up.",
+            ),
+            denied: counters(
+                "denied_requests_total",
+                "Requests refused by allow/deny rules or user access lists, by upstream.",
+                &["upstream"],
+            ),
+            throttled: counters(
+                "throttled_requests_total",
+                "Requests slowed or refused by a limit, by reason (manifests, blob_bytes, failed_logins, upstream_fills, upstream_rate).",
+                &["reason"],
+            ),
             cache_bytes: gauges("cache_size_bytes", "Bytes in the cache, by kind (blob, manifest).", &["kind"]),
             cache_objects: gauges("cache_objects", "Objects in the cache, by kind (blob, manifest).", &["kind"]),
             fills_in_progress: gauge("fills_in_progress", "Blob fills running now."),
@@ -180,6 +200,11 @@ impl Metrics {
         self.cache
             .with_label_values(&[upstream, kind, outcome])
             .inc();
+    }
+
+    /// Counts a request slowed or refused by a limit.
+    pub fn throttled(&self, reason: &str) {
+        self.throttled.with_label_values(&[reason]).inc();
     }
 
     /// The text exposition format.

@@ -170,6 +170,8 @@ impl Fills {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<u64, CacheError> {
+        // Held for the whole fill: at most max_concurrent_fills per upstream.
+        let _slot = upstream.fill_slot().await;
         let mut headers = HeaderMap::new();
         headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
         let response = upstream

@@ -13,7 +13,9 @@ use super::{App, RequestLog};
 use crate::cache::{
     body_stream, wait_for_headers, Attached, BodySource, CacheError, Kind, UNKNOWN_SIZE,
 };
+use crate::policy::ClientPolicy;
 use crate::registry::Digest;
+use futures_util::StreamExt;
 
 pub async fn blob(
     app: &App,
@@ -27,6 +29,14 @@ pub async fn blob(
         .get(http::header::RANGE)
         .and_then(|v| v.to_str().ok());
     // Two passes at most: a fill may commit between our look and our attach.
+    // Blob bytes per client are metered only when a limit is configured.
+    let meter = Some(app.policy.read().clone())
+        .filter(|p| !head && p.limiter.limits_blobs())
+        .map(|p| Meter {
+            policy: p,
+            client: log.client_key(),
+            metrics: app.metrics.clone(),
+        });
     for _ in 0..2 {
         if let Some((file, size)) = open_committed(app, digest).await? {
             log.outcome = "hit";
@@ -40,6 +50,7 @@ pub async fn blob(
                 Some(size),
                 range_header,
                 head,
+                meter,
             );
         }
         if head {
@@ -69,6 +80,7 @@ pub async fn blob(
                     size,
                     range_header,
                     head,
+                    meter,
                 );
             }
         }
@@ -78,6 +90,30 @@ pub async fn blob(
         Code::Unavailable,
         "the blob vanished while it was being served",
     ))
+}
+
+/// Holds each chunk back until the client's blob byte budget allows it.
+#[derive(Clone)]
+struct Meter {
+    policy: Arc<ClientPolicy>,
+    client: String,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Meter {
+    async fn pass(self, chunk: std::io::Result<bytes::Bytes>) -> std::io::Result<bytes::Bytes> {
+        if let Ok(bytes) = &chunk {
+            if self
+                .policy
+                .limiter
+                .blob_bytes(&self.client, bytes.len())
+                .await
+            {
+                self.metrics.throttled("blob_bytes");
+            }
+        }
+        chunk
+    }
 }
 
 async fn open_committed(
@@ -126,6 +162,7 @@ fn respond(
     size: Option<u64>,
     range_header: Option<&str>,
     head: bool,
+    meter: Option<Meter>,
 ) -> Result<Response<Body>, ApiError> {
     let mut headers = blob_headers(digest);
     let (status, start, end) = match size {
@@ -170,7 +207,11 @@ fn respond(
     let body = if head {
         body::head()
     } else {
-        body::stream(body_stream(source, start, end, app.metrics.clone()))
+        let chunks = body_stream(source, start, end, app.metrics.clone());
+        match meter {
+            Some(meter) => body::stream(chunks.then(move |chunk| meter.clone().pass(chunk))),
+            None => body::stream(chunks),
+        }
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;

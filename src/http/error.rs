@@ -57,6 +57,9 @@ pub struct ApiError {
     pub retry_after: Option<String>,
     /// For 416: the size to put in `Content-Range: bytes */<size>`.
     pub unsatisfiable_size: Option<u64>,
+    /// For 401 from regcache's own client authentication: challenge the
+    /// client to send Basic credentials.
+    pub challenge: bool,
 }
 
 impl ApiError {
@@ -67,6 +70,7 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             unsatisfiable_size: None,
+            challenge: false,
         }
     }
 
@@ -184,6 +188,12 @@ impl ApiError {
             .and_then(|r| HeaderValue::from_str(&r).ok())
         {
             headers.insert(http::header::RETRY_AFTER, v);
+        }
+        if self.challenge {
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"regcache\""),
+            );
         }
         if let Some(size) = self.unsatisfiable_size {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {

@@ -2,6 +2,7 @@
 //! routing and the OCI error format.
 
 mod admin;
+mod audit;
 mod blobs;
 pub mod body;
 pub mod error;
@@ -11,17 +12,21 @@ mod passthrough;
 pub mod range;
 pub mod route;
 mod server;
+mod tls;
 
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response};
 
 pub use admin::admin_service;
-pub use server::{serve, Listener, Shutdown};
+pub use audit::AuditLog;
+pub use server::{serve, Listener, ServeOptions, Shutdown};
+pub use tls::Tls;
 
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::policy::{client_address, AuthError, ClientPolicy};
 use crate::upstream::Upstreams;
 use body::Body;
 use error::{ApiError, Code};
@@ -33,6 +38,11 @@ pub struct App {
     pub upstreams: Upstreams,
     pub cache: Cache,
     pub metrics: Arc<Metrics>,
+    /// Client authentication, rate limits, trusted proxies: replaced whole
+    /// on reload.
+    pub policy: parking_lot::RwLock<Arc<ClientPolicy>>,
+    /// The JSON audit log, when configured.
+    pub audit: Option<AuditLog>,
 }
 
 impl App {
@@ -60,18 +70,56 @@ impl App {
     }
 }
 
-/// Fields of the one access-log line each request gets.
-#[derive(Default)]
+/// Fields of the access-log and audit lines each request gets.
 pub struct RequestLog {
     pub route: &'static str,
     pub upstream: Option<Arc<str>>,
     pub outcome: &'static str,
+    /// The client's address (through trusted proxies).
+    pub client: std::net::IpAddr,
+    /// The authenticated user, when client authentication is on.
+    pub user: Option<String>,
+    pub repository: Option<String>,
+    pub reference: Option<String>,
 }
 
-/// Answers one registry API request.
-pub async fn handle<B>(app: &App, request: Request<B>, log: &mut RequestLog) -> Response<Body> {
+impl RequestLog {
+    pub fn new(client: std::net::IpAddr) -> RequestLog {
+        RequestLog {
+            route: "",
+            upstream: None,
+            outcome: "",
+            client,
+            user: None,
+            repository: None,
+            reference: None,
+        }
+    }
+
+    /// Who rate limits count against: the user, else the address.
+    pub(crate) fn client_key(&self) -> String {
+        match &self.user {
+            Some(u) => format!("user:{u}"),
+            None => self.client.to_string(),
+        }
+    }
+}
+
+/// Answers one registry API request from `peer`.
+pub async fn handle<B>(
+    app: &App,
+    peer: std::net::IpAddr,
+    request: Request<B>,
+    log: &mut RequestLog,
+) -> Response<Body> {
     let head = request.method() == Method::HEAD;
-    let mut response = match route_and_answer(app, &request, head, log).await {
+    let policy = app.policy.read().clone();
+    log.client = client_address(peer, request.headers(), &policy.trusted_proxies);
+    let answer = match authenticate(app, &policy, &request, log).await {
+        Ok(()) => route_and_answer(app, &policy, &request, head, log).await,
+        Err(e) => Err(e),
+    };
+    let mut response = match answer {
         Ok(r) => r,
         Err(e) => {
             if log.outcome.is_empty() {
@@ -87,8 +135,86 @@ pub async fn handle<B>(app: &App, request: Request<B>, log: &mut RequestLog) -> 
     response
 }
 
+/// With client authentication on, every request — `/v2/` included, since
+/// Docker learns challenges only there — must carry valid credentials.
+async fn authenticate<B>(
+    app: &App,
+    policy: &ClientPolicy,
+    request: &Request<B>,
+    log: &mut RequestLog,
+) -> Result<(), ApiError> {
+    let Some(auth) = policy.auth.clone() else {
+        return Ok(());
+    };
+    let headers = request.headers().clone();
+    let client = log.client;
+    // bcrypt is deliberately slow: keep it off the async workers.
+    let result = tokio::task::spawn_blocking(move || auth.authenticate(&headers, client))
+        .await
+        .unwrap_or(Err(AuthError::Invalid));
+    match result {
+        Ok(user) => {
+            log.user = Some(user);
+            Ok(())
+        }
+        Err(AuthError::Locked { retry_after }) => {
+            app.metrics.throttled("failed_logins");
+            log.outcome = "denied";
+            Err(ApiError {
+                retry_after: Some(retry_after.as_secs().max(1).to_string()),
+                ..ApiError::new(
+                    http::StatusCode::TOO_MANY_REQUESTS,
+                    Code::TooManyRequests,
+                    AuthError::Locked { retry_after }.to_string(),
+                )
+            })
+        }
+        Err(e) => {
+            log.outcome = "denied";
+            Err(ApiError {
+                challenge: true,
+                ..ApiError::new(
+                    http::StatusCode::UNAUTHORIZED,
+                    Code::Unauthorized,
+                    e.to_string(),
+                )
+            })
+        }
+    }
+}
+
+/// Upstream rules, then the user's access list: both by (upstream,
+/// repository), so a digest known from an allowed repository is no way
+/// into a denied one.
+fn authorize(
+    app: &App,
+    policy: &ClientPolicy,
+    route: &route::Route,
+    log: &mut RequestLog,
+) -> Result<(), ApiError> {
+    let upstream = &route.upstream;
+    let mut verdict = upstream.check_repo(&route.repo).map_err(|rule| {
+        format!(
+            "repository {} of upstream {}: {rule}",
+            route.repo, upstream.name
+        )
+    });
+    if let (Ok(()), Some(auth), Some(user)) = (&verdict, &policy.auth, &log.user) {
+        verdict = auth.access.check(user, &upstream.name, route.repo.as_str());
+    }
+    verdict.map_err(|message| {
+        app.metrics
+            .denied
+            .with_label_values(&[&upstream.name])
+            .inc();
+        log.outcome = "denied";
+        ApiError::new(http::StatusCode::FORBIDDEN, Code::Denied, message)
+    })
+}
+
 async fn route_and_answer<B>(
     app: &App,
+    policy: &ClientPolicy,
     request: &Request<B>,
     head: bool,
     log: &mut RequestLog,
@@ -120,14 +246,32 @@ async fn route_and_answer<B>(
         }
     };
     log.upstream = Some(route.upstream.name.clone());
+    log.repository = Some(route.repo.to_string());
+    authorize(app, policy, &route, log)?;
+    if !matches!(route.endpoint, Endpoint::Blob(_)) {
+        policy.limiter.manifest(&log.client_key()).map_err(|t| {
+            app.metrics.throttled("manifests");
+            log.outcome = "throttled";
+            ApiError {
+                retry_after: Some(t.retry_after.as_secs().max(1).to_string()),
+                ..ApiError::new(
+                    http::StatusCode::TOO_MANY_REQUESTS,
+                    Code::TooManyRequests,
+                    "too many manifest requests from this client; slow down",
+                )
+            }
+        })?;
+    }
     let headers = request.headers();
     let mut response = match &route.endpoint {
         Endpoint::Blob(digest) => {
             log.route = "blob";
+            log.reference = Some(digest.to_string());
             blobs::blob(app, &route, digest, head, headers, log).await?
         }
         Endpoint::Manifest(reference) => {
             log.route = "manifest";
+            log.reference = Some(reference.to_string());
             manifests::manifest(app, &route, reference, head, headers, log).await?
         }
         Endpoint::TagsList => {

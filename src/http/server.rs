@@ -14,10 +14,13 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use super::body::Body;
-use super::{App, RequestLog};
+use super::tls::Tls;
+use super::{audit, App, RequestLog};
+use crate::config::LimitsConfig;
 
 /// Told to every accept loop when the process is asked to stop.
 #[derive(Clone)]
@@ -40,6 +43,14 @@ pub enum Listener {
     Admin,
 }
 
+/// How one listener treats its connections.
+pub struct ServeOptions {
+    pub grace: Duration,
+    pub limits: LimitsConfig,
+    /// HTTPS when set (the registry listener only).
+    pub tls: Option<Arc<Tls>>,
+}
+
 /// Serves `listener` until shutdown, then waits up to `grace` for open
 /// connections to finish.
 pub async fn serve(
@@ -47,18 +58,32 @@ pub async fn serve(
     kind: Listener,
     app: Arc<App>,
     mut shutdown: Shutdown,
-    grace: Duration,
+    options: ServeOptions,
 ) {
+    let limits = &options.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        // Slow clients get this long to send their headers.
-        .header_read_timeout(Duration::from_secs(30))
-        .max_buf_size(64 * 1024);
-    builder.http2().max_concurrent_streams(256);
+        // Slowloris: a client gets this long to send its request headers.
+        .header_read_timeout(limits.header_read_timeout.get())
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    // Taken before accept: past the limit, clients wait in the kernel's
+    // backlog instead of costing us memory.
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit,
+            _ = shutdown.wait() => break,
+        };
+        let Ok(permit) = permit else { break };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.wait() => break,
@@ -78,13 +103,47 @@ pub async fn serve(
             let app = app.clone();
             async move { Ok::<_, Infallible>(dispatch(app, kind, peer, request).await) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = options.tls.as_ref().map(|t| t.acceptor());
+        let handshake_timeout = limits.header_read_timeout.get();
         tokio::spawn(
             async move {
-                if let Err(e) = connection.await {
+                let _permit = permit;
+                let result = match tls {
+                    None => {
+                        watcher
+                            .watch(
+                                builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .into_owned(),
+                            )
+                            .await
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(tls_stream)) => {
+                                watcher
+                                    .watch(
+                                        builder
+                                            .serve_connection(TokioIo::new(tls_stream), service)
+                                            .into_owned(),
+                                    )
+                                    .await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!("TLS handshake timed out");
+                                return;
+                            }
+                        }
+                    }
+                };
+                if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
             }
@@ -92,14 +151,11 @@ pub async fn serve(
         );
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
+    if tokio::time::timeout(options.grace, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!(
-            ?grace,
-            "connections still open after the grace period; closing them"
-        );
+        tracing::warn!(grace = ?options.grace, "connections still open after the grace period; closing them");
     }
 }
 
@@ -115,15 +171,45 @@ fn dispatch(
         let path = request.uri().path().to_owned();
         // The query carries routing (containerd's ns=) and paging, never secrets.
         let query = request.uri().query().unwrap_or("").to_owned();
-        let mut log = RequestLog::default();
-        let response = match kind {
-            Listener::Registry => super::handle(&app, request, &mut log).await,
+        let mut log = RequestLog::new(peer.ip());
+        let mut response = match kind {
+            Listener::Registry => super::handle(&app, peer.ip(), request, &mut log).await,
             Listener::Admin => {
                 log.route = "admin";
                 super::admin_service(app.clone(), request).await
             }
         };
         let status = response.status().as_u16();
+        if let (Listener::Registry, Some(audit)) = (kind, &app.audit) {
+            let digest = response
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let entry = audit::Entry {
+                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                client: log.client.to_string(),
+                user: log.user.clone(),
+                method: method.to_string(),
+                upstream: log.upstream.as_deref().map(str::to_owned),
+                repository: log.repository.clone(),
+                reference: log.reference.clone(),
+                digest,
+                status,
+                bytes: 0,
+                outcome: if log.outcome.is_empty() {
+                    "-".into()
+                } else {
+                    log.outcome.into()
+                },
+                duration_ms: 0,
+            };
+            let (parts, body) = response.into_parts();
+            response = hyper::Response::from_parts(
+                parts,
+                audit::Audited::wrap(body, audit.clone(), entry, started),
+            );
+        }
         if matches!(kind, Listener::Registry) {
             app.metrics
                 .requests
@@ -135,7 +221,8 @@ fn dispatch(
                 .observe(started.elapsed().as_secs_f64());
             tracing::info!(
                 target: "regcache::access",
-                client = %peer,
+                client = %log.client,
+                user = log.user.as_deref().unwrap_or("-"),
                 method = %method,
                 path = %path,
                 query = %query,

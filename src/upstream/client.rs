@@ -14,6 +14,7 @@ use super::challenge::parse_challenges;
 use super::health::{Admission, BreakerState, CircuitBreaker};
 use super::{BuildError, Shared, UpstreamError};
 use crate::config::UpstreamConfig;
+use crate::policy::RepoRules;
 use crate::registry::RepoName;
 
 /// Hosts that all mean Docker Hub.
@@ -29,13 +30,15 @@ const DOCKER_HUB_NAMES: [&str; 4] = [
 const MAX_REDIRECTS: usize = 10;
 
 /// The settings of an upstream that can change without a restart.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UpstreamSettings {
     pub tag_ttl: Duration,
     pub stale_if_error: Duration,
     pub negative_ttl: Duration,
     pub offline: bool,
     pub credentials: Option<Credentials>,
+    pub rules: Arc<RepoRules>,
+    pub public_only: bool,
 }
 
 impl UpstreamSettings {
@@ -49,6 +52,8 @@ impl UpstreamSettings {
                 .credentials()?
                 .map(|(u, p)| Credentials::new(u, p))
                 .transpose()?,
+            rules: Arc::new(RepoRules::new(&c.allow, &c.deny)?),
+            public_only: c.public_only,
         })
     }
 }
@@ -65,8 +70,23 @@ pub struct Upstream {
     /// The upstream answered a Basic challenge: send credentials up front.
     basic_auth: std::sync::atomic::AtomicBool,
     breaker: CircuitBreaker,
+    /// Caps blob fills against this upstream, so a burst of clients cannot
+    /// get the mirror banned.
+    fill_slots: Arc<tokio::sync::Semaphore>,
+    /// Caps requests per second to this upstream.
+    pace: Option<governor::DefaultDirectRateLimiter>,
     docker_hub: bool,
     shared: Arc<Shared>,
+}
+
+fn pace(per_second: f64) -> Option<governor::DefaultDirectRateLimiter> {
+    if per_second <= 0.0 {
+        return None;
+    }
+    let burst = std::num::NonZeroU32::new(per_second.ceil().max(1.0) as u32)?;
+    let quota =
+        governor::Quota::with_period(Duration::from_secs_f64(1.0 / per_second))?.allow_burst(burst);
+    Some(governor::RateLimiter::direct(quota))
 }
 
 impl Upstream {
@@ -127,6 +147,10 @@ impl Upstream {
             settings: RwLock::new(UpstreamSettings::from_config(config).map_err(fail)?),
             basic_auth: std::sync::atomic::AtomicBool::new(false),
             breaker: CircuitBreaker::new(config.breaker_threshold, config.breaker_cooldown.get()),
+            fill_slots: Arc::new(tokio::sync::Semaphore::new(
+                config.max_concurrent_fills.max(1),
+            )),
+            pace: pace(config.max_requests_per_second),
             docker_hub,
             shared,
         })
@@ -181,6 +205,20 @@ impl Upstream {
         self.shared.offline.load(Ordering::Relaxed) || self.settings.read().offline
     }
 
+    /// A slot for one blob fill; waits while `max_concurrent_fills` run.
+    pub async fn fill_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if self.fill_slots.available_permits() == 0 {
+            self.shared.metrics.throttled("upstream_fills");
+        }
+        self.fill_slots.clone().acquire_owned().await.ok()
+    }
+
+    /// Whether this upstream's rules let `repo` be pulled; the reason names
+    /// the rule when not.
+    pub fn check_repo(&self, repo: &RepoName) -> Result<(), String> {
+        self.settings.read().rules.check(repo.as_str())
+    }
+
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
     }
@@ -207,7 +245,14 @@ impl Upstream {
             .map_err(|e| self.unreachable(format!("bad URL: {e}")))?;
         url.set_query(query);
         let scope = format!("repository:{}:pull", repo.as_str());
-        let credentials = self.settings().credentials;
+        let settings = self.settings();
+        // public_only: manifests are asked for without credentials, so what
+        // only the account can see is refused, not cached for everyone.
+        let credentials = if settings.public_only && suffix.starts_with("manifests/") {
+            None
+        } else {
+            settings.credentials
+        };
         let mut method = method;
         for _ in 0..=MAX_REDIRECTS {
             // Credentials and our tokens go only to the upstream itself; a
@@ -334,6 +379,17 @@ impl Upstream {
             return Err(UpstreamError::CircuitOpen {
                 upstream: self.name.to_string(),
             });
+        }
+        if let Some(pace) = &self.pace {
+            if pace.check().is_err() {
+                self.shared.metrics.throttled("upstream_rate");
+                tokio::time::timeout(self.shared.header_timeout, pace.until_ready())
+                    .await
+                    .map_err(|_| UpstreamError::Timeout {
+                        upstream: self.name.to_string(),
+                        after: self.shared.header_timeout,
+                    })?;
+            }
         }
         // If this future is dropped mid-request, a probe slot must be freed.
         let probe = ProbeGuard {
