@@ -1,0 +1,418 @@
+//! Safe to expose: allow/deny lists, client authentication, rate limits,
+//! TLS, slow clients, and logs without secrets.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::fake_upstream::{Behaviour, FakeUpstream, OCI_MANIFEST};
+use common::images::{self, read_dir_copy, skopeo, skopeo_copy_all, SKOPEO_TIMEOUT};
+use common::regcache::{Regcache, UpstreamEntry};
+use common::registry::Registry;
+use common::tls::TestCa;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn error_code(r: reqwest::Response) -> String {
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["errors"][0]["code"].as_str().unwrap_or("").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_and_deny_lists_hold_for_manifests_and_blobs() {
+    let upstream = Registry::start();
+    let fixtures = images::load_fixtures(&upstream);
+    let rc = Regcache::start(&[UpstreamEntry::new("local", &upstream.url())
+        .set("allow", r#"["test/*"]"#)
+        .set("deny", r#"["test/big"]"#)]);
+    let allowed = fixtures.docker_schema2.clone();
+    let host = rc.host();
+    tokio::task::spawn_blocking(move || {
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("i");
+        skopeo_copy_all(&format!("{host}/{}:{}", allowed.repo, allowed.tag), &dest).unwrap();
+        assert_eq!(
+            read_dir_copy(&dest).unwrap().manifest_digest,
+            allowed.digest
+        );
+    })
+    .await
+    .unwrap();
+
+    let c = client();
+    let r = c
+        .get(format!("{}/v2/test/big/manifests/v1", rc.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["code"], "DENIED");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("test/big"),
+        "{v}"
+    );
+    // A layer now cached through the allowed repository is not served
+    // through the denied one.
+    let layer = &fixtures.docker_schema2.blobs[0];
+    let r = c
+        .get(format!(
+            "{}/v2/{}/blobs/{layer}",
+            rc.url(),
+            fixtures.docker_schema2.repo
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(format!("{}/v2/test/big/blobs/{layer}", rc.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .get(format!("{}/v2/other/app/manifests/v1", rc.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, "DENIED", "not on the allow list");
+    assert_eq!(
+        upstream.request_count("*", "/v2/test/big/"),
+        0,
+        "denied requests never reach the upstream"
+    );
+    assert!(rc.metric("regcache_denied_requests_total{upstream=\"local\"}") >= 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_bucket_gets_429_with_retry_after() {
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    fake.add_manifest(
+        "test/app",
+        Some("v1"),
+        OCI_MANIFEST,
+        br#"{"schemaVersion":2}"#.to_vec(),
+    );
+    let rc = Regcache::start_with(
+        &[UpstreamEntry::new("fake", &fake.url())],
+        "[rate_limit]\nmanifests_per_second = 0.5\nburst = 5\n",
+    );
+    let c = client();
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let r = c
+            .get(format!("{}/v2/test/app/manifests/v1", rc.url()))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            let retry: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=2).contains(&retry), "Retry-After {retry}");
+            assert_eq!(error_code(r).await, "TOOMANYREQUESTS");
+            statuses.push(429);
+        } else {
+            statuses.push(r.status().as_u16());
+        }
+    }
+    assert_eq!(
+        &statuses[..5],
+        &[200; 5],
+        "within the burst nothing is refused: {statuses:?}"
+    );
+    assert!(
+        statuses[5..].iter().filter(|s| **s == 429).count() >= 6,
+        "{statuses:?}"
+    );
+    assert!(rc.metric("regcache_throttled_requests_total{reason=\"manifests\"}") >= 6.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_authentication_challenges_on_v2_and_enforces_user_access() {
+    let upstream = Registry::start();
+    let fixtures = images::load_fixtures(&upstream);
+    let dir = tempfile::tempdir().unwrap();
+    let hash = bcrypt::hash("right-password", 4).unwrap();
+    std::fs::write(
+        dir.path().join("htpasswd"),
+        format!("alice:{hash}\nlimited:{hash}\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("tokens"), "ci tok-0123456789abcdef\n").unwrap();
+    let audit = dir.path().join("audit.log");
+    let extra = format!(
+        "[auth]\nhtpasswd = {:?}\ntokens_file = {:?}\n[auth.access]\nlimited = [\"local/test/schema2\"]\n[audit]\nlog = {:?}\n",
+        dir.path().join("htpasswd").display().to_string(),
+        dir.path().join("tokens").display().to_string(),
+        audit.display().to_string(),
+    );
+    let rc = Regcache::start_with(&[UpstreamEntry::new("local", &upstream.url())], &extra);
+    let c = client();
+
+    let r = c.get(format!("{}/v2/", rc.url())).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"regcache\"");
+    assert_eq!(error_code(r).await, "UNAUTHORIZED");
+
+    let f = fixtures.oci_index.clone();
+    let host = rc.host();
+    tokio::task::spawn_blocking(move || {
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("i");
+        let src = format!("docker://{host}/{}:{}", f.repo, f.tag);
+        let dst = format!("dir:{}", dest.display());
+        skopeo(
+            &[
+                "copy",
+                "--all",
+                "--preserve-digests",
+                "--src-tls-verify=false",
+                "--src-creds",
+                "alice:right-password",
+                &src,
+                &dst,
+            ],
+            SKOPEO_TIMEOUT,
+        )
+        .unwrap();
+        assert_eq!(read_dir_copy(&dest).unwrap().manifest_digest, f.digest);
+        let err = skopeo(
+            &[
+                "inspect",
+                "--tls-verify=false",
+                "--creds",
+                "alice:wrong-password",
+                &src,
+            ],
+            SKOPEO_TIMEOUT,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_lowercase().contains("unauthorized") || err.contains("401"),
+            "{err}"
+        );
+    })
+    .await
+    .unwrap();
+
+    let manifest = |repo: &str| format!("{}/v2/{repo}/manifests/v1", rc.url());
+    let r = c
+        .get(manifest("test/big"))
+        .basic_auth("limited", Some("right-password"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "limited may pull only test/schema2");
+    assert_eq!(error_code(r).await, "DENIED");
+    let r = c
+        .get(manifest("test/schema2"))
+        .basic_auth("limited", Some("right-password"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(manifest("test/schema2"))
+        .bearer_auth("tok-0123456789abcdef")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a static token as Bearer");
+    let r = c
+        .get(manifest("test/schema2"))
+        .bearer_auth("tok-wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Nothing anywhere carries a secret.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let audit_text = std::fs::read_to_string(&audit).unwrap();
+    let logs = format!("{}\n{}", rc.log(), audit_text);
+    for secret in [
+        "right-password",
+        "wrong-password",
+        "tok-0123456789abcdef",
+        "tok-wrong",
+        "Basic ",
+        "Bearer ",
+    ] {
+        assert!(!logs.contains(secret), "{secret:?} leaked into the logs");
+    }
+    // The audit log: one JSON object per request, with the user and outcome.
+    let entries: Vec<serde_json::Value> = audit_text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(entries
+        .iter()
+        .any(|e| e["user"] == "limited" && e["status"] == 403 && e["outcome"] == "denied"));
+    assert!(entries.iter().any(|e| e["user"] == "alice"
+        && e["repository"] == "test/multiarch"
+        && e["bytes"].as_u64().unwrap_or(0) > 0));
+    for e in &entries {
+        for field in [
+            "time",
+            "client",
+            "method",
+            "status",
+            "bytes",
+            "outcome",
+            "duration_ms",
+        ] {
+            assert!(e.get(field).is_some(), "{field} in {e}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_private_ca_and_a_certificate_swapped_on_sighup() {
+    let upstream = Registry::start();
+    let fixtures = images::load_fixtures(&upstream);
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("regcache client-facing CA");
+    let first = ca.issue(&["127.0.0.1", "localhost"], pki.path(), "first");
+    let extra = |leaf: &common::tls::Leaf| {
+        format!(
+            "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            leaf.cert_path.display().to_string(),
+            leaf.key_path.display().to_string()
+        )
+    };
+    let upstreams = || vec![UpstreamEntry::new("local", &upstream.url())];
+    let rc = Regcache::start_with(&upstreams(), &extra(&first));
+    // skopeo trusts the CA through --src-cert-dir (ca.crt inside).
+    let certs = pki.path().join("certs.d");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::write(certs.join("ca.crt"), ca.cert_pem()).unwrap();
+    let f = fixtures.oci_image.clone();
+    let host = rc.host();
+    let cert_dir = certs.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("i");
+        let src = format!("docker://{host}/{}:{}", f.repo, f.tag);
+        let dst = format!("dir:{}", dest.display());
+        skopeo(
+            &[
+                "copy",
+                "--all",
+                "--preserve-digests",
+                "--src-cert-dir",
+                &cert_dir,
+                &src,
+                &dst,
+            ],
+            SKOPEO_TIMEOUT,
+        )
+        .unwrap();
+        assert_eq!(read_dir_copy(&dest).unwrap().manifest_digest, f.digest);
+    })
+    .await
+    .unwrap();
+
+    let presented = |rc_addr: std::net::SocketAddr| {
+        let ca_pem = ca.cert_pem();
+        async move {
+            let client = reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+                .tls_info(true)
+                .build()
+                .unwrap();
+            let r = client
+                .get(format!("https://{rc_addr}/v2/"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.version(), reqwest::Version::HTTP_2, "h2 by ALPN");
+            r.extensions()
+                .get::<reqwest::tls::TlsInfo>()
+                .and_then(|i| i.peer_certificate().map(|c| c.to_vec()))
+                .unwrap()
+        }
+    };
+    let before = presented(rc.addr).await;
+    let second = ca.issue(&["127.0.0.1"], pki.path(), "second");
+    rc.write_config(&upstreams(), &extra(&second));
+    rc.sighup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rc.log().contains("config reloaded") {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = presented(rc.addr).await;
+    assert_ne!(before, after, "the new certificate is served after SIGHUP");
+    let second_der = rustls_pki_types_der(&second.cert_pem);
+    assert_eq!(after, second_der);
+}
+
+fn rustls_pki_types_der(pem: &str) -> Vec<u8> {
+    use base64::Engine;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_client_is_cut_off_while_others_are_served() {
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    let rc = Regcache::start_with(
+        &[UpstreamEntry::new("fake", &fake.url())],
+        "[limits]\nheader_read_timeout = \"2s\"\n",
+    );
+    let addr = rc.addr;
+    let slow = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let request = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Padding: slow\r\n\r\n";
+        let started = Instant::now();
+        for byte in request.iter() {
+            if s.write_all(&[*byte]).is_err() {
+                return started.elapsed();
+            }
+            let mut buf = [0u8; 64];
+            match s.read(&mut buf) {
+                Ok(0) => return started.elapsed(),
+                Ok(_) => return started.elapsed(),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return started.elapsed(),
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+        }
+        started.elapsed()
+    });
+    // Meanwhile, a normal client is served.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = client()
+        .get(format!("{}/v2/", rc.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cut_after = slow.await.unwrap();
+    assert!(
+        cut_after < Duration::from_secs(15),
+        "the slow client was cut off after {cut_after:?}"
+    );
+}
