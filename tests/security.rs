@@ -416,3 +416,68 @@ async fn a_slowloris_client_is_cut_off_while_others_are_served() {
         "the slow client was cut off after {cut_after:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_content_is_served_per_repository_and_public_only_refuses_it() {
+    use common::registry::{TEST_PASSWORD, TEST_USER};
+    let mut loader = Registry::start();
+    let fixtures = images::load_fixtures(&loader);
+    loader.stop();
+    let upstream = Registry::builder()
+        .htpasswd_auth()
+        .env(
+            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+            loader.storage_dir().to_str().unwrap(),
+        )
+        .start();
+    let creds = |u: UpstreamEntry| {
+        u.set("username", &format!("{TEST_USER:?}"))
+            .set("password", &format!("{TEST_PASSWORD:?}"))
+    };
+    let rc = Regcache::start(&[creds(UpstreamEntry::new("private", &upstream.url()))]);
+    let c = client();
+    let schema2 = &fixtures.docker_schema2;
+    let layer = &schema2.blobs[1];
+    let via = |repo: &str| format!("{}/v2/{repo}/blobs/{layer}", rc.url());
+    assert_eq!(
+        c.get(via(&schema2.repo)).send().await.unwrap().status(),
+        200
+    );
+    // Cached now, but test/big does not hold that layer upstream: a digest
+    // is no key to another repository's private content.
+    let r = c.get(via("test/big")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
+    let heads = upstream.request_count("HEAD", &format!("/v2/test/big/blobs/{layer}"));
+    assert_eq!(heads, 1, "the upstream was asked about test/big");
+    // The repository that fetched it is served without asking again.
+    let before = upstream.request_count("*", &format!("/blobs/{layer}"));
+    assert_eq!(
+        c.get(via(&schema2.repo)).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        upstream.request_count("*", &format!("/blobs/{layer}")),
+        before
+    );
+
+    let public_only = Regcache::start(&[
+        creds(UpstreamEntry::new("private", &upstream.url())).set("public_only", "true")
+    ]);
+    let r = c
+        .get(format!(
+            "{}/v2/{}/manifests/{}",
+            public_only.url(),
+            schema2.repo,
+            schema2.tag
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "a manifest the upstream serves only with credentials is refused"
+    );
+    assert_eq!(error_code(r).await, "UNAUTHORIZED");
+}

@@ -262,6 +262,7 @@ impl Fills {
         let committed = digest.clone();
         tokio::task::spawn_blocking(move || store.commit(temp, Kind::Blob, &committed)).await??;
         self.index.record(Kind::Blob, digest, written, None)?;
+        self.index.link(&upstream.name, repo.as_str(), digest)?;
         tx.send_modify(|p| {
             p.phase = Phase::Complete {
                 file: file.clone(),

@@ -50,6 +50,10 @@ pub struct Index {
     manifests: sled::Tree,
     tags: sled::Tree,
     listings: sled::Tree,
+    /// (upstream, repository, digest) triples the upstream has shown a
+    /// repository may read: private content is served per repository,
+    /// never by digest alone.
+    links: sled::Tree,
     /// Access times gathered between flushes, so a hit costs no write.
     touched: Mutex<HashMap<(Kind, Digest), u64>>,
     /// Objects and bytes per kind, kept as entries come and go (sled's own
@@ -95,6 +99,7 @@ impl Index {
             manifests: db.open_tree("manifests")?,
             tags: db.open_tree("tags")?,
             listings: db.open_tree("listings")?,
+            links: db.open_tree("links")?,
             db,
             touched: Mutex::new(HashMap::new()),
             totals: Mutex::new(HashMap::new()),
@@ -211,6 +216,27 @@ impl Index {
         self.tags
             .insert(Self::tag_key(upstream, repo, tag), value)?;
         Ok(())
+    }
+
+    fn link_key(upstream: &str, repo: &str, digest: &Digest) -> Vec<u8> {
+        format!("{upstream}\0{repo}\0{}", digest.hex()).into_bytes()
+    }
+
+    pub fn link(&self, upstream: &str, repo: &str, digest: &Digest) -> Result<(), IndexError> {
+        self.links
+            .insert(Self::link_key(upstream, repo, digest), &[])?;
+        Ok(())
+    }
+
+    pub fn has_link(
+        &self,
+        upstream: &str,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<bool, IndexError> {
+        Ok(self
+            .links
+            .contains_key(Self::link_key(upstream, repo, digest))?)
     }
 
     pub fn listing(&self, key: &str) -> Result<Option<super::Listing>, IndexError> {

@@ -304,6 +304,10 @@ async fn revalidate_tag(
         return Err(CacheError::ManifestTooLarge);
     }
     index.set_tag(&upstream.name, repo.as_str(), tag.as_str(), &entry)?;
+    // The upstream just said this repository holds that manifest.
+    if let Ok(digest) = entry.digest.parse::<Digest>() {
+        index.link(&upstream.name, repo.as_str(), &digest)?;
+    }
     Ok(entry)
 }
 
@@ -382,6 +386,7 @@ async fn fetch_by_digest(
         bytes.len() as u64,
         Some(&media_type),
     )?;
+    index.link(&upstream.name, repo.as_str(), digest)?;
     Ok(Arc::new(Manifest {
         digest: digest.clone(),
         media_type,

@@ -27,8 +27,8 @@ pub use single_flight::SingleFlight;
 pub use store::{FsStore, Kind};
 
 use crate::metrics::Metrics;
-use crate::registry::Digest;
-use crate::upstream::UpstreamError;
+use crate::registry::{Digest, RepoName};
+use crate::upstream::{Upstream, UpstreamError};
 
 /// Why a cache operation failed. Cloneable, because one fill's failure is
 /// delivered to every client attached to it.
@@ -150,6 +150,46 @@ impl Cache {
             manifests,
             listings,
         })
+    }
+
+    /// Whether `repo` may read content that is already here. Content of an
+    /// upstream with credentials may be private: it is served through a
+    /// repository only once the upstream has shown that repository holds
+    /// it (a fill through it, or a HEAD now), never by digest alone. Fails
+    /// closed when the upstream cannot be asked.
+    pub async fn authorize_cached(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        kind: Kind,
+        digest: &Digest,
+    ) -> Result<(), CacheError> {
+        if !upstream.may_hold_private_content()
+            || self.index.has_link(&upstream.name, repo.as_str(), digest)?
+        {
+            return Ok(());
+        }
+        let suffix = match kind {
+            Kind::Blob => format!("blobs/{digest}"),
+            Kind::Manifest => format!("manifests/{digest}"),
+        };
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static(crate::registry::MANIFEST_ACCEPT),
+        );
+        let response = upstream
+            .request(http::Method::HEAD, repo, &suffix, None, headers)
+            .await?;
+        if response.status() != StatusCode::OK {
+            return Err(CacheError::from_upstream_status(
+                &upstream.name,
+                &response,
+                kind.label(),
+            ));
+        }
+        self.index.link(&upstream.name, repo.as_str(), digest)?;
+        Ok(())
     }
 
     pub fn reconcile(&self) -> Result<ReconcileReport, CacheError> {

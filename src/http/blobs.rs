@@ -39,6 +39,7 @@ pub async fn blob(
         });
     for _ in 0..2 {
         if let Some((file, size)) = open_committed(app, digest).await? {
+            authorize_cached(app, route, digest).await?;
             log.outcome = "hit";
             app.metrics
                 .cache_outcome(&route.upstream.name, "blob", "hit");
@@ -67,6 +68,10 @@ pub async fn blob(
                 mut progress,
                 joined,
             } => {
+                if joined {
+                    // Someone else's fill proves nothing about this repository.
+                    authorize_cached(app, route, digest).await?;
+                }
                 log.outcome = if joined { "coalesced" } else { "miss" };
                 app.metrics
                     .cache_outcome(&route.upstream.name, "blob", log.outcome);
@@ -90,6 +95,13 @@ pub async fn blob(
         Code::Unavailable,
         "the blob vanished while it was being served",
     ))
+}
+
+async fn authorize_cached(app: &App, route: &Route, digest: &Digest) -> Result<(), ApiError> {
+    app.cache
+        .authorize_cached(&route.upstream, &route.repo, Kind::Blob, digest)
+        .await
+        .map_err(|e| ApiError::from_cache(&e, Code::BlobUnknown))
 }
 
 /// Holds each chunk back until the client's blob byte budget allows it.

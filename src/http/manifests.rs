@@ -8,7 +8,7 @@ use super::body::{self, Body};
 use super::error::{ApiError, Code};
 use super::route::Route;
 use super::{mark_stale, passthrough, App, RequestLog};
-use crate::cache::{Manifest, Outcome};
+use crate::cache::{Kind, Manifest, Outcome};
 use crate::registry::{AcceptList, Digest, Reference};
 
 pub async fn manifest(
@@ -29,6 +29,12 @@ pub async fn manifest(
                 .await
                 .map_err(|e| ApiError::from_cache(&e, Code::ManifestUnknown))?;
             log.outcome = outcome.label();
+            if outcome != Outcome::Miss {
+                app.cache
+                    .authorize_cached(&route.upstream, &route.repo, Kind::Manifest, digest)
+                    .await
+                    .map_err(|e| ApiError::from_cache(&e, Code::ManifestUnknown))?;
+            }
             m
         }
         Reference::Tag(tag) => {

@@ -213,6 +213,13 @@ impl Upstream {
         self.fill_slots.clone().acquire_owned().await.ok()
     }
 
+    /// Content fetched with credentials may be private (unless only public
+    /// manifests are accepted).
+    pub fn may_hold_private_content(&self) -> bool {
+        let settings = self.settings.read();
+        settings.credentials.is_some() && !settings.public_only
+    }
+
     /// Whether this upstream's rules let `repo` be pulled; the reason names
     /// the rule when not.
     pub fn check_repo(&self, repo: &RepoName) -> Result<(), String> {
