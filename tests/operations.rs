@@ -387,6 +387,23 @@ async fn sighup_changes_the_tag_ttl_while_a_download_goes_on() {
         .unwrap()
         .expect("the download survives the reload");
     assert_eq!(sha256_digest(&body), blob);
+
+    // A deny rule added by reload applies to the next request.
+    let denied = UpstreamEntry::new("fake", &fake.url())
+        .tag_ttl("1s")
+        .set("deny", r#"["test/*"]"#);
+    rc.write_config(&[denied], "");
+    rc.sighup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rc.log().matches("config reloaded").count() < 2 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        c.get(&tag).send().await.unwrap().status(),
+        403,
+        "the new deny rule applies"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
