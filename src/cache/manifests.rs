@@ -252,23 +252,7 @@ async fn revalidate_tag(
     tag: &Tag,
     index: &Index,
 ) -> Result<TagEntry, CacheError> {
-    let response = upstream
-        .request(
-            Method::HEAD,
-            repo,
-            &format!("manifests/{tag}"),
-            None,
-            full_accept(),
-        )
-        .await?;
-    upstream.record_ratelimit(response.headers());
-    if response.status() != StatusCode::OK {
-        return Err(CacheError::from_upstream_status(
-            &upstream.name,
-            &response,
-            "manifest",
-        ));
-    }
+    let response = ask_manifest(upstream, Method::HEAD, repo, tag.as_str()).await?;
     let headers = response.headers();
     let digest = headers
         .get("docker-content-digest")
@@ -311,21 +295,18 @@ async fn revalidate_tag(
     Ok(entry)
 }
 
-struct Fetched {
-    bytes: Bytes,
-    media_type: String,
-}
-
-/// `GET manifests/<reference>` with the full Accept set: the bytes, at most
-/// [`MAX_MANIFEST_SIZE`], and their media type.
-async fn get_manifest(
+/// `HEAD` or `GET manifests/<reference>` with the full Accept set; anything
+/// but 200 is an error. Every manifest answer carries Docker Hub's
+/// rate-limit headers, so they are recorded here.
+async fn ask_manifest(
     upstream: &Upstream,
+    method: Method,
     repo: &RepoName,
     reference: &str,
-) -> Result<Fetched, CacheError> {
+) -> Result<reqwest::Response, CacheError> {
     let response = upstream
         .request(
-            Method::GET,
+            method,
             repo,
             &format!("manifests/{reference}"),
             None,
@@ -340,6 +321,22 @@ async fn get_manifest(
             "manifest",
         ));
     }
+    Ok(response)
+}
+
+struct Fetched {
+    bytes: Bytes,
+    media_type: String,
+}
+
+/// `GET manifests/<reference>` with the full Accept set: the bytes, at most
+/// [`MAX_MANIFEST_SIZE`], and their media type.
+async fn get_manifest(
+    upstream: &Upstream,
+    repo: &RepoName,
+    reference: &str,
+) -> Result<Fetched, CacheError> {
+    let response = ask_manifest(upstream, Method::GET, repo, reference).await?;
     let media_type = content_type(response.headers());
     let bytes = read_limited(response, MAX_MANIFEST_SIZE, upstream.idle_timeout())
         .await
