@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::registry::Digest;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Blob,
     Manifest,

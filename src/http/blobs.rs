@@ -11,7 +11,8 @@ use super::range::{parse_range, RangeRequest};
 use super::route::Route;
 use super::{App, RequestLog};
 use crate::cache::{
-    body_stream, wait_for_headers, Attached, BodySource, CacheError, Kind, UNKNOWN_SIZE,
+    body_stream, wait_for_headers, Attached, BodySource, CacheError, Kind, ReaderGuard,
+    UNKNOWN_SIZE,
 };
 use crate::registry::Digest;
 
@@ -26,6 +27,9 @@ pub async fn blob(
     let range_header = headers
         .get(http::header::RANGE)
         .and_then(|v| v.to_str().ok());
+    // Taken before the file is opened and held by the body until it is
+    // dropped: eviction skips blobs with readers.
+    let mut guard = (!head).then(|| app.cache.readers.acquire(digest));
     // Two passes at most: a fill may commit between our look and our attach.
     for _ in 0..2 {
         if let Some((file, size)) = open_committed(app, digest).await? {
@@ -40,6 +44,7 @@ pub async fn blob(
                 Some(size),
                 range_header,
                 head,
+                guard.take(),
             );
         }
         if head {
@@ -69,6 +74,7 @@ pub async fn blob(
                     size,
                     range_header,
                     head,
+                    guard.take(),
                 );
             }
         }
@@ -126,6 +132,7 @@ fn respond(
     size: Option<u64>,
     range_header: Option<&str>,
     head: bool,
+    guard: Option<ReaderGuard>,
 ) -> Result<Response<Body>, ApiError> {
     let mut headers = blob_headers(digest);
     let (status, start, end) = match size {
@@ -170,7 +177,12 @@ fn respond(
     let body = if head {
         body::head()
     } else {
-        body::stream(body_stream(source, start, end, app.metrics.clone()))
+        let stream = body_stream(source, start, end, app.metrics.clone());
+        body::stream(futures_util::StreamExt::map(stream, move |chunk| {
+            // The guard lives as long as the body does.
+            let _reader = &guard;
+            chunk
+        }))
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
