@@ -25,7 +25,8 @@ use http::StatusCode;
 
 pub use evict::{Evictor, GcReport, Pins, Policy, Reason};
 pub use fill::{
-    body_stream, wait_for_headers, Attached, BodySource, Fills, Progress, IO_CHUNK, UNKNOWN_SIZE,
+    body_stream, wait_for_headers, Attached, BodySource, Fills, Phase, Progress, IO_CHUNK,
+    UNKNOWN_SIZE,
 };
 pub use index::{
     now_millis, ContentEntry, Index, IndexError, ReconcileReport, TagEntry, TagRecord, Totals,
