@@ -162,6 +162,9 @@ async fn eviction_loop(app: Arc<App>) {
             Ok(Err(e)) => tracing::warn!(error = %e, "eviction run failed"),
             Err(e) => tracing::error!(error = %e, "eviction task failed"),
         }
+        // A cache held above the mark by pins or open readers would
+        // otherwise rescan the index after every fill: at most once a second.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
