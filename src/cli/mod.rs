@@ -519,7 +519,7 @@ pub fn export(
     images: &[String],
     all: bool,
 ) -> anyhow::Result<ExitCode> {
-    if all == !images.is_empty() {
+    if all != images.is_empty() {
         bail!("name the images to export, or --all (not both)");
     }
     let ups = upstreams(config)?;

@@ -334,7 +334,14 @@ pub fn prefetch(
     for n in &names {
         match image::parse(n, &ups) {
             Ok(i) => images.push(i),
-            Err(e) => failed.push((n.clone(), e)),
+            Err(e) => {
+                // The parser's message already starts with the reference.
+                let e = e
+                    .strip_prefix(&format!("{n}: "))
+                    .map(str::to_owned)
+                    .unwrap_or(e);
+                failed.push((n.clone(), e))
+            }
         }
     }
     let runtime = super::runtime()?;
