@@ -56,6 +56,9 @@ pub struct Config {
     /// Serve only what is cached and never dial out (every upstream).
     /// Switchable at run time: SIGHUP or `POST /admin/offline`.
     pub offline: bool,
+    /// Size bound, age limit and eviction of the cache (`[cache]`).
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// Absent in every source means the built-in presets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstreams: Option<Vec<UpstreamConfig>>,
@@ -225,6 +228,72 @@ pub struct UpstreamConfig {
     /// How long an open breaker answers from the cache before probing again.
     #[serde(default = "default_breaker_cooldown")]
     pub breaker_cooldown: HumanDuration,
+    /// Repositories whose cached tags (and everything they reference) are
+    /// never evicted: `"library/alpine"`, or a prefix ending in `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pin: Vec<String>,
+}
+
+/// `[cache]`: how big the cache may grow and how long unused content stays.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// The bound on blob and manifest bytes ("50GiB", "512MiB", "1TB");
+    /// absent means unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<ByteSize>,
+    /// Content not accessed for this long is evicted ("90d"); absent means
+    /// no age limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<HumanDuration>,
+    /// Eviction starts when the cache is above this fraction of `max_size`…
+    #[serde(default = "default_high_water")]
+    pub high_water: f64,
+    /// …and removes least-recently-used content down to this fraction.
+    #[serde(default = "default_low_water")]
+    pub low_water: f64,
+    /// How often eviction runs besides when a fill crosses the high-water
+    /// mark (it also applies `max_age`).
+    #[serde(default = "default_gc_interval")]
+    pub gc_interval: HumanDuration,
+}
+
+fn default_high_water() -> f64 {
+    0.95
+}
+
+fn default_low_water() -> f64 {
+    0.90
+}
+
+fn default_gc_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_size: None,
+            max_age: None,
+            high_water: default_high_water(),
+            low_water: default_low_water(),
+            gc_interval: default_gc_interval(),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Bytes above which eviction starts, if the cache is bounded.
+    pub fn high_water_bytes(&self) -> Option<u64> {
+        self.max_size
+            .map(|m| (m.0 as f64 * self.high_water).floor() as u64)
+    }
+
+    /// Bytes eviction brings the cache down to, if it is bounded.
+    pub fn low_water_bytes(&self) -> Option<u64> {
+        self.max_size
+            .map(|m| (m.0 as f64 * self.low_water).floor() as u64)
+    }
 }
 
 /// Secrets never appear in `check-config` output.
@@ -300,6 +369,7 @@ impl UpstreamConfig {
             max_requests_per_second: 0.0,
             breaker_threshold: default_breaker_threshold(),
             breaker_cooldown: default_breaker_cooldown(),
+            pin: Vec::new(),
         }
     }
 }
@@ -328,6 +398,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: "info".into(),
             offline: false,
+            cache: CacheConfig::default(),
             upstreams: None,
         }
     }
@@ -517,6 +588,36 @@ impl Config {
                 "max_connections must be positive and max_header_bytes at least 8192".into(),
             );
         }
+        let c = &self.cache;
+        let fraction = |x: f64| x > 0.0 && x <= 1.0;
+        if !fraction(c.high_water) || !fraction(c.low_water) || c.low_water >= c.high_water {
+            return invalid(
+                "cache.high_water, cache.low_water".into(),
+                "need 0 < low_water < high_water <= 1 (e.g. 0.90 and 0.95)".into(),
+            );
+        }
+        if c.max_size.is_some_and(|m| m.0 == 0) {
+            return invalid("cache.max_size".into(), "must be greater than zero".into());
+        }
+        if c.gc_interval.0.is_zero() {
+            return invalid(
+                "cache.gc_interval".into(),
+                "must be greater than zero".into(),
+            );
+        }
+        for (i, u) in upstreams.iter().enumerate() {
+            for p in &u.pin {
+                let name = p.strip_suffix('*').unwrap_or(p).trim_end_matches('/');
+                if p.is_empty()
+                    || (!name.is_empty() && crate::registry::RepoName::parse(name).is_err())
+                {
+                    return invalid(
+                        format!("upstreams[{i}] ({}).pin", u.name),
+                        format!("{p:?} is not a repository name (or a prefix ending in *)"),
+                    );
+                }
+            }
+        }
         for (key, d) in [
             ("connect_timeout", self.connect_timeout),
             ("header_timeout", self.header_timeout),
@@ -534,6 +635,107 @@ impl Config {
         let mut effective = self.clone();
         effective.upstreams = Some(self.upstreams());
         toml::to_string_pretty(&effective).unwrap_or_else(|e| format!("# cannot print: {e}"))
+    }
+}
+
+/// A size written as "50GiB", "512MiB", "1TB", "1.5GiB" (or a number of
+/// bytes). Binary units (KiB, MiB, GiB, TiB) are powers of 1024; decimal
+/// ones (KB, MB, GB, TB; K, M, G, T) powers of 1000.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+const SIZE_UNITS: [(&str, u64); 13] = [
+    ("tib", 1 << 40),
+    ("gib", 1 << 30),
+    ("mib", 1 << 20),
+    ("kib", 1 << 10),
+    ("tb", 1_000_000_000_000),
+    ("gb", 1_000_000_000),
+    ("mb", 1_000_000),
+    ("kb", 1_000),
+    ("t", 1_000_000_000_000),
+    ("g", 1_000_000_000),
+    ("m", 1_000_000),
+    ("k", 1_000),
+    ("b", 1),
+];
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim().to_ascii_lowercase();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let unit = unit.trim();
+        let multiplier = if unit.is_empty() {
+            1
+        } else {
+            SIZE_UNITS
+                .iter()
+                .find(|(u, _)| *u == unit)
+                .map(|(_, m)| *m)
+                .ok_or_else(|| {
+                    format!(
+                        "invalid size {s:?}: unknown unit {unit:?} (use e.g. 512MiB, 50GiB, 1TB)"
+                    )
+                })?
+        };
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("invalid size {s:?}: expected a number and a unit, e.g. 50GiB"))?;
+        let bytes = value * multiplier as f64;
+        if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+            return Err(format!("invalid size {s:?}"));
+        }
+        Ok(ByteSize(bytes.round() as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    /// The largest binary unit that states the size exactly, so that the
+    /// printed form reads back to the same number.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, m) in [
+            ("TiB", 1u64 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ] {
+            if self.0 >= m && self.0 % m == 0 {
+                return write!(f, "{}{unit}", self.0 / m);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl fmt::Debug for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Bytes(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(b) => Ok(ByteSize(b)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -621,6 +823,70 @@ mod tests {
                 Ok(Some(("bot".into(), "s3cret".into())))
             );
             assert!(!c.to_toml().contains("s3cret"), "secrets are redacted");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn sizes_parse_and_print_back() {
+        let p = |s: &str| s.parse::<ByteSize>().map(|b| b.0);
+        assert_eq!(p("512MiB"), Ok(512 << 20));
+        assert_eq!(p("50GiB"), Ok(50 << 30));
+        assert_eq!(p("1TB"), Ok(1_000_000_000_000));
+        assert_eq!(p("1.5 GiB"), Ok(3 << 29));
+        assert_eq!(p("4096"), Ok(4096));
+        assert_eq!(p("10m"), Ok(10_000_000));
+        assert!(p("ten GiB").is_err());
+        assert!(p("5 parsecs").is_err());
+        for b in [ByteSize(50 << 30), ByteSize(12345), ByteSize(3 << 29)] {
+            assert_eq!(b.to_string().parse::<ByteSize>(), Ok(b));
+        }
+        assert_eq!(ByteSize(50 << 30).to_string(), "50GiB");
+    }
+
+    #[test]
+    fn cache_table_and_pins() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "r.toml",
+                r#"
+                default_upstream = "local"
+                [cache]
+                max_size = "10MiB"
+                max_age = "90d"
+                [[upstreams]]
+                name = "local"
+                url = "http://127.0.0.1:5001"
+                pin = ["library/alpine", "team/*"]
+                "#,
+            )?;
+            jail.set_env("REGCACHE_CACHE__LOW_WATER", "0.5");
+            let c = Config::load(Some(Path::new("r.toml"))).expect("loads");
+            assert_eq!(c.cache.max_size, Some(ByteSize(10 << 20)));
+            assert_eq!(c.cache.max_age.map(|d| d.get().as_secs()), Some(90 * 86400));
+            assert_eq!(c.cache.high_water_bytes(), Some((10u64 << 20) * 95 / 100));
+            assert_eq!(c.cache.low_water_bytes(), Some(5 << 20));
+            assert_eq!(c.upstreams()[0].pin, vec!["library/alpine", "team/*"]);
+            // The printed config reads back.
+            jail.create_file("printed.toml", &c.to_toml())?;
+            let again = Config::load(Some(Path::new("printed.toml"))).expect("reloads");
+            assert_eq!(again.cache, c.cache);
+
+            jail.create_file("bad.toml", "[cache]\nmax_size = \"lots\"\n")?;
+            let e = Config::load(Some(Path::new("bad.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("max_size"), "{e}");
+            jail.create_file("bad2.toml", "[cache]\nhigh_water = 0.5\nlow_water = 0.9\n")?;
+            let e = Config::load(Some(Path::new("bad2.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("low_water"), "{e}");
+            jail.create_file("bad3.toml", "[cache]\nmax_sise = \"1GiB\"\n")?;
+            let e = Config::load(Some(Path::new("bad3.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("max_sise"), "{e}");
             Ok(())
         });
     }

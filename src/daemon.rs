@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Pins, Policy};
 use crate::config::Config;
 use crate::http::{serve, App, AuditLog, Listener, ServeOptions, Shutdown, Tls};
 use crate::metrics::Metrics;
@@ -27,6 +27,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         .with_context(|| format!("opening the cache in {}", config.cache_dir.display()))?;
     let upstreams = Upstreams::from_config(&config, metrics.clone())?;
     let tls = Tls::load(&config.tls).map_err(|e| anyhow::anyhow!(e))?;
+    cache.evictor.configure(
+        Policy::from_config(&config.cache),
+        Pins::from_config(&config, &upstreams),
+    );
     let registry_listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding listen address {}", config.listen))?;
@@ -53,14 +57,20 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
 
     // The index is reconciled with the files in the background: hits are
     // served from the files meanwhile, so startup does not wait on a scan.
+    // Eviction starts only after it, when the index's totals are right.
     let reconciling = app.clone();
-    tokio::task::spawn_blocking(move || match reconciling.cache.reconcile() {
-        Ok(report) => tracing::info!(
-            added = report.added,
-            dropped = report.dropped,
-            "index reconciled with the blob store"
-        ),
-        Err(e) => tracing::error!(error = %e, "reconciling the index failed"),
+    let evicting = tokio::spawn(async move {
+        let app = reconciling.clone();
+        let _ = tokio::task::spawn_blocking(move || match app.cache.reconcile() {
+            Ok(report) => tracing::info!(
+                added = report.added,
+                dropped = report.dropped,
+                "index reconciled with the blob store"
+            ),
+            Err(e) => tracing::error!(error = %e, "reconciling the index failed"),
+        })
+        .await;
+        eviction_loop(reconciling).await
     });
     let flushing = app.clone();
     let flusher = tokio::spawn(async move {
@@ -152,12 +162,35 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         );
     }
     flusher.abort();
+    evicting.abort();
     let app_for_flush = app.clone();
     tokio::task::spawn_blocking(move || app_for_flush.cache.index.flush_access_times())
         .await?
         .context("flushing the index")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs eviction every `gc_interval`, and as soon as a new entry takes the
+/// cache over the high-water mark.
+async fn eviction_loop(app: Arc<App>) {
+    let mut tick = tokio::time::interval(app.config.cache.gc_interval.get());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = app.cache.index.wait_over_high_water() => {}
+        }
+        let evictor = app.cache.evictor.clone();
+        match tokio::task::spawn_blocking(move || evictor.run()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "eviction run failed"),
+            Err(e) => tracing::error!(error = %e, "eviction task failed"),
+        }
+        // A cache held above the mark by pins or open readers would
+        // otherwise rescan the index after every fill: at most once a second.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 fn notify_systemd(state: sd_notify::NotifyState<'_>) {
@@ -211,6 +244,11 @@ fn reload(app: &App, tls: Option<&Tls>, config_path: Option<&Path>) {
                 Ok(policy) => *app.policy.write() = Arc::new(policy),
                 Err(e) => needs_restart.push(format!("client policy not applied: {e}")),
             }
+            // Size bounds and pins apply at once (gc_interval at restart).
+            app.cache.evictor.configure(
+                Policy::from_config(&new.cache),
+                Pins::from_config(&new, &app.upstreams),
+            );
             let old = &app.config;
             for (key, changed) in [
                 ("listen", old.listen != new.listen),

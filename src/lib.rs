@@ -6,6 +6,7 @@
 //! `metrics` sit beside them, and `daemon` wires them together.
 
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod http;

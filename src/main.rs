@@ -24,6 +24,53 @@ enum Command {
     /// Exit 0 when the daemon's /healthz answers (for container HEALTHCHECKs,
     /// where no curl is installed).
     Healthcheck,
+    /// List cached repositories and tags, with the cache's size.
+    Ls {
+        /// Print JSON (the admin API's answers) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove images or blobs from the cache: `<upstream>/<repo>:<tag>`,
+    /// `<repo>@sha256:...` (any image reference), or a blob's `sha256:...`.
+    Purge {
+        /// Also remove the image's blobs that no other cached tag uses.
+        #[arg(long)]
+        blobs: bool,
+        #[arg(required = true, value_name = "TARGET")]
+        targets: Vec<String>,
+    },
+    /// Run eviction now (max_size, max_age).
+    Gc,
+    /// Re-hash every cached file; report corrupt and orphaned files and
+    /// index entries without a file (the daemon must be stopped).
+    Verify {
+        /// Remove what is broken (it is fetched again on demand).
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Pull images into the cache: image references, or files with one per line.
+    Prefetch {
+        /// Only these platforms of a multi-platform image (os/arch[/variant], comma-separated).
+        #[arg(long, value_delimiter = ',', value_name = "PLATFORMS")]
+        platform: Vec<String>,
+        #[arg(required = true, value_name = "FILE|IMAGE")]
+        images: Vec<String>,
+    },
+    /// Write cached images to an OCI image layout tar for an air-gapped site.
+    Export {
+        #[arg(long, short, value_name = "FILE")]
+        output: PathBuf,
+        /// Every cached tag.
+        #[arg(long)]
+        all: bool,
+        #[arg(value_name = "IMAGE")]
+        images: Vec<String>,
+    },
+    /// Install a bundle written by `export` (verifying every digest).
+    Import {
+        #[arg(value_name = "BUNDLE")]
+        bundle: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -40,13 +87,28 @@ fn main() -> ExitCode {
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
         }
-        Command::Healthcheck => match healthcheck(config.admin_listen) {
+        Command::Healthcheck => match regcache::cli::healthcheck(config.admin_listen) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("regcache: unhealthy: {e}");
                 ExitCode::FAILURE
             }
         },
+        Command::Ls { json } => manage(&config, |c| regcache::cli::ls(c, json)),
+        Command::Purge { blobs, targets } => {
+            manage(&config, |c| regcache::cli::purge(c, &targets, blobs))
+        }
+        Command::Gc => manage(&config, regcache::cli::gc),
+        Command::Verify { repair } => manage(&config, |c| regcache::cli::verify(c, repair)),
+        Command::Prefetch { platform, images } => manage(&config, |c| {
+            regcache::cli::prefetch::prefetch(c, &images, &platform)
+        }),
+        Command::Export {
+            output,
+            all,
+            images,
+        } => manage(&config, |c| regcache::cli::export(c, &output, &images, all)),
+        Command::Import { bundle } => manage(&config, |c| regcache::cli::import(c, &bundle)),
         Command::Serve => {
             init_tracing(config.log_format, &config.log_level);
             // reqwest and any future TLS listener share one crypto provider.
@@ -87,29 +149,16 @@ fn init_tracing(format: LogFormat, level: &str) {
     }
 }
 
-/// One plain HTTP/1.1 GET of `/healthz` on the admin listener.
-fn healthcheck(admin: std::net::SocketAddr) -> std::io::Result<()> {
-    use std::io::{Read, Write};
-    use std::time::Duration;
-    // A wildcard listen address is reached through loopback.
-    let target = if admin.ip().is_unspecified() {
-        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), admin.port())
-    } else {
-        admin
-    };
-    let mut stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
-    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-    write!(
-        stream,
-        "GET /healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head)?;
-    if head.starts_with(b"HTTP/1.1 200") {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(
-            String::from_utf8_lossy(&head).into_owned(),
-        ))
+/// Runs a management command: warnings and errors logged to stderr
+/// (`RUST_LOG` for more), a clear message and a non-zero status on error.
+fn manage(config: &Config, run: impl FnOnce(&Config) -> anyhow::Result<ExitCode>) -> ExitCode {
+    init_tracing(config.log_format, "warn");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match run(config) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("regcache: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }

@@ -53,6 +53,13 @@ pub struct Metrics {
     /// What the cache holds, by kind (blob, manifest).
     pub cache_bytes: IntGaugeVec,
     pub cache_objects: IntGaugeVec,
+    /// The configured `max_size` (0: unbounded).
+    pub cache_max_bytes: IntGauge,
+    /// Objects and bytes removed from the cache, by reason (size, age, purge).
+    pub evictions: IntCounterVec,
+    pub evicted_bytes: IntCounterVec,
+    /// Blobs being streamed to clients from committed files.
+    pub open_readers: IntGauge,
 }
 
 /// Registers a metric built from constant names; a failure here is a bug in
@@ -102,7 +109,7 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        Metrics {
+        let metrics = Metrics {
             requests: counters(
                 "http_requests_total",
                 "Requests by route, method and status.",
@@ -166,6 +173,10 @@ impl Metrics {
             ),
             cache_bytes: gauges("cache_size_bytes", "Bytes in the cache, by kind (blob, manifest).", &["kind"]),
             cache_objects: gauges("cache_objects", "Objects in the cache, by kind (blob, manifest).", &["kind"]),
+            cache_max_bytes: gauge("cache_max_size_bytes", "The configured cache max_size in bytes (0: unbounded)."),
+            evictions: counters("evictions_total", "Objects removed from the cache, by reason (size, age, purge).", &["reason"]),
+            evicted_bytes: counters("evicted_bytes_total", "Bytes removed from the cache, by reason (size, age, purge).", &["reason"]),
+            open_readers: gauge("cache_open_readers", "Blobs being streamed to clients from the cache now (never evicted)."),
             fills_in_progress: gauge("fills_in_progress", "Blob fills running now."),
             fill_waiters: gauge("fill_waiters", "Client responses streaming from a running fill."),
             fills: counters("fills_total", "Blob fills that ended, by result.", &["result"]),
@@ -192,6 +203,17 @@ impl Metrics {
                 "Token requests sent to upstream token servers.",
             ),
             registry,
+        };
+        metrics.init_labels();
+        metrics
+    }
+
+    /// Every eviction reason appears from the start (at 0), so rates and
+    /// alerts work before the first eviction.
+    fn init_labels(&self) {
+        for reason in ["size", "age", "purge"] {
+            self.evictions.with_label_values(&[reason]);
+            self.evicted_bytes.with_label_values(&[reason]);
         }
     }
 
@@ -242,6 +264,10 @@ mod tests {
         );
         assert!(text.contains("regcache_build_info{version=\""), "{text}");
         assert!(text.contains("regcache_fills_resumed_total 1"), "{text}");
+        assert!(
+            text.contains("regcache_evictions_total{reason=\"purge\"} 0"),
+            "{text}"
+        );
         assert!(
             text.contains("# TYPE regcache_fills_in_progress gauge"),
             "{text}"

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -36,12 +37,31 @@ pub struct TagEntry {
     pub checked_at: u64,
 }
 
+/// A tag as listed by [`Index::all_tags`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagRecord {
+    pub upstream: String,
+    pub repo: String,
+    pub tag: String,
+    pub entry: TagEntry,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
     #[error("index: {0}")]
     Sled(#[from] sled::Error),
     #[error("index: {0}")]
     Io(#[from] std::io::Error),
+    /// Another process (a running daemon) has the index open: sled allows
+    /// one process at a time.
+    #[error("the index {0} is in use by another process (is the regcache daemon running?)")]
+    Locked(String),
+}
+
+/// sled reports a held lock as a plain I/O error; it must never be taken
+/// for corruption (moving the index of a running daemon aside).
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 pub struct Index {
@@ -59,6 +79,9 @@ pub struct Index {
     /// Objects and bytes per kind, kept as entries come and go (sled's own
     /// `len` walks the whole tree).
     totals: Mutex<HashMap<Kind, Totals>>,
+    /// Total bytes above which a new entry wakes the evictor.
+    high_water: AtomicU64,
+    over_high_water: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +110,9 @@ impl Index {
         };
         let db = match open(path) {
             Ok(db) => db,
+            Err(e) if is_lock_error(&e) => {
+                return Err(IndexError::Locked(path.display().to_string()))
+            }
             Err(e) => {
                 let aside = path.with_extension(format!("corrupt-{}", now_millis()));
                 tracing::warn!(error = %e, aside = %aside.display(), "index unreadable; moving it aside and rebuilding");
@@ -103,7 +129,27 @@ impl Index {
             db,
             touched: Mutex::new(HashMap::new()),
             totals: Mutex::new(HashMap::new()),
+            high_water: AtomicU64::new(u64::MAX),
+            over_high_water: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Entries that push the total past `bytes` wake
+    /// [`Index::wait_over_high_water`]; `None` disables it.
+    pub fn set_high_water(&self, bytes: Option<u64>) {
+        self.high_water
+            .store(bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Resolves when a new entry took the cache over the high-water mark.
+    pub async fn wait_over_high_water(&self) {
+        self.over_high_water.notified().await
+    }
+
+    /// Bytes of blobs and manifests together.
+    pub fn total_bytes(&self) -> u64 {
+        let totals = self.totals.lock();
+        totals.values().map(|t| t.bytes).sum()
     }
 
     fn tree(&self, kind: Kind) -> &sled::Tree {
@@ -150,17 +196,47 @@ impl Index {
             Some(size) => t.bytes = t.bytes.saturating_sub(size),
         }
         t.bytes += entry.size;
+        let grew = old_size.is_none();
+        drop(totals);
+        if grew && self.total_bytes() > self.high_water.load(Ordering::Relaxed) {
+            self.over_high_water.notify_one();
+        }
         Ok(())
     }
 
-    pub fn remove(&self, kind: Kind, digest: &Digest) -> Result<(), IndexError> {
+    /// Removes an entry; returns what it said, if there was one.
+    pub fn remove(&self, kind: Kind, digest: &Digest) -> Result<Option<ContentEntry>, IndexError> {
         let old = self.tree(kind).remove(digest.hex())?;
-        if let Some(e) = old.and_then(|v| serde_json::from_slice::<ContentEntry>(&v).ok()) {
+        let old = old.and_then(|v| serde_json::from_slice::<ContentEntry>(&v).ok());
+        if let Some(e) = &old {
             let mut totals = self.totals.lock();
             let t = totals.entry(kind).or_default();
             t.objects = t.objects.saturating_sub(1);
             t.bytes = t.bytes.saturating_sub(e.size);
         }
+        Ok(old)
+    }
+
+    /// Every entry of a kind. Keys that are not digests are skipped
+    /// (reconcile drops them).
+    pub fn entries(&self, kind: Kind) -> Result<Vec<(Digest, ContentEntry)>, IndexError> {
+        let mut out = Vec::new();
+        for item in self.tree(kind).iter() {
+            let (key, value) = item?;
+            let digest = std::str::from_utf8(&key)
+                .ok()
+                .and_then(|k| Digest::from_hex(k).ok());
+            let entry = serde_json::from_slice::<ContentEntry>(&value).ok();
+            if let (Some(d), Some(e)) = (digest, entry) {
+                out.push((d, e));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<(), IndexError> {
+        self.db.flush()?;
         Ok(())
     }
 
@@ -237,6 +313,39 @@ impl Index {
         Ok(self
             .links
             .contains_key(Self::link_key(upstream, repo, digest))?)
+    }
+
+    pub fn remove_tag(&self, upstream: &str, repo: &str, tag: &str) -> Result<bool, IndexError> {
+        Ok(self
+            .tags
+            .remove(Self::tag_key(upstream, repo, tag))?
+            .is_some())
+    }
+
+    /// Every cached tag, ordered by upstream, repository and tag.
+    pub fn all_tags(&self) -> Result<Vec<TagRecord>, IndexError> {
+        let mut out = Vec::new();
+        for item in self.tags.iter() {
+            let (key, value) = item?;
+            let Ok(key) = std::str::from_utf8(&key) else {
+                continue;
+            };
+            let mut parts = key.splitn(3, '\0');
+            let (Some(upstream), Some(repo), Some(tag)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if let Ok(entry) = serde_json::from_slice::<TagEntry>(&value) {
+                out.push(TagRecord {
+                    upstream: upstream.to_owned(),
+                    repo: repo.to_owned(),
+                    tag: tag.to_owned(),
+                    entry,
+                });
+            }
+        }
+        Ok(out)
     }
 
     pub fn listing(&self, key: &str) -> Result<Option<super::Listing>, IndexError> {
@@ -374,6 +483,64 @@ mod tests {
     }
 
     #[test]
+    fn entries_removal_totals_and_high_water() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index")).unwrap();
+        index.set_high_water(Some(10));
+        let a = Digest::sha256_of(b"a");
+        let b = Digest::sha256_of(b"b");
+        index.record(Kind::Blob, &a, 6, None).unwrap();
+        index.record(Kind::Manifest, &b, 6, Some("m")).unwrap();
+        assert_eq!(index.total_bytes(), 12);
+        // The second record crossed the mark: a waiter is woken at once.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                index.wait_over_high_water(),
+            )
+            .await
+            .expect("woken");
+        });
+        assert_eq!(index.entries(Kind::Blob).unwrap().len(), 1);
+        assert_eq!(
+            index.remove(Kind::Blob, &a).unwrap().map(|e| e.size),
+            Some(6)
+        );
+        assert_eq!(index.remove(Kind::Blob, &a).unwrap(), None);
+        assert_eq!(index.total_bytes(), 6);
+        assert!(index.entries(Kind::Blob).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_locked_index_is_reported_not_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index");
+        let _held = Index::open(&path).unwrap();
+        // sled takes an flock on its own open file, so a second open, even
+        // in this process, finds the lock held.
+        match Index::open(&path) {
+            Err(IndexError::Locked(_)) => {}
+            Err(e) => panic!("unexpected {e}"),
+            Ok(_) => panic!("opened a held index"),
+        }
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains("corrupt")
+            })
+            .count();
+        assert_eq!(aside, 0, "a held index is never moved aside");
+    }
+
+    #[test]
     fn tags_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(&dir.path().join("index")).unwrap();
@@ -391,5 +558,22 @@ mod tests {
             Some(e)
         );
         assert_eq!(index.tag("docker.io", "library/alpine", "4").unwrap(), None);
+        let all = index.all_tags().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(
+            (
+                all[0].upstream.as_str(),
+                all[0].repo.as_str(),
+                all[0].tag.as_str()
+            ),
+            ("docker.io", "library/alpine", "3")
+        );
+        assert!(index
+            .remove_tag("docker.io", "library/alpine", "3")
+            .unwrap());
+        assert!(!index
+            .remove_tag("docker.io", "library/alpine", "3")
+            .unwrap());
+        assert!(index.all_tags().unwrap().is_empty());
     }
 }

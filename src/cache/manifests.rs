@@ -123,6 +123,11 @@ impl ManifestCache {
             .cache_outcome(&upstream.name, kind, outcome.label());
     }
 
+    /// Drops a manifest from the in-memory hot set (after a purge).
+    pub async fn forget(&self, digest: &Digest) {
+        self.hot.invalidate(digest).await;
+    }
+
     /// A cached manifest, from memory or disk, without asking upstream.
     pub async fn local(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, CacheError> {
         if let Some(m) = self.hot.get(digest).await {

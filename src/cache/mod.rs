@@ -2,14 +2,20 @@
 //! truth), the sled index beside them, blob fills that coalesce concurrent
 //! misses, and tag freshness.
 
+pub mod bundle;
+mod evict;
 mod fill;
 mod freshness;
+pub mod graph;
 mod index;
 mod listings;
+pub mod manage;
 mod manifests;
 mod negative;
+mod readers;
 mod single_flight;
 mod store;
+pub mod verify;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,12 +23,17 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+pub use evict::{Evictor, GcReport, Pins, Policy, Reason};
 pub use fill::{
-    body_stream, wait_for_headers, Attached, BodySource, Fills, Progress, IO_CHUNK, UNKNOWN_SIZE,
+    body_stream, wait_for_headers, Attached, BodySource, Fills, Phase, Progress, IO_CHUNK,
+    UNKNOWN_SIZE,
 };
-pub use index::{Index, ReconcileReport, TagEntry, Totals};
+pub use index::{
+    now_millis, ContentEntry, Index, IndexError, ReconcileReport, TagEntry, TagRecord, Totals,
+};
 pub use listings::{Listing, ListingCache};
 pub use manifests::{Manifest, ManifestCache, Outcome, MAX_MANIFEST_SIZE};
+pub use readers::{ReaderGuard, Readers};
 pub use single_flight::SingleFlight;
 pub use store::{FsStore, Kind};
 
@@ -57,6 +68,8 @@ pub enum CacheError {
     BadManifestAnswer,
     #[error("cache storage: {0}")]
     Io(String),
+    #[error("{0}")]
+    Locked(String),
 }
 
 impl CacheError {
@@ -131,24 +144,43 @@ pub struct Cache {
     pub fills: Arc<Fills>,
     pub manifests: ManifestCache,
     pub listings: ListingCache,
+    /// Blobs being served from committed files (never evicted meanwhile).
+    pub readers: Arc<Readers>,
+    pub evictor: Arc<Evictor>,
 }
 
 impl Cache {
     /// Opens the store (removing crash leftovers) and the index (moving an
     /// unreadable one aside). Reconciling the two is [`Cache::reconcile`],
     /// run in the background so startup stays fast.
+    ///
+    /// The index is opened first: it is locked by whichever process has it,
+    /// so a second process on the same directory fails here instead of
+    /// emptying the running one's `tmp/`.
     pub fn open(dir: &Path, metrics: Arc<Metrics>) -> Result<Cache, CacheError> {
+        let index = Arc::new(Index::open(&dir.join("index")).map_err(|e| match e {
+            IndexError::Locked(_) => CacheError::Locked(e.to_string()),
+            e => CacheError::from(e),
+        })?);
         let store = Arc::new(FsStore::open(dir)?);
-        let index = Arc::new(Index::open(&dir.join("index"))?);
         let fills = Arc::new(Fills::new(store.clone(), index.clone(), metrics.clone()));
         let manifests = ManifestCache::new(store.clone(), index.clone(), metrics.clone());
-        let listings = ListingCache::new(index.clone(), metrics);
+        let listings = ListingCache::new(index.clone(), metrics.clone());
+        let readers = Arc::new(Readers::default());
+        let evictor = Arc::new(Evictor::new(
+            store.clone(),
+            index.clone(),
+            readers.clone(),
+            metrics,
+        ));
         Ok(Cache {
             store,
             index,
             fills,
             manifests,
             listings,
+            readers,
+            evictor,
         })
     }
 

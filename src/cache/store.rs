@@ -17,14 +17,14 @@ use std::sync::Arc;
 
 use crate::registry::Digest;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Blob,
     Manifest,
 }
 
 impl Kind {
-    fn dir(self) -> &'static str {
+    pub(crate) fn dir(self) -> &'static str {
         match self {
             Kind::Blob => "blobs",
             Kind::Manifest => "manifests",
@@ -76,11 +76,45 @@ impl FsStore {
         })
     }
 
+    /// The store at `root` without creating or cleaning anything: for
+    /// reading committed files while a daemon owns the directory (they are
+    /// immutable once renamed into place).
+    pub fn at(root: &Path) -> FsStore {
+        FsStore {
+            root: root.to_owned(),
+            next_temp: AtomicU64::new(0),
+        }
+    }
+
+    /// A fresh directory under `tmp/` for staging many files (an import);
+    /// the caller removes it.
+    pub fn create_staging_dir(&self, label: &str) -> io::Result<PathBuf> {
+        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .root
+            .join("tmp")
+            .join(format!("{label}-{}-{n}", std::process::id()));
+        fs::create_dir_all(&path)?;
+        Ok(path)
+    }
+
+    /// Commits a verified file from a staging directory: fsync, rename into
+    /// place, fsync the directory (as [`FsStore::commit`]).
+    pub fn commit_path(&self, staged: &Path, kind: Kind, digest: &Digest) -> io::Result<()> {
+        File::open(staged)?.sync_all()?;
+        let dest = self.path(kind, digest);
+        let dir = dest.parent().unwrap_or(&self.root).to_owned();
+        fs::create_dir_all(&dir)?;
+        fs::rename(staged, &dest)?;
+        File::open(&dir)?.sync_all()
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    fn path(&self, kind: Kind, digest: &Digest) -> PathBuf {
+    /// Where a committed object lives.
+    pub fn path(&self, kind: Kind, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
         self.root
             .join(kind.dir())

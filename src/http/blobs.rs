@@ -11,7 +11,8 @@ use super::range::{parse_range, RangeRequest};
 use super::route::Route;
 use super::{App, RequestLog};
 use crate::cache::{
-    body_stream, wait_for_headers, Attached, BodySource, CacheError, Kind, UNKNOWN_SIZE,
+    body_stream, wait_for_headers, Attached, BodySource, CacheError, Kind, ReaderGuard,
+    UNKNOWN_SIZE,
 };
 use crate::policy::ClientPolicy;
 use crate::registry::Digest;
@@ -28,6 +29,9 @@ pub async fn blob(
     let range_header = headers
         .get(http::header::RANGE)
         .and_then(|v| v.to_str().ok());
+    // Taken before the file is opened and held by the body until it is
+    // dropped: eviction skips blobs with readers.
+    let mut guard = (!head).then(|| app.cache.readers.acquire(digest));
     // Two passes at most: a fill may commit between our look and our attach.
     // Blob bytes per client are metered only when a limit is configured.
     let meter = Some(app.policy.read().clone())
@@ -52,6 +56,7 @@ pub async fn blob(
                 range_header,
                 head,
                 meter,
+                guard.take(),
             );
         }
         if head {
@@ -86,6 +91,7 @@ pub async fn blob(
                     range_header,
                     head,
                     meter,
+                    guard.take(),
                 );
             }
         }
@@ -175,6 +181,7 @@ fn respond(
     range_header: Option<&str>,
     head: bool,
     meter: Option<Meter>,
+    guard: Option<ReaderGuard>,
 ) -> Result<Response<Body>, ApiError> {
     let mut headers = blob_headers(digest);
     let (status, start, end) = match size {
@@ -220,6 +227,12 @@ fn respond(
         body::head()
     } else {
         let chunks = body_stream(source, start, end, app.metrics.clone());
+        // The reader guard lives as long as the body does: eviction skips
+        // blobs being sent.
+        let chunks = futures_util::StreamExt::map(chunks, move |chunk| {
+            let _reader = &guard;
+            chunk
+        });
         match meter {
             Some(meter) => body::stream(chunks.then(move |chunk| meter.clone().pass(chunk))),
             None => body::stream(chunks),

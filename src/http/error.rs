@@ -156,7 +156,7 @@ impl ApiError {
                 Code::ManifestInvalid,
                 e.to_string(),
             ),
-            CacheError::Io(_) => ApiError::new(
+            CacheError::Io(_) | CacheError::Locked(_) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 Code::Unavailable,
                 e.to_string(),

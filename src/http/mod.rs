@@ -61,6 +61,9 @@ impl App {
                 .with_label_values(&label)
                 .set(totals.objects as i64);
         }
+        self.metrics
+            .open_readers
+            .set(self.cache.readers.open_blobs() as i64);
         for upstream in self.upstreams.all() {
             self.metrics
                 .upstream_circuit_state

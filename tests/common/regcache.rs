@@ -123,6 +123,103 @@ impl Regcache {
             .unwrap_or(0)
     }
 
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
+    /// Runs `regcache <args> --config <this config>` to completion (bounded
+    /// at two minutes); the CLI talks to this daemon when it runs, else to
+    /// its cache directory.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        let child = Command::new(env!("CARGO_BIN_EXE_regcache"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn regcache cli");
+        // A watchdog bounds the run; output is read as it comes (a full
+        // pipe must not stall the child).
+        let pid = child.id();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watchdog = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    if Instant::now() > deadline {
+                        let _ = Command::new("kill")
+                            .arg("-KILL")
+                            .arg(pid.to_string())
+                            .status();
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        let out = child.wait_with_output().expect("cli output");
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = watchdog.join();
+        CliOutput {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Whether the daemon process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts the daemon again after [`Regcache::terminate`].
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        self.spawn();
+    }
+
+    /// Blob files in the cache directory, as digests.
+    pub fn cached_blobs(&self) -> std::collections::BTreeSet<String> {
+        self.cached_files("blobs")
+    }
+
+    /// Manifest files in the cache directory, as digests.
+    pub fn cached_manifests(&self) -> std::collections::BTreeSet<String> {
+        self.cached_files("manifests")
+    }
+
+    fn cached_files(&self, kind: &str) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        let base = self.cache_dir().join(kind).join("sha256");
+        for shard in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(shard.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                out.insert(format!("sha256:{}", f.file_name().to_string_lossy()));
+            }
+        }
+        out
+    }
+
+    /// A JSON answer of the admin listener.
+    pub fn admin_json(&self, method: &str, path: &str) -> (u16, serde_json::Value) {
+        let body = if method == "GET" {
+            None
+        } else {
+            Some(&b""[..])
+        };
+        let r = super::registry::http_request(self.admin, method, path, &[], body)
+            .expect("admin request");
+        let v = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
+        (r.status, v)
+    }
+
     pub fn cache_dir(&self) -> PathBuf {
         self.dir.join("cache")
     }
@@ -246,6 +343,20 @@ impl Regcache {
 
     pub fn tmp_dir(&self) -> PathBuf {
         self.cache_dir().join("tmp")
+    }
+}
+
+/// What a CLI run printed, and its exit code.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
     }
 }
 

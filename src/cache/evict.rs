@@ -1,0 +1,438 @@
+//! Size-bounded LRU eviction, an age limit, pins.
+//!
+//! One run: write the batched access times, list every blob and manifest
+//! with its last access, and remove the least recently used until the cache
+//! is back under the low-water mark — but only if it was above the
+//! high-water mark, so eviction happens in batches rather than on every
+//! fill. Content not accessed for `max_age` goes too. Never removed:
+//! content reachable from a pinned repository's cached tags, and blobs a
+//! client is being served right now (fills are never candidates: they live
+//! in `tmp/` and have no index entry until they are committed).
+//!
+//! Manifests and blobs are evicted independently. A cached manifest whose
+//! blob was evicted is not broken: the next request for that blob is a
+//! miss and goes through the normal fill, as on a cold cache. (A client
+//! pulling an image touches its manifest and every blob, so LRU tends to
+//! keep an image's parts together anyway.)
+//!
+//! The index entry is removed before the file: a crash in between leaves a
+//! file without an entry, which startup reconcile indexes again — the index
+//! never points at a missing file because of eviction.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use super::graph;
+use super::index::{now_millis, Index, IndexError};
+use super::readers::Readers;
+use super::store::{FsStore, Kind};
+use crate::config::{CacheConfig, Config};
+use crate::metrics::Metrics;
+use crate::registry::{Digest, RepoName};
+use crate::upstream::Upstreams;
+
+/// Why content left the cache (the `reason` label of
+/// `regcache_evictions_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Size,
+    Age,
+    Purge,
+}
+
+impl Reason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Size => "size",
+            Reason::Age => "age",
+            Reason::Purge => "purge",
+        }
+    }
+}
+
+/// The size and age bounds, in bytes and time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Policy {
+    pub max_size: Option<u64>,
+    pub high_water: Option<u64>,
+    pub low_water: Option<u64>,
+    pub max_age: Option<Duration>,
+}
+
+impl Policy {
+    pub fn from_config(c: &CacheConfig) -> Policy {
+        Policy {
+            max_size: c.max_size.map(|m| m.0),
+            high_water: c.high_water_bytes(),
+            low_water: c.low_water_bytes(),
+            max_age: c.max_age.map(|d| d.get()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pattern {
+    Exact(String),
+    Prefix(String),
+}
+
+/// Pinned repositories per upstream, as the upstream names them (Docker
+/// Hub's `alpine` is `library/alpine`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pins {
+    by_upstream: HashMap<String, Vec<Pattern>>,
+}
+
+impl Pins {
+    pub fn from_config(config: &Config, upstreams: &Upstreams) -> Pins {
+        let mut pins = Pins::default();
+        for u in config.upstreams() {
+            let Some(upstream) = upstreams.get(&u.name) else {
+                continue;
+            };
+            let patterns = u
+                .pin
+                .iter()
+                .filter_map(|p| match p.strip_suffix('*') {
+                    Some(prefix) => Some(Pattern::Prefix(prefix.to_owned())),
+                    None => RepoName::parse(p)
+                        .ok()
+                        .map(|r| Pattern::Exact(upstream.upstream_repo(&r).to_string())),
+                })
+                .collect::<Vec<_>>();
+            if !patterns.is_empty() {
+                pins.by_upstream.insert(upstream.name.to_string(), patterns);
+            }
+        }
+        pins
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_upstream.is_empty()
+    }
+
+    pub fn matches(&self, upstream: &str, repo: &str) -> bool {
+        self.by_upstream.get(upstream).is_some_and(|patterns| {
+            patterns.iter().any(|p| match p {
+                Pattern::Exact(r) => r == repo,
+                Pattern::Prefix(prefix) => repo.starts_with(prefix.as_str()),
+            })
+        })
+    }
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcReport {
+    pub total_before: u64,
+    pub total_after: u64,
+    pub evicted_size: u64,
+    pub evicted_age: u64,
+    pub bytes_freed: u64,
+    /// Candidates left alone because a pinned repository references them.
+    pub pinned_skipped: u64,
+    /// Blobs left alone because a client was being served from them.
+    pub open_skipped: u64,
+}
+
+pub struct Evictor {
+    store: Arc<FsStore>,
+    index: Arc<Index>,
+    readers: Arc<Readers>,
+    metrics: Arc<Metrics>,
+    settings: RwLock<(Policy, Pins)>,
+    /// One run at a time (the periodic one, a fill's trigger, the admin API).
+    running: Mutex<()>,
+}
+
+impl Evictor {
+    pub fn new(
+        store: Arc<FsStore>,
+        index: Arc<Index>,
+        readers: Arc<Readers>,
+        metrics: Arc<Metrics>,
+    ) -> Evictor {
+        Evictor {
+            store,
+            index,
+            readers,
+            metrics,
+            settings: RwLock::new((Policy::default(), Pins::default())),
+            running: Mutex::new(()),
+        }
+    }
+
+    pub fn configure(&self, policy: Policy, pins: Pins) {
+        self.index.set_high_water(policy.high_water);
+        self.metrics
+            .cache_max_bytes
+            .set(policy.max_size.map_or(0, |m| m as i64));
+        *self.settings.write() = (policy, pins);
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.settings.read().0.clone()
+    }
+
+    pub fn pins(&self) -> Pins {
+        self.settings.read().1.clone()
+    }
+
+    /// Removes one object: index entry first, then the file (see the
+    /// module docs), and counts it. Returns the bytes it held.
+    pub fn remove(
+        &self,
+        kind: Kind,
+        digest: &Digest,
+        reason: Reason,
+    ) -> Result<Option<u64>, IndexError> {
+        let entry = self.index.remove(kind, digest)?;
+        let on_disk = self.store.contains(kind, digest);
+        if let Err(e) = self.store.remove(kind, digest) {
+            tracing::warn!(%digest, kind = kind.label(), error = %e, "removing the file failed; startup reconcile will index it again");
+        }
+        if entry.is_none() && !on_disk {
+            return Ok(None);
+        }
+        let size = entry.map_or(0, |e| e.size);
+        self.metrics
+            .evictions
+            .with_label_values(&[reason.label()])
+            .inc();
+        self.metrics
+            .evicted_bytes
+            .with_label_values(&[reason.label()])
+            .inc_by(size);
+        tracing::info!(%digest, kind = kind.label(), size, reason = reason.label(), "removed from the cache");
+        Ok(Some(size))
+    }
+
+    /// Content that pinned repositories' cached tags reach.
+    pub fn pinned(&self) -> Result<graph::Reachable, IndexError> {
+        let pins = self.pins();
+        if pins.is_empty() {
+            return Ok(graph::Reachable::default());
+        }
+        let roots = self
+            .index
+            .all_tags()?
+            .into_iter()
+            .filter(|t| pins.matches(&t.upstream, &t.repo))
+            .filter_map(|t| t.entry.digest.parse::<Digest>().ok());
+        Ok(graph::reachable(&self.store, roots))
+    }
+
+    /// One eviction run (blocking: call it on the blocking pool).
+    pub fn run(&self) -> Result<GcReport, IndexError> {
+        let _one_at_a_time = self.running.lock();
+        let policy = self.policy();
+        self.index.flush_access_times()?;
+        let mut candidates = Vec::new();
+        let mut total = 0u64;
+        for kind in [Kind::Blob, Kind::Manifest] {
+            for (digest, entry) in self.index.entries(kind)? {
+                total += entry.size;
+                candidates.push((entry.last_accessed, kind, digest, entry.size));
+            }
+        }
+        let mut report = GcReport {
+            total_before: total,
+            ..GcReport::default()
+        };
+        let over_high = policy.high_water.is_some_and(|h| total > h);
+        let target = policy.low_water.unwrap_or(u64::MAX);
+        let age_cutoff = policy
+            .max_age
+            .map(|age| now_millis().saturating_sub(age.as_millis() as u64));
+        if !over_high && age_cutoff.is_none() {
+            report.total_after = total;
+            return Ok(report);
+        }
+        let pinned = self.pinned()?;
+        // Least recently used first; ties by digest, so runs are repeatable.
+        candidates.sort();
+        let mut skipped_pins = HashSet::new();
+        for (last_accessed, kind, digest, size) in candidates {
+            let expired = age_cutoff.is_some_and(|cutoff| last_accessed < cutoff);
+            let over = over_high && total > target;
+            if !expired && !over {
+                // Sorted oldest first: nothing after this is due either.
+                break;
+            }
+            let is_pinned = match kind {
+                Kind::Blob => pinned.blobs.contains(&digest),
+                Kind::Manifest => pinned.manifests.contains(&digest),
+            };
+            if is_pinned {
+                skipped_pins.insert(digest);
+                continue;
+            }
+            if kind == Kind::Blob && self.readers.is_open(&digest) {
+                report.open_skipped += 1;
+                continue;
+            }
+            let reason = if expired { Reason::Age } else { Reason::Size };
+            if self.remove(kind, &digest, reason)?.is_some() {
+                total = total.saturating_sub(size);
+                report.bytes_freed += size;
+                match reason {
+                    Reason::Age => report.evicted_age += 1,
+                    _ => report.evicted_size += 1,
+                }
+            }
+        }
+        report.pinned_skipped = skipped_pins.len() as u64;
+        report.total_after = total;
+        self.index.flush()?;
+        if over_high && total > target {
+            tracing::warn!(
+                total,
+                target,
+                pinned = report.pinned_skipped,
+                open = report.open_skipped,
+                "cache still above the low-water mark: the rest is pinned or being served"
+            );
+        }
+        if report.evicted_size + report.evicted_age > 0 {
+            tracing::info!(
+                evicted_size = report.evicted_size,
+                evicted_age = report.evicted_age,
+                bytes_freed = report.bytes_freed,
+                total_after = report.total_after,
+                "eviction run"
+            );
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Arc<FsStore>,
+        index: Arc<Index>,
+        readers: Arc<Readers>,
+        evictor: Evictor,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FsStore::open(dir.path()).unwrap());
+        let index = Arc::new(Index::open(&dir.path().join("index")).unwrap());
+        let readers = Arc::new(Readers::default());
+        let evictor = Evictor::new(
+            store.clone(),
+            index.clone(),
+            readers.clone(),
+            Arc::new(Metrics::new()),
+        );
+        Fixture {
+            _dir: dir,
+            store,
+            index,
+            readers,
+            evictor,
+        }
+    }
+
+    fn put(f: &Fixture, kind: Kind, bytes: &[u8]) -> Digest {
+        let d = Digest::sha256_of(bytes);
+        f.store.write_whole(kind, &d, bytes).unwrap();
+        f.index.record(kind, &d, bytes.len() as u64, None).unwrap();
+        d
+    }
+
+    fn bounded(max: u64) -> Policy {
+        Policy {
+            max_size: Some(max),
+            high_water: Some(max * 95 / 100),
+            low_water: Some(max * 90 / 100),
+            max_age: None,
+        }
+    }
+
+    #[test]
+    fn lru_down_to_the_low_water_mark_skipping_open_blobs() {
+        let f = fixture();
+        let blobs: Vec<Digest> = (0..10u8)
+            .map(|i| {
+                let d = put(&f, Kind::Blob, &[i; 100]);
+                // Distinct access times, oldest first.
+                std::thread::sleep(Duration::from_millis(3));
+                d
+            })
+            .collect();
+        // Blob 0 is touched: now the most recent. Blob 1 is being served.
+        f.index.touch(Kind::Blob, &blobs[0]);
+        let _serving = f.readers.acquire(&blobs[1]);
+        f.evictor.configure(bounded(700), Pins::default());
+        let report = f.evictor.run().unwrap();
+        // 1000 bytes, low water 630: four blobs go (2, 3, 4, 5).
+        assert_eq!(report.total_before, 1000);
+        assert_eq!(report.evicted_size, 4);
+        assert_eq!(report.total_after, 600);
+        assert_eq!(report.open_skipped, 1);
+        for (i, d) in blobs.iter().enumerate() {
+            let expect = !(2..=5).contains(&i);
+            assert_eq!(f.store.contains(Kind::Blob, d), expect, "blob {i}");
+            assert_eq!(
+                f.index.get(Kind::Blob, d).unwrap().is_some(),
+                expect,
+                "blob {i}"
+            );
+        }
+        // Under the high-water mark now: a second run does nothing.
+        assert_eq!(f.evictor.run().unwrap().evicted_size, 0);
+    }
+
+    #[test]
+    fn pinned_images_survive_and_age_applies_without_a_size_bound() {
+        let f = fixture();
+        let layer = put(&f, Kind::Blob, b"pinned layer");
+        let other = put(&f, Kind::Blob, b"unpinned layer");
+        let manifest = format!(r#"{{"layers":[{{"digest":"{layer}","size":12}}]}}"#);
+        let m = put(&f, Kind::Manifest, manifest.as_bytes());
+        f.index
+            .set_tag(
+                "docker.io",
+                "library/alpine",
+                "3",
+                &super::super::TagEntry {
+                    digest: m.to_string(),
+                    media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                    size: manifest.len() as u64,
+                    checked_at: 0,
+                },
+            )
+            .unwrap();
+        let mut pins = Pins::default();
+        pins.by_upstream.insert(
+            "docker.io".into(),
+            vec![Pattern::Exact("library/alpine".into())],
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        f.evictor.configure(
+            Policy {
+                max_age: Some(Duration::from_millis(10)),
+                ..Policy::default()
+            },
+            pins.clone(),
+        );
+        let report = f.evictor.run().unwrap();
+        assert_eq!(report.evicted_age, 1);
+        assert_eq!(report.pinned_skipped, 2);
+        assert!(f.store.contains(Kind::Blob, &layer));
+        assert!(f.store.contains(Kind::Manifest, &m));
+        assert!(!f.store.contains(Kind::Blob, &other));
+        assert!(pins.matches("docker.io", "library/alpine"));
+        assert!(!pins.matches("docker.io", "library/alpine2"));
+        assert!(!pins.matches("ghcr.io", "library/alpine"));
+    }
+}

@@ -1,0 +1,220 @@
+//! Warming a cache and carrying it across an air gap: prefetch (through a
+//! running daemon and standalone, all platforms or chosen ones), export to
+//! an OCI-layout bundle, import into a cache with no upstream reachable.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::images::{self, read_dir_copy, skopeo_copy_all, Fixture};
+use common::regcache::{Regcache, UpstreamEntry};
+use common::registry::{free_port, Registry};
+
+/// Pulls `fixture` by tag through `host` with skopeo; every digest must be
+/// the upstream's.
+async fn pull(fixture: &Fixture, host: String) {
+    let f = fixture.clone();
+    tokio::task::spawn_blocking(move || {
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("image");
+        let reference = f.reference(&host);
+        skopeo_copy_all(&reference, &dest).unwrap_or_else(|e| panic!("{reference}: {e}"));
+        let got = read_dir_copy(&dest).unwrap();
+        assert_eq!(got.manifest_digest, f.digest, "{reference}");
+        let mut children = f.child_manifests.clone();
+        children.sort();
+        assert_eq!(got.instance_digests, children, "{reference}");
+        let mut blobs = f.blobs.clone();
+        blobs.sort();
+        assert_eq!(got.blob_digests, blobs, "{reference}");
+    })
+    .await
+    .unwrap();
+}
+
+fn set(items: &[String]) -> BTreeSet<String> {
+    items.iter().cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_chosen_or_all_platforms_then_serve_with_the_upstream_gone() {
+    let mut upstream = Registry::start();
+    let fixtures = images::load_fixtures_with_big_layer(&upstream, 256 * 1024);
+    let index = fixtures.oci_index.clone();
+    let arm = index
+        .children
+        .iter()
+        .find(|c| c.architecture == "arm64")
+        .unwrap()
+        .clone();
+
+    // Through a running daemon, one platform: exactly that platform's blobs.
+    let daemon = Regcache::start(&[UpstreamEntry::new("local", &upstream.url())]);
+    let out = daemon.cli(&["prefetch", "--platform", "linux/arm64", "test/multiarch:v1"]);
+    assert!(out.success(), "{out:?}");
+    assert!(
+        out.stdout.contains("prefetched 1 of 1 images"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(daemon.cached_blobs(), set(&arm.blobs));
+    assert_eq!(
+        daemon.cached_manifests(),
+        set(&[index.digest.clone(), arm.digest.clone()])
+    );
+    // A platform the index lacks fails, with a summary and a non-zero status.
+    let out = daemon.cli(&["prefetch", "--platform", "linux/s390x", "test/multiarch:v1"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stdout.contains("FAILED"), "{}", out.stdout);
+    // Without --platform: every platform.
+    let out = daemon.cli(&["prefetch", "test/multiarch:v1"]);
+    assert!(out.success(), "{out:?}");
+    assert_eq!(daemon.cached_blobs(), set(&index.blobs));
+
+    // Standalone on a stopped daemon's cache directory, from a list file.
+    let mut standalone = Regcache::start(&[UpstreamEntry::new("local", &upstream.url())]);
+    standalone.terminate();
+    let list = standalone.dir.join("images.txt");
+    std::fs::write(
+        &list,
+        "# images for the rollout\n\ntest/dockerlist:v1\nlocal/test/schema2:v1\n",
+    )
+    .unwrap();
+    let out = standalone.cli(&["prefetch", list.to_str().unwrap()]);
+    assert!(out.success(), "{out:?}");
+    assert!(
+        out.stdout.contains("prefetched 2 of 2 images"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("standalone") && out.stderr.contains("done in"),
+        "plain progress lines without a terminal: {}",
+        out.stderr
+    );
+    let mut expected = set(&fixtures.docker_list.blobs);
+    expected.extend(fixtures.docker_schema2.blobs.iter().cloned());
+    assert_eq!(standalone.cached_blobs(), expected);
+
+    // The upstream goes away; both caches serve what was prefetched.
+    upstream.stop();
+    standalone.start_again();
+    pull(&index, daemon.host()).await;
+    pull(&fixtures.docker_list, standalone.host()).await;
+    pull(&fixtures.docker_schema2, standalone.host()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_then_import_into_an_empty_cache_with_no_upstream() {
+    let upstream = Registry::start();
+    let fixtures = images::load_fixtures_with_big_layer(&upstream, 2 * 1024 * 1024);
+    let source = Regcache::start(&[UpstreamEntry::new("local", &upstream.url())]);
+    let out = source.cli(&[
+        "prefetch",
+        "test/multiarch:v1",
+        "test/dockerlist:v1",
+        "test/schema2:v1",
+        "test/big:v1",
+    ]);
+    assert!(out.success(), "{out:?}");
+
+    // Export with the daemon running (files read directly, tags from the
+    // admin API).
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("bundle.tar");
+    let out = source.cli(&["export", "--all", "--output", bundle.to_str().unwrap()]);
+    assert!(out.success(), "{out:?}");
+    assert!(out.stdout.contains("4 images"), "{}", out.stdout);
+    // It is an OCI image layout: the references are annotations.
+    let mut index_json = None;
+    let mut archive = tar::Archive::new(std::fs::File::open(&bundle).unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().to_str() == Some("index.json") {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut s).unwrap();
+            index_json = Some(serde_json::from_str::<serde_json::Value>(&s).unwrap());
+        }
+    }
+    let index_json = index_json.expect("index.json in the bundle");
+    let refs: BTreeSet<&str> = index_json["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert!(refs.contains("local/test/multiarch:v1"), "{refs:?}");
+    assert_eq!(refs.len(), 4);
+
+    // The air-gapped mirror: same upstream name, nothing listening there.
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let mut target = Regcache::start(&[UpstreamEntry::new("local", &nowhere)]);
+    target.terminate();
+
+    // A bundle with one flipped byte in a layer is rejected, installing nothing.
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let offset = {
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let big = fixtures
+            .big_layer_digest
+            .trim_start_matches("sha256:")
+            .to_owned();
+        let entry = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.path().unwrap().to_string_lossy().ends_with(&big))
+            .unwrap();
+        entry.raw_file_position() as usize
+    };
+    bytes[offset + 12_345] ^= 0x20;
+    let tampered = work.path().join("tampered.tar");
+    std::fs::write(&tampered, &bytes).unwrap();
+    let out = target.cli(&["import", tampered.to_str().unwrap()]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("tampered"), "{}", out.stderr);
+    // So is a truncated one.
+    let truncated = work.path().join("truncated.tar");
+    std::fs::write(&truncated, &bytes[..offset + 4096]).unwrap();
+    let out = target.cli(&["import", truncated.to_str().unwrap()]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(target.cached_blobs().is_empty() && target.cached_manifests().is_empty());
+
+    // The real bundle imports into the stopped mirror's directory.
+    let out = target.cli(&["import", bundle.to_str().unwrap()]);
+    assert!(out.success(), "{out:?}");
+    assert!(out.stdout.contains("4 images, 4 tags"), "{}", out.stdout);
+    target.start_again();
+    for f in fixtures.all() {
+        pull(f, target.host()).await;
+    }
+
+    // Export from a stopped cache and import into a running mirror (the
+    // bundle is streamed to its admin API).
+    let mut source = source;
+    source.terminate();
+    let one = work.path().join("one.tar");
+    let out = source.cli(&[
+        "export",
+        "--output",
+        one.to_str().unwrap(),
+        "test/multiarch:v1",
+    ]);
+    assert!(out.success(), "{out:?}");
+    let running = Regcache::start(&[UpstreamEntry::new("local", &nowhere)]);
+    let out = running.cli(&["import", tampered.to_str().unwrap()]);
+    assert_eq!(
+        out.code,
+        Some(2),
+        "the daemon refuses a bad bundle too: {out:?}"
+    );
+    let out = running.cli(&["import", one.to_str().unwrap()]);
+    assert!(out.success(), "{out:?}");
+    pull(&fixtures.oci_index, running.host()).await;
+    let ls = running.cli(&["ls"]);
+    assert!(ls.stdout.contains("test/multiarch"), "{}", ls.stdout);
+}
