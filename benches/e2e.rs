@@ -4,14 +4,17 @@
 //!
 //! Run: `cargo bench --bench e2e` (needs `docker-registry` and `skopeo`,
 //! see `.ci/install-test-deps`; nginx is optional: with it, a warm pull is
-//! also compared with nginx `sendfile` of the same file). About 4-6 minutes
-//! on 2 cores. Prints one table and writes it as markdown to
-//! `target/bench-e2e.md`.
+//! also compared with nginx `sendfile` of the same file). About 2 minutes
+//! on 2 cores, after the release build. Prints one table and writes it as
+//! markdown to `target/bench-e2e.md`. Other work on the machine skews every
+//! throughput figure (the table records the load average); the proxy CPU
+//! rows are the least sensitive to it.
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) it does nothing.
 //!
 //! Knobs (environment): `REGCACHE_BENCH_RUNS` (runs per figure, default 5,
-//! at least 5 are advised), `REGCACHE_BENCH_BLOB_MIB` (default 200),
+//! at least 5 are advised), `REGCACHE_BENCH_WARM_RUNS` (warm pulls, default
+//! 3 × runs: they are short and noisy), `REGCACHE_BENCH_BLOB_MIB` (default 200),
 //! `REGCACHE_BENCH_LOAD_SECS` (manifest load per run, default 5),
 //! `REGCACHE_BENCH_CLIENTS` (concurrent cold pulls, default 20),
 //! `REGCACHE_BENCH_CONNS` (manifest load connections, default 16).
@@ -130,6 +133,42 @@ fn wait_ready(child: &mut Child, what: &str, log: &Path, mut ready: impl FnMut()
             );
         }
         std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// CPU time (user + system) a process has used so far, in milliseconds,
+/// threads that have exited included. Resolution: one clock tick (10 ms),
+/// so per-pull figures are means over many pulls.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after "(comm)": state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(u), Some(s)) => (u + s) * 1000.0 / clock_ticks_per_sec(),
+        _ => f64::NAN,
+    }
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+fn mean(v: &[f64]) -> f64 {
+    let s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+    if s.is_empty() {
+        f64::NAN
+    } else {
+        s.iter().sum::<f64>() / s.len() as f64
     }
 }
 
@@ -298,7 +337,16 @@ proxy:
             Kind::Peer => "registry.log",
         };
         let log = fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
+        // Without backtrace frames, so a panic message stays in view.
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                let t = l.trim_start();
+                !(t.starts_with("at ")
+                    || t.split_once(": ")
+                        .is_some_and(|(n, _)| n.parse::<u32>().is_ok()))
+            })
+            .collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 }
@@ -306,6 +354,14 @@ proxy:
 impl Drop for Proxy {
     fn drop(&mut self) {
         kill_child(&mut self.child);
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} log, last lines ({}) ---\n{}",
+                self.kind.label(),
+                self.dir.path().display(),
+                self.log_tail()
+            );
+        }
     }
 }
 
@@ -855,6 +911,17 @@ fn row(
     }
 }
 
+/// 1-minute load average, and the raw line.
+fn loadavg() -> (f64, String) {
+    let raw = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let one = raw
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    (one, raw.trim().to_string())
+}
+
 fn machine() -> Vec<(String, String)> {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -936,8 +1003,18 @@ fn main() {
     let load_secs = env_u64("REGCACHE_BENCH_LOAD_SECS", 5).max(1);
     let clients = env_u64("REGCACHE_BENCH_CLIENTS", 20).max(1) as usize;
     let conns = env_u64("REGCACHE_BENCH_CONNS", 16).max(1) as usize;
+    // A warm pull takes a tenth of a second and is the noisiest figure.
+    let warm_runs = env_u64("REGCACHE_BENCH_WARM_RUNS", 3 * runs as u64).max(1) as usize;
     start_watchdog(Duration::from_secs(20 * 60));
     let bench_started = Instant::now();
+    // Anything else running on the machine skews every figure: say so.
+    let load_at_start = loadavg();
+    if load_at_start.0 > 0.5 {
+        eprintln!(
+            "e2e: warning: load average {:.2} at start: other work on this machine will skew the figures",
+            load_at_start.0
+        );
+    }
     let kinds = [Kind::Regcache, Kind::Peer];
 
     // Upstream at its default log level (info): counts come from its
@@ -986,6 +1063,7 @@ fn main() {
         },
     };
     let mut warm = Series::default();
+    let mut warm_cpu = Series::default();
     {
         let proxies: Vec<Proxy> = kinds.iter().map(|&k| Proxy::start(k, &up_url)).collect();
         for p in &proxies {
@@ -1010,23 +1088,26 @@ fn main() {
         if let Some(n) = &nginx {
             pull_checked(n.addr, "/blob", size, "nginx warm-up");
         }
-        for _ in 0..runs {
+        for _ in 0..warm_runs {
             for p in &proxies {
+                let cpu = cpu_ms(p.pid());
                 let r = pull_checked(p.addr, &blob_path, size, "warm pull");
+                warm_cpu.push(p.kind, cpu_ms(p.pid()) - cpu);
                 warm.push(p.kind, r.mib_s());
             }
             if let Some(n) = &nginx {
+                let cpu = cpu_ms(n.child.id());
                 warm.reference
                     .push(pull_checked(n.addr, "/blob", size, "nginx pull").mib_s());
+                warm_cpu.reference.push(cpu_ms(n.child.id()) - cpu);
             }
         }
     }
-    drop(nginx);
-
     // 2. Cold pull: fresh proxy on an empty cache each run; direct from the
     //    upstream as the reference.
     eprintln!("e2e: [2/4] cold pulls");
     let mut cold = Series::default();
+    let mut cold_cpu = Series::default();
     pull_checked(upstream.addr, &blob_path, size, "direct warm-up");
     for _ in 0..runs {
         sync_disks();
@@ -1035,12 +1116,14 @@ fn main() {
         for &k in &kinds {
             let p = Proxy::start(k, &up_url);
             sync_disks();
+            let cpu = cpu_ms(p.pid());
             let r = pull_checked(
                 p.addr,
                 &blob_path,
                 size,
                 &format!("{} cold pull", k.label()),
             );
+            cold_cpu.push(k, cpu_ms(p.pid()) - cpu);
             cold.push(k, r.mib_s());
         }
     }
@@ -1052,21 +1135,34 @@ fn main() {
     let mut stampede_gets = Series::default();
     let mut stampede_rss = Series::default();
     let mut stampede_heads = Series::default();
+    let mut stampede_cpu = Series::default();
     for _ in 0..runs {
         for &k in &kinds {
             let p = Proxy::start(k, &up_url);
             sync_disks();
             let before = settled_requests(&upstream).len();
+            let cpu = cpu_ms(p.pid());
             let wall = concurrent_pulls(p.addr, &blob_path, size, clients).unwrap_or_else(|e| {
                 panic!("{}: {e}\n{}", k.label(), p.log_tail());
             });
+            stampede_cpu.push(k, cpu_ms(p.pid()) - cpu);
             let after = settled_requests(&upstream);
             stampede_wall.push(k, wall);
             stampede_gets.push(k, count_since(before, &after, "GET", &digest) as f64);
             stampede_heads.push(k, count_since(before, &after, "HEAD", &digest) as f64);
             stampede_rss.push(k, p.rss_peak_mib());
         }
+        // The floor on this machine: the same number of clients pulling
+        // the same file from nginx sendfile.
+        if let Some(n) = &nginx {
+            let cpu = cpu_ms(n.child.id());
+            let wall = concurrent_pulls(n.addr, "/blob", size, clients)
+                .unwrap_or_else(|e| panic!("nginx: {e}"));
+            stampede_cpu.reference.push(cpu_ms(n.child.id()) - cpu);
+            stampede_wall.reference.push(wall);
+        }
     }
+    drop(nginx);
 
     // 4. Warm tag manifests at `conns` connections.
     eprintln!("e2e: [4/4] warm manifest-by-tag load, {conns} connections, {load_secs} s per run");
@@ -1191,6 +1287,20 @@ fn main() {
         "≤ 0.4× peer",
         Some(sa / sb <= 0.4),
     ));
+    if !stampede_wall.reference.is_empty() {
+        let n = m(&stampede_wall.reference);
+        rows.push(row(
+            format!(
+                "{clients} concurrent pulls ÷ nginx sendfile floor ({} s)",
+                fmt_num(n)
+            ),
+            sa / n,
+            sb / n,
+            f64::NAN,
+            "",
+            None,
+        ));
+    }
     let (ga, gb) = (max(&stampede_gets.regcache), max(&stampede_gets.peer));
     let gets_min = stampede_gets
         .regcache
@@ -1262,13 +1372,61 @@ fn main() {
         "≤ peer",
         Some(ya <= yb),
     ));
+    // CPU the proxy process spent: far less sensitive to other work on the
+    // machine than the throughputs are. Means (10 ms clock ticks).
+    let with_ref = |name: String, s: &Series| {
+        if s.reference.is_empty() {
+            name
+        } else {
+            format!("{name} (nginx: {})", fmt_num(mean(&s.reference)))
+        }
+    };
+    let (ka, kb) = (mean(&warm_cpu.regcache), mean(&warm_cpu.peer));
+    rows.push(row(
+        with_ref("proxy CPU per warm pull, ms".to_string(), &warm_cpu),
+        ka,
+        kb,
+        ka / kb,
+        "(info)",
+        None,
+    ));
+    let (ka, kb) = (mean(&cold_cpu.regcache), mean(&cold_cpu.peer));
+    rows.push(row(
+        "proxy CPU per cold pull, ms",
+        ka,
+        kb,
+        ka / kb,
+        "(info)",
+        None,
+    ));
+    let (ka, kb) = (mean(&stampede_cpu.regcache), mean(&stampede_cpu.peer));
+    rows.push(row(
+        with_ref(
+            format!("proxy CPU per {clients} concurrent cold pulls, ms"),
+            &stampede_cpu,
+        ),
+        ka,
+        kb,
+        ka / kb,
+        "(info)",
+        None,
+    ));
 
-    let machine = machine();
+    let mut machine = machine();
+    let load_at_end = loadavg();
+    machine.push((
+        "load average (1 min)".into(),
+        format!(
+            "{:.2} at start, {:.2} at end (the bench itself adds about 1)",
+            load_at_start.0, load_at_end.0
+        ),
+    ));
     let mut md = String::new();
     let _ = writeln!(md, "## regcache end-to-end benchmark\n");
     let _ = writeln!(
         md,
-        "`cargo bench --bench e2e`: medians of {runs} runs, alternating regcache / peer; \
+        "`cargo bench --bench e2e`: medians of {runs} runs ({warm_runs} for warm pulls), \
+         alternating regcache / peer; \
          peer = `docker-registry` (CNCF distribution) in proxy mode; both pull through from \
          the same `docker-registry` upstream on 127.0.0.1.\n"
     );
@@ -1316,10 +1474,19 @@ fn main() {
     };
     runs_line("warm MiB/s (reference: nginx sendfile)", &warm);
     runs_line("cold MiB/s (reference: direct from upstream)", &cold);
-    runs_line("concurrent cold wall s", &stampede_wall);
+    runs_line(
+        "concurrent cold wall s (reference: nginx sendfile, warm)",
+        &stampede_wall,
+    );
     runs_line("concurrent cold upstream blob GETs", &stampede_gets);
     runs_line("concurrent cold upstream blob HEADs", &stampede_heads);
     runs_line("concurrent cold VmHWM MiB", &stampede_rss);
+    runs_line("warm pull proxy CPU ms (reference: nginx)", &warm_cpu);
+    runs_line("cold pull proxy CPU ms", &cold_cpu);
+    runs_line(
+        "concurrent cold proxy CPU ms (reference: nginx, warm)",
+        &stampede_cpu,
+    );
     runs_line("manifest req/s", &rps);
     runs_line("manifest p50 ms", &p50);
     runs_line("manifest p99 ms", &p99);
