@@ -7,18 +7,14 @@
 //! and memory does not grow with blob size or client count. The disk is the
 //! buffer.
 //!
-//! Receiving, and hashing-plus-writing, overlap: a writer task takes large
-//! chunks from a short queue, so the network is read while the previous
-//! chunk is hashed and written.
-//!
 //! When the upstream stream ends the fill checks size and digest, makes the
 //! file durable, renames it into place, records it in the index and only
 //! then publishes `Complete`. Any failure publishes `Failed`; readers that
 //! already sent headers then end their body with an error, which aborts the
 //! client's connection: no client ever sees a clean short or wrong body.
-//! Readers hold back the last byte of every response until the fill is
+//! Readers also hold back the last byte of every response until the fill is
 //! complete, so a client cannot receive a whole body that later fails
-//! verification, and a client that has a whole blob finds it cached.
+//! verification.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -142,7 +138,6 @@ impl Fills {
         digest: Digest,
     ) {
         self.metrics.fills_in_progress.inc();
-        let tx = Arc::new(tx);
         let started = tokio::time::Instant::now();
         let result = self.fill(&tx, &upstream, &repo, &digest).await;
         let label = match &result {
@@ -170,7 +165,7 @@ impl Fills {
 
     async fn fill(
         &self,
-        tx: &Arc<watch::Sender<Progress>>,
+        tx: &watch::Sender<Progress>,
         upstream: &Upstream,
         repo: &RepoName,
         digest: &Digest,
@@ -201,7 +196,13 @@ impl Fills {
         });
 
         let idle = upstream.idle_timeout();
-        let mut sink = Sink::start(file.clone(), size, tx.clone());
+        let mut sink = Sink {
+            file: file.clone(),
+            hasher: Sha256Hasher::default(),
+            written: 0,
+            pending: BytesMut::with_capacity(IO_CHUNK),
+            size,
+        };
         let mut body = response.bytes_stream();
         // Bytes at the start of a restarted (200) stream that are on disk already.
         let mut skip: u64 = 0;
@@ -220,7 +221,7 @@ impl Fills {
                     let chunk = chunk.split_off(dropped as usize);
                     if !chunk.is_empty() {
                         upstream.count_received(chunk.len());
-                        sink.push(&chunk).await?;
+                        sink.push(&chunk, tx).await?;
                     }
                 }
                 Ok(None) => break,
@@ -230,17 +231,20 @@ impl Fills {
                     // a failure. The hasher carries on where it was.
                     resumes += 1;
                     self.metrics.fills_resumed.inc();
-                    sink.hand_over().await?;
-                    tracing::warn!(%digest, upstream = %upstream.name, error = %e, from = sink.received, attempt = resumes, "upstream body broke; resuming");
+                    sink.flush(tx).await?;
+                    tracing::warn!(%digest, upstream = %upstream.name, error = %e, from = sink.written, attempt = resumes, "upstream body broke; resuming");
                     let (resumed, already) =
-                        resume(upstream, repo, digest, sink.received, sink.size).await?;
+                        resume(upstream, repo, digest, sink.written, sink.size).await?;
                     body = resumed.bytes_stream();
                     skip = already;
                 }
                 Err(e) => return Err(e),
             }
         }
-        let (hasher, written) = sink.finish().await?;
+        sink.flush(tx).await?;
+        let Sink {
+            hasher, written, ..
+        } = sink;
         if let Some(expected) = size.filter(|&s| s != written) {
             return Err(CacheError::SizeMismatch {
                 expected,
@@ -320,47 +324,19 @@ async fn resume(
     }
 }
 
-/// Chunks handed to the writer that are not yet on disk. Bounds the
-/// fill's memory (this many times [`IO_CHUNK`]) while letting the next chunk
-/// arrive from the network as the previous one is hashed and written.
-const WRITE_AHEAD: usize = 4;
-
-/// The fill's side of the file. Received bytes are gathered into large
-/// chunks and handed, in order, to a writer task that hashes and appends
-/// them and publishes progress: receiving never waits on the disk or the
-/// hash unless the writer is [`WRITE_AHEAD`] chunks behind.
+/// The fill's side of the file: buffers to large writes, hashes, and
+/// publishes progress.
 struct Sink {
+    file: Arc<File>,
+    hasher: Sha256Hasher,
+    written: u64,
     pending: BytesMut,
-    /// Bytes handed to the writer: all of them reach the file, in order.
-    received: u64,
     size: Option<u64>,
-    chunks: Option<tokio::sync::mpsc::Sender<Bytes>>,
-    writer: tokio::task::JoinHandle<Result<(Sha256Hasher, u64), CacheError>>,
 }
 
 impl Sink {
-    fn start(file: Arc<File>, size: Option<u64>, tx: Arc<watch::Sender<Progress>>) -> Sink {
-        let (chunks, mut incoming) = tokio::sync::mpsc::channel::<Bytes>(WRITE_AHEAD);
-        let writer = tokio::spawn(async move {
-            let mut hasher = Sha256Hasher::default();
-            let mut written = 0u64;
-            while let Some(data) = incoming.recv().await {
-                (hasher, written) = write_at(file.clone(), hasher, written, data).await?;
-                tx.send_modify(|p| p.written = written);
-            }
-            Ok((hasher, written))
-        });
-        Sink {
-            pending: BytesMut::with_capacity(IO_CHUNK),
-            received: 0,
-            size,
-            chunks: Some(chunks),
-            writer,
-        }
-    }
-
-    async fn push(&mut self, chunk: &[u8]) -> Result<(), CacheError> {
-        let total = self.received + (self.pending.len() + chunk.len()) as u64;
+    async fn push(&mut self, chunk: &[u8], tx: &watch::Sender<Progress>) -> Result<(), CacheError> {
+        let total = self.written + (self.pending.len() + chunk.len()) as u64;
         if let Some(expected) = self.size.filter(|&s| total > s) {
             return Err(CacheError::SizeMismatch {
                 expected,
@@ -369,40 +345,22 @@ impl Sink {
         }
         self.pending.extend_from_slice(chunk);
         if self.pending.len() >= IO_CHUNK {
-            self.hand_over().await?;
+            self.flush(tx).await?;
         }
         Ok(())
     }
 
-    /// Hands what is pending to the writer.
-    async fn hand_over(&mut self) -> Result<(), CacheError> {
+    async fn flush(&mut self, tx: &watch::Sender<Progress>) -> Result<(), CacheError> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let data = self.pending.split().freeze();
-        let len = data.len() as u64;
-        let sent = match &self.chunks {
-            Some(chunks) => chunks.send(data).await.is_ok(),
-            None => false,
-        };
-        if !sent {
-            // The writer stopped: its error says why.
-            self.chunks = None;
-            return Err(match (&mut self.writer).await {
-                Ok(Err(e)) => e,
-                Ok(Ok(_)) => CacheError::Io("the writer stopped early".into()),
-                Err(e) => e.into(),
-            });
-        }
-        self.received += len;
+        let hasher = std::mem::take(&mut self.hasher);
+        (self.hasher, self.written) =
+            write_at(self.file.clone(), hasher, self.written, data).await?;
+        let written = self.written;
+        tx.send_modify(|p| p.written = written);
         Ok(())
-    }
-
-    /// Everything handed over and written: the hash and the length.
-    async fn finish(mut self) -> Result<(Sha256Hasher, u64), CacheError> {
-        self.hand_over().await?;
-        self.chunks = None;
-        self.writer.await?
     }
 }
 
