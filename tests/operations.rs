@@ -79,6 +79,7 @@ async fn counters_move_with_real_pulls() {
     .await
     .unwrap();
 
+    rc.wait_for_fills();
     let m = rc.metrics();
     let size = fixtures.big_layer_size as f64;
     assert!(
@@ -221,6 +222,7 @@ async fn the_dashboard_and_alerts_query_only_exported_metrics() {
         .bytes()
         .await
         .unwrap();
+    rc.wait_for_fills();
     let exported: BTreeSet<String> = rc
         .metrics()
         .lines()

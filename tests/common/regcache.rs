@@ -329,6 +329,16 @@ impl Regcache {
             .unwrap_or(0.0)
     }
 
+    /// Waits (bounded) until no fill is running: a client can have its
+    /// whole body before the fill has made the file durable and counted it.
+    pub fn wait_for_fills(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.metric("regcache_fills_in_progress") > 0.0 {
+            assert!(Instant::now() < deadline, "fills still running");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn index_path(&self) -> PathBuf {
         self.cache_dir().join("index")
     }
