@@ -54,13 +54,7 @@ impl Credentials {
     }
 
     pub fn basic_header(&self) -> HeaderValue {
-        use base64::Engine;
-        let raw = format!("{}:{}", self.username, self.password);
-        let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
-        let mut v =
-            HeaderValue::from_str(&format!("Basic {encoded}")).expect("base64 is a valid header");
-        v.set_sensitive(true);
-        v
+        self.basic.clone()
     }
 }
 
