@@ -184,18 +184,9 @@ fn choose_upstream(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, UpstreamConfig};
-    use crate::metrics::Metrics;
 
     fn upstreams() -> Upstreams {
-        let mut config = Config::default();
-        let mut ups = crate::config::builtin_upstreams();
-        ups.push(UpstreamConfig {
-            aliases: vec!["127.0.0.1:5001".into()],
-            ..UpstreamConfig::new("local", "http://127.0.0.1:1")
-        });
-        config.upstreams = Some(ups);
-        Upstreams::from_config(&config, Arc::new(Metrics::new())).unwrap()
+        crate::upstream::presets_with_local_for_tests()
     }
 
     fn route(method: Method, path: &str, query: Option<&str>) -> Result<Route, ApiError> {

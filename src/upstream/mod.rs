@@ -148,3 +148,17 @@ impl Upstreams {
         needs_restart
     }
 }
+
+/// The presets plus an upstream `local` aliased `127.0.0.1:5001`, for unit
+/// tests that route.
+#[cfg(test)]
+pub fn presets_with_local_for_tests() -> Upstreams {
+    let mut config = Config::default();
+    let mut upstreams = crate::config::builtin_upstreams();
+    upstreams.push(crate::config::UpstreamConfig {
+        aliases: vec!["127.0.0.1:5001".into()],
+        ..crate::config::UpstreamConfig::new("local", "http://127.0.0.1:1")
+    });
+    config.upstreams = Some(upstreams);
+    Upstreams::from_config(&config, Arc::new(Metrics::new())).expect("test upstreams build")
+}
