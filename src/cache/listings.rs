@@ -77,17 +77,14 @@ impl ListingCache {
                 let query = query.map(str::to_owned);
                 let index = self.index.clone();
                 let key = key.clone();
+                let negative = self.negative.clone();
+                let ttl = upstream.settings().negative_ttl;
                 move || async move {
-                    fetch(&upstream, &repo, &suffix, query.as_deref(), &index, &key).await
+                    let work = fetch(&upstream, &repo, &suffix, query.as_deref(), &index, &key);
+                    negative.remembering(key.clone(), ttl, work).await
                 }
             };
-            let (result, joined) = self.flights.run(key.clone(), fetch, task_panicked).await;
-            if let Err(e) = &result {
-                self.negative
-                    .remember(key.clone(), e, upstream.settings().negative_ttl)
-                    .await;
-            }
-            (result, joined)
+            self.flights.run(key.clone(), fetch, task_panicked).await
         };
         let (listing, outcome) = freshness::lookup(upstream, cached, refresh).await?;
         self.metrics

@@ -180,22 +180,18 @@ impl ManifestCache {
             let store = self.store.clone();
             let index = self.index.clone();
             let metrics = self.metrics.clone();
+            let negative = self.negative.clone();
+            let ttl = upstream.settings().negative_ttl;
             move || async move {
-                fetch_by_digest(&upstream, &repo, &digest, &store, &index, &metrics).await
+                let work = fetch_by_digest(&upstream, &repo, &digest, &store, &index, &metrics);
+                negative.remembering(negative_key, ttl, work).await
             }
         };
         let (result, joined) = self
             .digest_flights
             .run(digest.clone(), fetch, task_panicked)
             .await;
-        let manifest = match result {
-            Ok(m) => m,
-            Err(e) => {
-                let ttl = upstream.settings().negative_ttl;
-                self.negative.remember(negative_key, &e, ttl).await;
-                return Err(e);
-            }
-        };
+        let manifest = result?;
         self.hot.insert(digest.clone(), manifest.clone()).await;
         let outcome = if joined {
             Outcome::Coalesced
@@ -233,16 +229,16 @@ impl ManifestCache {
                 let repo = repo.clone();
                 let tag = tag.clone();
                 let index = self.index.clone();
-                move || async move { revalidate_tag(&upstream, &repo, &tag, &index).await }
+                let negative = self.negative.clone();
+                let negative_key = negative_key.clone();
+                let ttl = upstream.settings().negative_ttl;
+                move || async move {
+                    let work = revalidate_tag(&upstream, &repo, &tag, &index);
+                    negative.remembering(negative_key, ttl, work).await
+                }
             };
             let key = (upstream.name.clone(), repo.clone(), tag.clone());
-            let (result, joined) = self.tag_flights.run(key, revalidate, task_panicked).await;
-            if let Err(e) = &result {
-                self.negative
-                    .remember(negative_key.clone(), e, upstream.settings().negative_ttl)
-                    .await;
-            }
-            (result, joined)
+            self.tag_flights.run(key, revalidate, task_panicked).await
         };
         let (entry, outcome) = freshness::lookup(upstream, cached, refresh).await?;
         self.count(upstream, "tag", outcome);
