@@ -62,6 +62,7 @@ impl ListingCache {
     ) -> Result<(Listing, Outcome), CacheError> {
         let what = format!("{suffix}?{}", query.unwrap_or(""));
         let key = NegativeCache::key(&upstream.name, repo.as_str(), &what);
+        let asked_at = now_millis();
         let cached = self.index.listing(&key)?.map(|l| {
             let at = l.checked_at;
             (l, at)
@@ -80,6 +81,12 @@ impl ListingCache {
                 let negative = self.negative.clone();
                 let ttl = upstream.settings().negative_ttl;
                 move || async move {
+                    // A flight that ended between our index read and this
+                    // one's start has asked already: take its answer.
+                    let answered = index.listing(&key)?.filter(|l| l.checked_at >= asked_at);
+                    if let Some(listing) = answered {
+                        return Ok(listing);
+                    }
                     let work = fetch(&upstream, &repo, &suffix, query.as_deref(), &index, &key);
                     negative.remembering(key.clone(), ttl, work).await
                 }

@@ -134,24 +134,9 @@ impl ManifestCache {
             self.index.touch(Kind::Manifest, digest);
             return Ok(Some(m));
         }
-        let store = self.store.clone();
-        let d = digest.clone();
-        let Some(bytes) =
-            tokio::task::spawn_blocking(move || store.read_whole(Kind::Manifest, &d)).await??
-        else {
+        let Some(manifest) = read_stored(&self.store, &self.index, digest).await? else {
             return Ok(None);
         };
-        let media_type = self
-            .index
-            .get(Kind::Manifest, digest)?
-            .and_then(|e| e.media_type)
-            .or_else(|| sniff_manifest_media_type(&bytes))
-            .ok_or(CacheError::BadManifestAnswer)?;
-        let manifest = Arc::new(Manifest {
-            digest: digest.clone(),
-            media_type,
-            bytes: bytes.into(),
-        });
         self.hot.insert(digest.clone(), manifest.clone()).await;
         self.index.touch(Kind::Manifest, digest);
         Ok(Some(manifest))
@@ -183,6 +168,11 @@ impl ManifestCache {
             let negative = self.negative.clone();
             let ttl = upstream.settings().negative_ttl;
             move || async move {
+                // A flight that ended between our look at the store and
+                // this one's start has stored it already.
+                if let Some(m) = read_stored(&store, &index, &digest).await? {
+                    return Ok(m);
+                }
                 let work = fetch_by_digest(&upstream, &repo, &digest, &store, &index, &metrics);
                 negative.remembering(negative_key, ttl, work).await
             }
@@ -211,6 +201,7 @@ impl ManifestCache {
         repo: &RepoName,
         tag: &Tag,
     ) -> Result<(TagEntry, Outcome), CacheError> {
+        let asked_at = now_millis();
         let cached = self
             .index
             .tag(&upstream.name, repo.as_str(), tag.as_str())?
@@ -233,6 +224,14 @@ impl ManifestCache {
                 let negative_key = negative_key.clone();
                 let ttl = upstream.settings().negative_ttl;
                 move || async move {
+                    // A flight that ended between our index read and this
+                    // one's start has asked already: take its answer.
+                    let answered = index
+                        .tag(&upstream.name, repo.as_str(), tag.as_str())?
+                        .filter(|e| e.checked_at >= asked_at);
+                    if let Some(entry) = answered {
+                        return Ok(entry);
+                    }
                     let work = revalidate_tag(&upstream, &repo, &tag, &index);
                     negative.remembering(negative_key, ttl, work).await
                 }
@@ -355,6 +354,31 @@ fn manifest_body_error(e: crate::upstream::ReadError) -> CacheError {
         crate::upstream::ReadError::Stalled(d) => CacheError::Stalled(d),
         crate::upstream::ReadError::Transport(t) => CacheError::UpstreamBody(t),
     }
+}
+
+/// The stored manifest with this digest, if any, read off the async runtime.
+async fn read_stored(
+    store: &Arc<FsStore>,
+    index: &Index,
+    digest: &Digest,
+) -> Result<Option<Arc<Manifest>>, CacheError> {
+    let reader = store.clone();
+    let d = digest.clone();
+    let Some(bytes) =
+        tokio::task::spawn_blocking(move || reader.read_whole(Kind::Manifest, &d)).await??
+    else {
+        return Ok(None);
+    };
+    let media_type = index
+        .get(Kind::Manifest, digest)?
+        .and_then(|e| e.media_type)
+        .or_else(|| sniff_manifest_media_type(&bytes))
+        .ok_or(CacheError::BadManifestAnswer)?;
+    Ok(Some(Arc::new(Manifest {
+        digest: digest.clone(),
+        media_type,
+        bytes: bytes.into(),
+    })))
 }
 
 async fn fetch_by_digest(
