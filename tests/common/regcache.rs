@@ -78,9 +78,21 @@ impl Regcache {
             dir,
             _tmp: Some(tmp),
         };
-        rc.write_config(upstreams, extra);
-        rc.spawn();
-        rc
+        // The ports were free when picked, but another test's process can
+        // take one before regcache binds it: then pick again.
+        for _ in 0..3 {
+            rc.write_config(upstreams, extra);
+            match rc.try_spawn() {
+                Ok(()) => return rc,
+                Err(log) if log.contains("Address already in use") => {
+                    rc.addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+                    rc.admin = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+                    let _ = std::fs::remove_file(&rc.log_path);
+                }
+                Err(log) => panic!("regcache exited at startup; log:\n{log}"),
+            }
+        }
+        panic!("regcache found no free ports; log:\n{}", rc.log());
     }
 
     /// Writes the config file; the first upstream is the default.
@@ -225,6 +237,16 @@ impl Regcache {
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("regcache exited at startup; log:\n{log}");
+        }
+    }
+
+    /// Starts the daemon and waits until it serves; `Err(log)` when it
+    /// exits first.
+    fn try_spawn(&mut self) -> Result<(), String> {
+        // The log is appended across restarts: wait for a new line.
+        let started_before = self.log().matches("regcache serving").count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -248,16 +270,17 @@ impl Regcache {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
-                    "regcache exited at startup ({status}); log:\n{}",
-                    self.log()
-                );
+                self.child = None;
+                return Err(format!("exit status {status}\n{}", self.log()));
             }
-            if http_get(self.admin, "/healthz")
-                .map(|r| r.status == 200)
-                .unwrap_or(false)
+            // Its own log line first: another process on the admin port
+            // could answer the health check too.
+            if self.log().matches("regcache serving").count() > started_before
+                && http_get(self.admin, "/healthz")
+                    .map(|r| r.status == 200)
+                    .unwrap_or(false)
             {
-                break;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
