@@ -65,6 +65,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
             Ok(report) => tracing::info!(
                 added = report.added,
                 dropped = report.dropped,
+                tags_restored = report.tags_restored,
                 "index reconciled with the blob store"
             ),
             Err(e) => tracing::error!(error = %e, "reconciling the index failed"),

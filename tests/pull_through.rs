@@ -104,7 +104,8 @@ async fn twenty_concurrent_cold_gets_of_a_large_blob_cost_one_upstream_get() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_index_is_rebuilt_and_cached_content_served_with_the_upstream_gone() {
+async fn a_deleted_index_is_rebuilt_and_cached_images_served_by_digest_and_tag_with_the_upstream_gone(
+) {
     let mut upstream = Registry::start();
     let fixtures = images::load_fixtures(&upstream);
     let mut rc = Regcache::start(&[UpstreamEntry::new("local", &upstream.url())]);
@@ -119,14 +120,23 @@ async fn a_deleted_index_is_rebuilt_and_cached_content_served_with_the_upstream_
     std::fs::remove_dir_all(rc.index_path()).unwrap();
     upstream.stop();
     rc.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !rc.log().contains("index reconciled") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rebuild:\n{}",
+            rc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
+    // The tag too: it came back from its tag file, with nobody to ask.
     let by_digest = format!("{}/{}@{}", rc.host(), fixture.repo, fixture.digest);
-    let f = fixture.clone();
-    tokio::task::spawn_blocking(move || pull_and_compare(&f, &by_digest))
-        .await
-        .unwrap();
-    assert!(
-        rc.log().contains("index reconciled"),
-        "the index was rebuilt from the files"
-    );
+    let by_tag = format!("{}/{}:{}", rc.host(), fixture.repo, fixture.tag);
+    for reference in [by_digest, by_tag] {
+        let f = fixture.clone();
+        tokio::task::spawn_blocking(move || pull_and_compare(&f, &reference))
+            .await
+            .unwrap();
+    }
 }

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::graph::{self, Descriptor};
-use super::index::{now_millis, Index, TagEntry};
+use super::index::{now_millis, Index, TagEntry, TagRecord};
 use super::manifests::MAX_MANIFEST_SIZE;
 use super::store::{FsStore, Kind};
 use crate::registry::{sniff_manifest_media_type, Digest, RepoName, Sha256Hasher, Tag};
@@ -579,6 +579,12 @@ pub fn import<R: Read>(
         install(Kind::Manifest, d, media_type.as_deref())?;
     }
     for (upstream, repo, tag, entry, closure) in &tags {
+        store.put_tag(&TagRecord {
+            upstream: upstream.clone(),
+            repo: repo.clone(),
+            tag: tag.clone(),
+            entry: entry.clone(),
+        })?;
         index.set_tag(upstream, repo, tag, entry)?;
         // The bundle vouches that this repository holds the image, as a
         // pull through it would have: private-content checks need no
@@ -665,6 +671,10 @@ mod tests {
         let tag = dst.index.tag("local", "team/app", "v1").unwrap().unwrap();
         assert_eq!(tag.digest, digests[0].to_string());
         assert_eq!(tag.media_type, "application/vnd.oci.image.manifest.v1+json");
+        // Recorded as a tag file too, so a lost index keeps it.
+        let files = dst.store.tag_records().unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].entry, tag);
         // tmp/ holds nothing afterwards.
         assert_eq!(
             fs::read_dir(dst.store.root().join("tmp")).unwrap().count(),
@@ -707,6 +717,7 @@ mod tests {
             assert!(!dst.store.contains(Kind::Blob, d) && !dst.store.contains(Kind::Manifest, d));
         }
         assert!(dst.index.all_tags().unwrap().is_empty());
+        assert!(dst.store.tag_records().unwrap().is_empty());
         assert_eq!(
             fs::read_dir(dst.store.root().join("tmp")).unwrap().count(),
             0

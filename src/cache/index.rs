@@ -2,10 +2,11 @@
 //! it was fetched and last used, and which digest each tag pointed to when
 //! last checked.
 //!
-//! The index is never the only record of content: entries are written only
-//! after the file is durable, and a missing or corrupt index is rebuilt
-//! from the blob store. Tags are the one thing a rebuild cannot recover;
-//! they are refetched from the upstream on next use.
+//! The index is never the only record: content entries are written only
+//! after the file is durable, tags after their tag file, and a missing or
+//! corrupt index is rebuilt from the store. What a rebuild loses (tag
+//! lists, referrers, which repositories were seen to hold which digests
+//! beyond the cached tags) is asked of the upstream again on next use.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,6 +17,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::store::{FsStore, Kind};
+pub use super::tag_files::{TagEntry, TagRecord};
 use crate::registry::{sniff_manifest_media_type, Digest};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -26,24 +28,6 @@ pub struct ContentEntry {
     /// Unix milliseconds.
     pub first_fetched: u64,
     pub last_accessed: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TagEntry {
-    pub digest: String,
-    pub media_type: String,
-    pub size: u64,
-    /// When the upstream last confirmed this mapping, unix milliseconds.
-    pub checked_at: u64,
-}
-
-/// A tag as listed by [`Index::all_tags`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct TagRecord {
-    pub upstream: String,
-    pub repo: String,
-    pub tag: String,
-    pub entry: TagEntry,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +73,9 @@ pub struct Totals {
     pub objects: u64,
     pub bytes: u64,
 }
+
+/// Marker key (default tree): the tag files have been read into this index.
+const TAGS_RESTORED: &[u8] = b"tags_restored";
 
 pub fn now_millis() -> u64 {
     SystemTime::now()
@@ -294,6 +281,17 @@ impl Index {
         Ok(())
     }
 
+    /// Whether this index has taken in the store's tag files: false for a
+    /// new or rebuilt index (and one from before tag files existed).
+    pub fn tags_restored(&self) -> Result<bool, IndexError> {
+        Ok(self.db.contains_key(TAGS_RESTORED)?)
+    }
+
+    pub fn mark_tags_restored(&self) -> Result<(), IndexError> {
+        self.db.insert(TAGS_RESTORED, &[])?;
+        Ok(())
+    }
+
     fn link_key(upstream: &str, repo: &str, digest: &Digest) -> Vec<u8> {
         format!("{upstream}\0{repo}\0{}", digest.hex()).into_bytes()
     }
@@ -420,6 +418,8 @@ impl Index {
 pub struct ReconcileReport {
     pub added: usize,
     pub dropped: usize,
+    /// Tags taken into a new or rebuilt index from the tag files.
+    pub tags_restored: usize,
 }
 
 #[cfg(test)]
@@ -447,7 +447,8 @@ mod tests {
             report,
             ReconcileReport {
                 added: 2,
-                dropped: 1
+                dropped: 1,
+                ..Default::default()
             }
         );
         assert_eq!(index.get(Kind::Blob, &blob).unwrap().unwrap().size, 5);

@@ -237,6 +237,7 @@ pub fn purge_image(
     let root: Option<Digest> = match target {
         Target::Tag(tag) => {
             let entry = cache.index.tag(upstream, repo, tag)?;
+            cache.store.delete_tag(upstream, repo, tag)?;
             if cache.index.remove_tag(upstream, repo, tag)? {
                 report.tags.push(format!("{upstream}/{repo}:{tag}"));
             }
@@ -245,6 +246,7 @@ pub fn purge_image(
         Target::Digest(d) => {
             for t in &tags {
                 if t.upstream == upstream && t.repo == repo && t.entry.digest == d.to_string() {
+                    cache.store.delete_tag(upstream, repo, &t.tag)?;
                     cache.index.remove_tag(upstream, repo, &t.tag)?;
                     report.tags.push(format!("{upstream}/{repo}:{}", t.tag));
                 }
@@ -347,19 +349,21 @@ mod tests {
         let a = put(Kind::Manifest, image(&[&shared, &own]).as_bytes());
         let b = put(Kind::Manifest, image(&[&shared]).as_bytes());
         let tag = |name: &str, d: &Digest| {
+            let record = super::super::TagRecord {
+                upstream: "up".into(),
+                repo: "repo".into(),
+                tag: name.into(),
+                entry: super::super::TagEntry {
+                    digest: d.to_string(),
+                    media_type: "m".into(),
+                    size: 1,
+                    checked_at: 0,
+                },
+            };
+            cache.store.put_tag(&record).unwrap();
             cache
                 .index
-                .set_tag(
-                    "up",
-                    "repo",
-                    name,
-                    &super::super::TagEntry {
-                        digest: d.to_string(),
-                        media_type: "m".into(),
-                        size: 1,
-                        checked_at: 0,
-                    },
-                )
+                .set_tag("up", "repo", name, &record.entry)
                 .unwrap()
         };
         tag("a", &a);
@@ -371,6 +375,9 @@ mod tests {
 
         let report = purge_image(&cache, "up", "repo", &Target::Tag("a".into()), true).unwrap();
         assert_eq!(report.tags, vec!["up/repo:a"]);
+        let files = cache.store.tag_records().unwrap();
+        assert_eq!(files.len(), 1, "the tag file went with the tag");
+        assert_eq!(files[0].tag, "b");
         assert_eq!(report.manifests, vec![a.to_string()]);
         assert_eq!(
             report.blobs,
@@ -382,6 +389,7 @@ mod tests {
 
         let report = purge_image(&cache, "up", "repo", &Target::Digest(b.clone()), false).unwrap();
         assert_eq!(report.tags, vec!["up/repo:b"]);
+        assert!(cache.store.tag_records().unwrap().is_empty());
         assert!(report.blobs.is_empty());
         assert!(cache.store.contains(Kind::Blob, &shared));
         assert!(purge_blob(&cache, &shared).unwrap().blobs.len() == 1);

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::freshness;
-use super::index::{now_millis, Index, TagEntry};
+use super::index::{now_millis, Index, TagEntry, TagRecord};
 use super::negative::NegativeCache;
 use super::single_flight::SingleFlight;
 use super::store::{FsStore, Kind};
@@ -219,6 +219,7 @@ impl ManifestCache {
                 let upstream = upstream.clone();
                 let repo = repo.clone();
                 let tag = tag.clone();
+                let store = self.store.clone();
                 let index = self.index.clone();
                 let negative = self.negative.clone();
                 let negative_key = negative_key.clone();
@@ -232,7 +233,7 @@ impl ManifestCache {
                     if let Some(entry) = answered {
                         return Ok(entry);
                     }
-                    let work = revalidate_tag(&upstream, &repo, &tag, &index);
+                    let work = revalidate_tag(&upstream, &repo, &tag, &store, &index);
                     negative.remembering(negative_key, ttl, work).await
                 }
             };
@@ -245,11 +246,13 @@ impl ManifestCache {
     }
 }
 
-/// Asks the upstream where a tag points now, with a HEAD, and records it.
+/// Asks the upstream where a tag points now, with a HEAD, and records it:
+/// in its tag file, then in the index.
 async fn revalidate_tag(
     upstream: &Upstream,
     repo: &RepoName,
     tag: &Tag,
+    store: &Arc<FsStore>,
     index: &Index,
 ) -> Result<TagEntry, CacheError> {
     let response = ask_manifest(upstream, Method::HEAD, repo, tag.as_str()).await?;
@@ -286,6 +289,18 @@ async fn revalidate_tag(
     };
     if entry.size > MAX_MANIFEST_SIZE as u64 {
         return Err(CacheError::ManifestTooLarge);
+    }
+    let record = TagRecord {
+        upstream: upstream.name.to_string(),
+        repo: repo.as_str().to_owned(),
+        tag: tag.as_str().to_owned(),
+        entry: entry.clone(),
+    };
+    let writer = store.clone();
+    // The answer stands without its file (the index still has it); a tag
+    // that cannot be recorded is only one a rebuilt index will miss.
+    if let Err(e) = tokio::task::spawn_blocking(move || writer.put_tag(&record)).await? {
+        tracing::warn!(upstream = %upstream.name, repo = %repo, tag = %tag, error = %e, "writing the tag file failed");
     }
     index.set_tag(&upstream.name, repo.as_str(), tag.as_str(), &entry)?;
     // The upstream just said this repository holds that manifest.

@@ -15,6 +15,7 @@ mod negative;
 mod readers;
 mod single_flight;
 mod store;
+mod tag_files;
 pub mod verify;
 
 use std::path::Path;
@@ -224,7 +225,140 @@ impl Cache {
         Ok(())
     }
 
+    /// Brings the index in line with the store: content entries with the
+    /// files, and, for a new or rebuilt index, the tags from the tag files.
     pub fn reconcile(&self) -> Result<ReconcileReport, CacheError> {
-        Ok(self.index.reconcile(&self.store)?)
+        let mut report = self.index.reconcile(&self.store)?;
+        if !self.index.tags_restored()? {
+            report.tags_restored = self.restore_tags()?;
+            self.index.mark_tags_restored()?;
+            self.index.flush()?;
+        }
+        Ok(report)
+    }
+
+    /// Takes the tag files into the index (the newer check wins) and links
+    /// each restored tag's image to its repository, as the pull that cached
+    /// it did: the upstream said the repository holds that manifest, and a
+    /// registry holds a manifest only with its blobs. Tags only the index
+    /// knows (a cache from before tag files) get their files.
+    fn restore_tags(&self) -> Result<usize, CacheError> {
+        let mut restored = 0;
+        let mut on_file = std::collections::HashSet::new();
+        for r in self.store.tag_records()? {
+            let known = self.index.tag(&r.upstream, &r.repo, &r.tag)?;
+            if known.map_or(true, |e| r.entry.checked_at > e.checked_at) {
+                self.index.set_tag(&r.upstream, &r.repo, &r.tag, &r.entry)?;
+                if let Ok(root) = r.entry.digest.parse::<Digest>() {
+                    let image = graph::reachable(&self.store, [root]);
+                    for d in image.manifests.iter().chain(&image.blobs) {
+                        self.index.link(&r.upstream, &r.repo, d)?;
+                    }
+                }
+                restored += 1;
+            }
+            on_file.insert((r.upstream, r.repo, r.tag));
+        }
+        for t in self.index.all_tags()? {
+            if !on_file.contains(&(t.upstream.clone(), t.repo.clone(), t.tag.clone())) {
+                self.store.put_tag(&t)?;
+            }
+        }
+        Ok(restored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(name: &str, digest: &Digest, checked_at: u64) -> TagRecord {
+        TagRecord {
+            upstream: "up".into(),
+            repo: "team/app".into(),
+            tag: name.into(),
+            entry: TagEntry {
+                digest: digest.to_string(),
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                size: 1,
+                checked_at,
+            },
+        }
+    }
+
+    #[test]
+    fn a_rebuilt_index_gets_its_tags_and_their_links_back_from_the_tag_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = Digest::sha256_of(b"layer");
+        let manifest =
+            format!(r#"{{"schemaVersion":2,"layers":[{{"digest":"{layer}","size":5}}]}}"#);
+        let root = Digest::sha256_of(manifest.as_bytes());
+        {
+            let cache = Cache::open(dir.path(), Arc::new(Metrics::new())).unwrap();
+            cache
+                .store
+                .write_whole(Kind::Blob, &layer, b"layer")
+                .unwrap();
+            cache
+                .store
+                .write_whole(Kind::Manifest, &root, manifest.as_bytes())
+                .unwrap();
+            // As a revalidation records it: file, then index.
+            let pulled = tag("v1", &root, 5);
+            cache.store.put_tag(&pulled).unwrap();
+            cache
+                .index
+                .set_tag("up", "team/app", "v1", &pulled.entry)
+                .unwrap();
+            // A tag from before tag files existed: in the index only.
+            let legacy = tag("old", &root, 7);
+            cache
+                .index
+                .set_tag("up", "team/app", "old", &legacy.entry)
+                .unwrap();
+            let report = cache.reconcile().unwrap();
+            assert_eq!(report.tags_restored, 0, "the index had them all");
+            assert_eq!(
+                cache.store.tag_records().unwrap().len(),
+                2,
+                "the legacy tag got its file"
+            );
+            // Only once per index: a later startup does not walk the files.
+            std::fs::remove_dir_all(dir.path().join("tags")).unwrap();
+            assert_eq!(cache.reconcile().unwrap().tags_restored, 0);
+            cache.store.put_tag(&pulled).unwrap();
+            cache.store.put_tag(&legacy).unwrap();
+        }
+        std::fs::remove_dir_all(dir.path().join("index")).unwrap();
+
+        let cache = Cache::open(dir.path(), Arc::new(Metrics::new())).unwrap();
+        assert!(cache.index.all_tags().unwrap().is_empty());
+        let report = cache.reconcile().unwrap();
+        assert_eq!(report.added, 2);
+        assert_eq!(report.tags_restored, 2);
+        let mut tags = cache.index.all_tags().unwrap();
+        tags.sort_by(|a, b| a.tag.cmp(&b.tag));
+        assert_eq!(tags, vec![tag("old", &root, 7), tag("v1", &root, 5)]);
+        for d in [&root, &layer] {
+            assert!(cache.index.has_link("up", "team/app", d).unwrap());
+        }
+        assert!(!cache.index.has_link("up", "other/app", &layer).unwrap());
+    }
+
+    #[test]
+    fn the_newer_check_wins_when_index_and_file_disagree() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), Arc::new(Metrics::new())).unwrap();
+        let (a, b) = (Digest::sha256_of(b"a"), Digest::sha256_of(b"b"));
+        cache
+            .index
+            .set_tag("up", "team/app", "v1", &tag("v1", &a, 10).entry)
+            .unwrap();
+        cache.store.put_tag(&tag("v1", &b, 20)).unwrap();
+        assert_eq!(cache.reconcile().unwrap().tags_restored, 1);
+        assert_eq!(
+            cache.index.tag("up", "team/app", "v1").unwrap(),
+            Some(tag("v1", &b, 20).entry)
+        );
     }
 }

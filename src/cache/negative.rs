@@ -116,7 +116,10 @@ mod tests {
                 runs.fetch_add(1, Ordering::SeqCst);
                 Err::<(), _>(answered(StatusCode::NOT_FOUND))
             };
-            let e = negative.remembering("k".into(), ttl, work).await.unwrap_err();
+            let e = negative
+                .remembering("k".into(), ttl, work)
+                .await
+                .unwrap_err();
             assert!(e.is_not_found());
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);

@@ -7,7 +7,8 @@
 //!
 //! Layout under the cache directory:
 //! `blobs/sha256/<2 hex>/<64 hex>`, `manifests/sha256/<2 hex>/<64 hex>`,
-//! `tmp/` for fills in progress (emptied at startup).
+//! `tags/` for the tag records (see `tag_files`), `tmp/` for fills in
+//! progress (emptied at startup).
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -176,6 +177,21 @@ impl FsStore {
         let temp = self.create_temp()?;
         temp.file.write_all_at(bytes, 0)?;
         self.commit(temp, kind, digest)
+    }
+
+    /// Replaces `dest` with `bytes` by rename, so a reader sees the old
+    /// file or the new one, never a mix. Not fsynced: for small records
+    /// that can be refreshed (tags), not for content.
+    pub(super) fn replace_file(&self, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut temp = self.create_temp()?;
+        temp.file.write_all_at(bytes, 0)?;
+        if let Some(dir) = dest.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::rename(&temp.path, dest)?;
+        temp.committed = true;
+        Ok(())
     }
 
     pub fn read_whole(&self, kind: Kind, digest: &Digest) -> io::Result<Option<Vec<u8>>> {
