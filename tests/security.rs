@@ -415,6 +415,32 @@ async fn a_slowloris_client_is_cut_off_while_others_are_served() {
         cut_after < Duration::from_secs(15),
         "the slow client was cut off after {cut_after:?}"
     );
+
+    // An idle keep-alive connection is closed by the same timeout, so idle
+    // clients cannot hold connection slots either.
+    let idle = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut response = Vec::new();
+        let mut buf = [0u8; 4096];
+        let started = Instant::now();
+        // Reads the response, then waits for the server to hang up.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return (response, Some(started.elapsed())),
+                Ok(n) => response.extend_from_slice(&buf[..n]),
+                Err(_) => return (response, None),
+            }
+        }
+    });
+    let (response, closed_after) = idle.await.unwrap();
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
+    let closed_after = closed_after.expect("the idle connection was closed");
+    assert!(
+        closed_after < Duration::from_secs(15),
+        "idle for {closed_after:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
