@@ -92,6 +92,12 @@ pub struct AuthConfig {
     /// Failed logins allowed per client per minute before it is refused
     /// with 429 for a while.
     pub failed_logins_per_minute: u32,
+    /// A file holding the bearer token that `/admin/*` on `admin_listen`
+    /// requires (purge, gc, import, offline switch, listings); `/metrics`,
+    /// `/healthz` and `/readyz` stay open. Unset: the admin endpoints are
+    /// open to whoever reaches `admin_listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -101,6 +107,7 @@ impl Default for AuthConfig {
             tokens_file: None,
             access: Default::default(),
             failed_logins_per_minute: 10,
+            admin_token_file: None,
         }
     }
 }

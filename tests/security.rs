@@ -420,7 +420,8 @@ async fn a_slowloris_client_is_cut_off_while_others_are_served() {
     // clients cannot hold connection slots either.
     let idle = tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut response = Vec::new();
         let mut buf = [0u8; 4096];
@@ -506,4 +507,73 @@ async fn private_content_is_served_per_repository_and_public_only_refuses_it() {
         "a manifest the upstream serves only with credentials is refused"
     );
     assert_eq!(error_code(r).await, "UNAUTHORIZED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_guards_admin_endpoints_the_cli_uses_it_and_reload_swaps_it() {
+    use common::registry::{http_get, http_request};
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("admin.token");
+    std::fs::write(&token_file, "first-admin-token\n").unwrap();
+    let upstreams = [UpstreamEntry::new("fake", &fake.url())];
+    let extra = format!("[auth]\nadmin_token_file = {token_file:?}\n");
+    let rc = Regcache::start_with(&upstreams, &extra);
+    let admin = |method: &str, path: &str, token: Option<&str>| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        http_request(rc.admin, method, path, &headers, Some(b"")).unwrap()
+    };
+
+    for token in [None, Some("wrong"), Some("first-admin-token-and-more")] {
+        let r = admin("GET", "/admin/cache", token);
+        assert_eq!(r.status, 401, "{token:?}");
+        assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+        assert_eq!(
+            admin("POST", "/admin/offline?enabled=true", token).status,
+            401
+        );
+        assert_eq!(admin("DELETE", "/admin/blobs/sha256:00", token).status, 401);
+    }
+    let state = admin("GET", "/admin/offline", Some("first-admin-token"));
+    assert_eq!(state.status, 200);
+    assert!(
+        String::from_utf8_lossy(&state.body).contains("false"),
+        "the refused switch changed nothing"
+    );
+    assert_eq!(
+        admin("GET", "/admin/cache", Some("first-admin-token")).status,
+        200
+    );
+    // Scrapers and health checks need no token.
+    for open in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(http_get(rc.admin, open).unwrap().status, 200, "{open}");
+    }
+    // The CLI reads the token from the daemon's config.
+    let ls = rc.cli(&["ls"]);
+    assert!(ls.success(), "{ls:?}");
+    assert!(rc
+        .log()
+        .contains("admin request without the admin token refused"));
+    assert!(
+        !rc.log().contains("first-admin-token"),
+        "the token stays out of the log"
+    );
+
+    // A new token takes effect on SIGHUP; the old one stops working.
+    std::fs::write(&token_file, "second-admin-token\n").unwrap();
+    rc.sighup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin("GET", "/admin/cache", Some("second-admin-token")).status != 200 {
+        assert!(Instant::now() < deadline, "no reload:\n{}", rc.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        admin("GET", "/admin/cache", Some("first-admin-token")).status,
+        401
+    );
+    assert!(rc.cli(&["ls"]).success());
 }

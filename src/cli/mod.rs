@@ -66,12 +66,23 @@ pub struct Daemon {
     pub admin: SocketAddr,
     pub registry: SocketAddr,
     pub http: reqwest::Client,
+    admin_auth: Option<reqwest::header::HeaderValue>,
 }
 
 impl Daemon {
     /// The daemon for this config, if its admin listener answers.
     pub fn find(config: &Config) -> Option<Daemon> {
         healthcheck(config.admin_listen).ok()?;
+        // The daemon's own config names the admin token: the CLI on the
+        // same host reads it from there. Unreadable, the daemon's 401 says
+        // what is missing.
+        let admin_auth = config.auth.admin_token_file.as_ref().and_then(|path| {
+            let token = std::fs::read_to_string(path).unwrap_or_default();
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim())).ok()?;
+            value.set_sensitive(true);
+            Some(value)
+        });
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(5))
@@ -81,7 +92,18 @@ impl Daemon {
             admin: reachable_addr(config.admin_listen),
             registry: reachable_addr(config.listen),
             http,
+            admin_auth,
         })
+    }
+
+    /// A request to the admin listener, with the admin token when one is
+    /// configured (never sent to the registry listener).
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, self.admin_url(path));
+        match &self.admin_auth {
+            Some(auth) => request.header(reqwest::header::AUTHORIZATION, auth.clone()),
+            None => request,
+        }
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -114,7 +136,7 @@ impl Daemon {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        Ok(self.call(self.http.get(self.admin_url(path))).await?.1)
+        Ok(self.call(self.admin(reqwest::Method::GET, path)).await?.1)
     }
 }
 
@@ -371,7 +393,7 @@ pub fn purge(config: &Config, targets: &[String], with_blobs: bool) -> anyhow::R
                     }
                 };
                 let (_, report): (_, PurgeReport) = daemon
-                    .call(daemon.http.delete(daemon.admin_url(&path)))
+                    .call(daemon.admin(reqwest::Method::DELETE, &path))
                     .await?;
                 out.push((name.clone(), report));
             }
@@ -422,7 +444,7 @@ pub fn gc(config: &Config) -> anyhow::Result<ExitCode> {
     let report: GcReport = if let Some(daemon) = Daemon::find(config) {
         runtime()?.block_on(async {
             let (_, r) = daemon
-                .call(daemon.http.post(daemon.admin_url("/admin/gc")))
+                .call(daemon.admin(reqwest::Method::POST, "/admin/gc"))
                 .await?;
             anyhow::Ok(r)
         })?
@@ -660,8 +682,7 @@ pub fn import(config: &Config, path: &Path) -> anyhow::Result<ExitCode> {
             let (_, r) = daemon
                 .call(
                     daemon
-                        .http
-                        .post(daemon.admin_url("/admin/import"))
+                        .admin(reqwest::Method::POST, "/admin/import")
                         .header("content-type", "application/x-tar")
                         .body(body),
                 )

@@ -5,8 +5,10 @@
 //! `DELETE /admin/manifests/<upstream>/<repo>:<tag>` (or `@<digest>`),
 //! `DELETE /admin/blobs/<digest>`, `POST /admin/gc`, `POST /admin/import`.
 //!
-//! Nothing here is authenticated: keep `admin_listen` on loopback or a
-//! management network.
+//! With `auth.admin_token_file` set, `/admin/*` asks for that bearer
+//! token; without it nothing here is authenticated (keep `admin_listen` on
+//! loopback or a management network). `/metrics`, `/healthz` and
+//! `/readyz` are always open, for scrapers and health checks.
 
 use std::sync::Arc;
 
@@ -23,6 +25,18 @@ use crate::registry::{Digest, RepoName};
 pub async fn admin_service(app: Arc<App>, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    if path.starts_with("/admin/") && !admin_allowed(&app, request.headers()) {
+        tracing::warn!(%method, %path, "admin request without the admin token refused");
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs the admin token (Authorization: Bearer ...)".into(),
+        );
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"regcache-admin\""),
+        );
+        return r;
+    }
     if let Some(rest) = path.strip_prefix("/admin/manifests/") {
         return if method == Method::DELETE {
             let with_blobs = query_flag(request.uri().query(), "blobs");
@@ -98,6 +112,14 @@ pub async fn admin_service(app: Arc<App>, request: Request<Incoming>) -> Respons
         }
         _ => error(StatusCode::NOT_FOUND, format!("no admin endpoint {path}")),
     }
+}
+
+fn admin_allowed(app: &App, headers: &http::HeaderMap) -> bool {
+    let policy = app.policy.read().clone();
+    policy
+        .admin_token
+        .as_ref()
+        .map_or(true, |token| token.accepts(headers))
 }
 
 fn query_flag(query: Option<&str>, name: &str) -> bool {

@@ -2,10 +2,12 @@
 //! who the client is, and how fast it may go.
 
 mod access;
+mod admin;
 mod clients;
 mod ratelimit;
 
 pub use access::{RepoRules, UserAccess};
+pub use admin::AdminToken;
 pub use clients::{client_address, AuthError, Authenticator};
 pub use ratelimit::{ClientLimiter, Throttled};
 
@@ -19,11 +21,14 @@ pub struct ClientPolicy {
     pub auth: Option<Arc<Authenticator>>,
     pub limiter: ClientLimiter,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Required on `/admin/*` when configured.
+    pub admin_token: Option<AdminToken>,
 }
 
 impl ClientPolicy {
     pub fn from_config(config: &Config) -> Result<ClientPolicy, String> {
         Ok(ClientPolicy {
+            admin_token: load_admin_token(config)?,
             auth: Authenticator::load(&config.auth)?,
             limiter: ClientLimiter::new(&config.rate_limit),
             trusted_proxies: config.trusted_proxies.clone(),
@@ -39,5 +44,15 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
             .map_err(|e| (format!("upstreams[{i}] ({}).allow/deny", u.name), e))?;
     }
     Authenticator::load(&config.auth).map_err(|e| ("auth".to_owned(), e))?;
+    load_admin_token(config).map_err(|e| ("auth.admin_token_file".to_owned(), e))?;
     Ok(())
+}
+
+pub fn load_admin_token(config: &Config) -> Result<Option<AdminToken>, String> {
+    config
+        .auth
+        .admin_token_file
+        .as_deref()
+        .map(AdminToken::load)
+        .transpose()
 }
