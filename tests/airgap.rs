@@ -58,6 +58,10 @@ async fn prefetch_chosen_or_all_platforms_then_serve_with_the_upstream_gone() {
         out.stdout
     );
     assert_eq!(daemon.cached_blobs(), set(&arm.blobs));
+    assert!(
+        daemon.log().contains("prefetch through the admin API"),
+        "the daemon did the work"
+    );
     assert_eq!(
         daemon.cached_manifests(),
         set(&[index.digest.clone(), arm.digest.clone()])
@@ -217,4 +221,72 @@ async fn export_then_import_into_an_empty_cache_with_no_upstream() {
     pull(&fixtures.oci_index, running.host()).await;
     let ls = running.cli(&["ls"]);
     assert!(ls.stdout.contains("test/multiarch"), "{}", ls.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_through_a_daemon_that_demands_tls_and_credentials() {
+    use common::registry::http_request;
+    use common::tls::TestCa;
+    let upstream = Registry::start();
+    let fixtures = images::load_fixtures_with_big_layer(&upstream, 256 * 1024);
+    let secrets = tempfile::tempdir().unwrap();
+    let leaf = TestCa::new("prefetch test CA").issue(&["127.0.0.1"], secrets.path(), "server");
+    let tokens = secrets.path().join("tokens");
+    std::fs::write(&tokens, "ci ci-token\n").unwrap();
+    let admin_token = secrets.path().join("admin.token");
+    std::fs::write(&admin_token, "admin-secret\n").unwrap();
+    let extra = format!(
+        "[tls]\ncert_file = {:?}\nkey_file = {:?}\n[auth]\ntokens_file = {tokens:?}\nadmin_token_file = {admin_token:?}\n",
+        leaf.cert_path, leaf.key_path
+    );
+    let upstreams = [UpstreamEntry::new("local", &upstream.url()).set("deny", "[\"secret/*\"]")];
+    let daemon = Regcache::start_with(&upstreams, &extra);
+
+    let out = daemon.cli(&["prefetch", "test/schema2:v1"]);
+    assert!(out.success(), "{out:?}");
+    assert!(
+        out.stdout.contains("prefetched 1 of 1 images"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("done in"), "{}", out.stderr);
+    assert_eq!(daemon.cached_blobs(), set(&fixtures.docker_schema2.blobs));
+
+    // The endpoint checks what it is given, with the upstream's rules.
+    let auth = [("Authorization", "Bearer admin-secret")];
+    let post = |query: &str| {
+        http_request(
+            daemon.admin,
+            "POST",
+            &format!("/admin/prefetch{query}"),
+            &auth,
+            Some(b""),
+        )
+        .unwrap()
+    };
+    assert_eq!(post("").status, 400);
+    assert_eq!(post("?upstream=nowhere&repo=a/b&reference=v1").status, 404);
+    assert_eq!(
+        post("?upstream=local&repo=a/b&reference=bad%20tag").status,
+        400
+    );
+    assert_eq!(
+        post("?upstream=local&repo=secret/app&reference=v1").status,
+        403
+    );
+    // A failure arrives as the last line of the stream, and the CLI exits 1.
+    let missing = post("?upstream=local&repo=test/schema2&reference=nope");
+    assert_eq!(missing.status, 200);
+    let body = String::from_utf8_lossy(&missing.body).into_owned();
+    assert!(
+        body.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("{\"error\""),
+        "{body}"
+    );
+    let out = daemon.cli(&["prefetch", "test/schema2:nope"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stdout.contains("FAILED"), "{}", out.stdout);
 }

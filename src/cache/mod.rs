@@ -12,6 +12,7 @@ mod listings;
 pub mod manage;
 mod manifests;
 mod negative;
+pub mod prefetch;
 mod readers;
 mod single_flight;
 mod store;

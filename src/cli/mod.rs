@@ -61,11 +61,10 @@ pub fn healthcheck(admin: SocketAddr) -> std::io::Result<()> {
     }
 }
 
-/// A running daemon, reached over HTTP.
+/// A running daemon, reached over its admin listener.
 pub struct Daemon {
     pub admin: SocketAddr,
-    pub registry: SocketAddr,
-    pub http: reqwest::Client,
+    http: reqwest::Client,
     admin_auth: Option<reqwest::header::HeaderValue>,
 }
 
@@ -90,7 +89,6 @@ impl Daemon {
             .ok()?;
         Some(Daemon {
             admin: reachable_addr(config.admin_listen),
-            registry: reachable_addr(config.listen),
             http,
             admin_auth,
         })
@@ -106,12 +104,8 @@ impl Daemon {
         }
     }
 
-    pub fn admin_url(&self, path: &str) -> String {
+    fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
-    }
-
-    pub fn registry_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.registry)
     }
 
     /// Sends an admin request; the JSON answer, or the daemon's error.

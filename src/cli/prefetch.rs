@@ -1,33 +1,29 @@
 //! `regcache prefetch`: warm the cache with whole images before a rollout.
 //!
-//! Against a running daemon the images are pulled through its registry
-//! listener (with `?ns=` naming the upstream), so the daemon caches them
-//! exactly as it would for a client. Standalone, the cache directory and
-//! the upstreams are built in-process and every blob goes through the same
-//! fill (one fetch per digest, verified before commit) and every manifest
-//! through the same manifest cache the daemon uses.
+//! Against a running daemon each image is handed to its admin listener
+//! (`POST /admin/prefetch`), so the daemon caches it in-process whatever its
+//! registry listener demands (TLS, client credentials) and no blob crosses
+//! to the CLI. Standalone, the cache directory and the upstreams are built
+//! in-process. Both run `cache::prefetch`: every blob through the same fill
+//! a client's pull uses (one fetch per digest, verified before commit) and
+//! every manifest through the same manifest cache.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use indicatif::{MultiProgress, ProgressBar};
 
 use super::image::{self, ImageRef};
 use super::{human_bytes, interactive, open_ready, upstreams, Daemon};
-use crate::cache::graph::{self, Descriptor};
-use crate::cache::{Attached, Cache, Kind, Phase};
+use crate::cache::prefetch::{prefetch_image, Plan, PrefetchProgress, Prefetched};
+use crate::cache::Cache;
 use crate::config::Config;
-use crate::registry::{Digest, Reference, RepoName, MANIFEST_ACCEPT};
-use crate::upstream::Upstream;
+use crate::registry::Reference;
 
-/// Blobs fetched at once per image.
-const BLOB_CONCURRENCY: usize = 4;
 /// Images prefetched at once.
 const IMAGE_CONCURRENCY: usize = 2;
 
@@ -36,267 +32,122 @@ enum Source {
     Local(Arc<Cache>),
 }
 
-#[derive(Default)]
-struct Done {
-    manifests: u64,
-    blobs: u64,
-    bytes: u64,
+/// One image's progress on the terminal: a bar, or plain lines when
+/// stderr is not a terminal.
+struct Reporter {
+    name: String,
+    bar: ProgressBar,
+    plain: bool,
+}
+
+impl PrefetchProgress for Reporter {
+    fn planned(&self, plan: &Plan) {
+        self.bar.set_length(plan.bytes);
+        if self.plain {
+            let platforms = if plan.platforms.is_empty() {
+                String::new()
+            } else {
+                format!(", platforms {}", plan.platforms.join(" "))
+            };
+            eprintln!(
+                "prefetch {}: manifest {}{platforms}, {} blobs ({})",
+                self.name,
+                plan.digest,
+                plan.blobs,
+                human_bytes(plan.bytes)
+            );
+        }
+    }
+
+    fn advanced(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+}
+
+/// One line of the daemon's answer to `POST /admin/prefetch`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Event {
+    Plan(Plan),
+    CachedBytes(u64),
+    Done(Prefetched),
+    Error(String),
 }
 
 impl Source {
-    /// The manifest's digest and bytes (verified against the digest).
-    async fn manifest(
+    async fn prefetch(
         &self,
-        upstream: &Arc<Upstream>,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<(Digest, Bytes), String> {
+        image: &ImageRef,
+        platforms: &[String],
+        reporter: &Reporter,
+    ) -> Result<Prefetched, String> {
         match self {
             Source::Local(cache) => {
-                let digest = match reference {
-                    Reference::Digest(d) => d.clone(),
-                    Reference::Tag(tag) => {
-                        let (entry, _) = cache
-                            .manifests
-                            .resolve_tag(upstream, repo, tag)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        entry.digest.parse().map_err(|e| format!("{e}"))?
-                    }
-                };
-                let (m, _) = cache
-                    .manifests
-                    .by_digest(upstream, repo, &digest)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok((digest, m.bytes.clone()))
+                prefetch_image(
+                    cache,
+                    &image.upstream,
+                    &image.repo,
+                    &image.reference,
+                    platforms,
+                    reporter,
+                )
+                .await
             }
-            Source::Daemon(d) => {
-                let url = d.registry_url(&format!(
-                    "/v2/{repo}/manifests/{}?ns={}",
-                    reference_str(reference),
-                    upstream.name
-                ));
-                let response = d
-                    .http
-                    .get(url)
-                    .header("accept", MANIFEST_ACCEPT)
-                    .send()
-                    .await
-                    .map_err(|e| format!("asking the daemon: {e}"))?;
-                let status = response.status();
-                let header_digest = response
-                    .headers()
-                    .get("docker-content-digest")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<Digest>().ok());
-                let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-                if !status.is_success() {
-                    return Err(format!(
-                        "manifest: the daemon answered {status}: {}",
-                        String::from_utf8_lossy(&bytes).trim()
-                    ));
-                }
-                let actual = Digest::sha256_of(&bytes);
-                let expected = match reference {
-                    Reference::Digest(d) => Some(d.clone()),
-                    Reference::Tag(_) => header_digest,
-                };
-                if expected.is_some_and(|e| e != actual) {
-                    return Err(format!("manifest does not hash to its digest ({actual})"));
-                }
-                Ok((actual, bytes))
-            }
-        }
-    }
-
-    /// Makes sure a blob is cached; `bar` advances as its bytes arrive.
-    async fn blob(
-        &self,
-        upstream: &Arc<Upstream>,
-        repo: &RepoName,
-        blob: &Descriptor,
-        bar: &ProgressBar,
-    ) -> Result<u64, String> {
-        let digest = blob
-            .digest()
-            .ok_or_else(|| format!("unsupported digest {}", blob.digest))?;
-        match self {
-            Source::Local(cache) => {
-                match cache.fills.attach(upstream.clone(), repo.clone(), &digest) {
-                    Attached::Committed => {
-                        cache.index.touch(Kind::Blob, &digest);
-                        bar.inc(blob.size);
-                        Ok(blob.size)
-                    }
-                    Attached::Fill { mut progress, .. } => {
-                        let mut reported = 0u64;
-                        loop {
-                            let (written, phase) = {
-                                let p = progress.borrow_and_update();
-                                (p.written, p.phase.clone())
-                            };
-                            bar.inc(written.saturating_sub(reported));
-                            reported = reported.max(written);
-                            match phase {
-                                Phase::Complete { size, .. } => return Ok(size),
-                                Phase::Failed(e) => return Err(format!("blob {digest}: {e}")),
-                                Phase::Connecting | Phase::Streaming { .. } => {}
-                            }
-                            if progress.changed().await.is_err() {
-                                return if cache.store.contains(Kind::Blob, &digest) {
-                                    Ok(reported)
-                                } else {
-                                    Err(format!("blob {digest}: the fill ended without a result"))
-                                };
-                            }
-                        }
-                    }
-                }
-            }
-            Source::Daemon(d) => {
-                let url =
-                    d.registry_url(&format!("/v2/{repo}/blobs/{digest}?ns={}", upstream.name));
-                let response = d
-                    .http
-                    .get(url)
-                    .send()
-                    .await
-                    .map_err(|e| format!("blob {digest}: asking the daemon: {e}"))?;
-                if !response.status().is_success() {
-                    let status = response.status();
-                    let body = response.text().await.unwrap_or_default();
-                    return Err(format!(
-                        "blob {digest}: the daemon answered {status}: {}",
-                        body.trim()
-                    ));
-                }
-                // Read (and check) every byte: the daemon caches the blob
-                // as it serves it, and a clean end means it was verified.
-                let mut hasher = crate::registry::Sha256Hasher::default();
-                let mut n = 0u64;
-                let mut stream = response.bytes_stream();
-                while let Some(chunk) = stream
-                    .try_next()
-                    .await
-                    .map_err(|e| format!("blob {digest}: {e}"))?
-                {
-                    hasher.update(&chunk);
-                    n += chunk.len() as u64;
-                    bar.inc(chunk.len() as u64);
-                }
-                if hasher.finish() != digest {
-                    return Err(format!("blob {digest}: the bytes do not match the digest"));
-                }
-                Ok(n)
-            }
+            Source::Daemon(d) => through_daemon(d, image, platforms, reporter).await,
         }
     }
 }
 
-fn reference_str(r: &Reference) -> String {
-    match r {
-        Reference::Tag(t) => t.as_str().to_owned(),
-        Reference::Digest(d) => d.to_string(),
-    }
-}
-
-/// One image: its manifest, the chosen platforms' manifests, their blobs.
-async fn prefetch_image(
-    source: &Source,
+async fn through_daemon(
+    daemon: &Daemon,
     image: &ImageRef,
     platforms: &[String],
-    bar: &ProgressBar,
-    plain: bool,
-) -> Result<Done, String> {
-    let started = Instant::now();
-    let name = image.canonical();
-    let (digest, bytes) = source
-        .manifest(&image.upstream, &image.repo, &image.reference)
-        .await?;
-    let refs = graph::references(&bytes).map_err(|e| format!("manifest {digest}: {e}"))?;
-    let mut done = Done {
-        manifests: 1,
-        ..Done::default()
+    reporter: &Reporter,
+) -> Result<Prefetched, String> {
+    let reference = match &image.reference {
+        Reference::Tag(t) => t.as_str().to_owned(),
+        Reference::Digest(d) => d.to_string(),
     };
-    let mut blobs: Vec<Descriptor> = Vec::new();
-    let mut chosen_platforms = Vec::new();
-    if refs.manifests.is_empty() {
-        blobs = refs.blobs;
-    } else {
-        let children: Vec<&Descriptor> = refs
-            .manifests
-            .iter()
-            .filter(|m| {
-                platforms.is_empty() || m.platform.as_ref().is_some_and(|p| p.matches(platforms))
-            })
-            .collect();
-        if children.is_empty() {
-            let available: Vec<String> = refs
-                .manifests
-                .iter()
-                .filter_map(|m| m.platform.as_ref().map(|p| p.label()))
-                .collect();
-            return Err(format!(
-                "no manifest for {} (the index has {})",
-                platforms.join(", "),
-                available.join(", ")
-            ));
-        }
-        for child in children {
-            let cd = child
-                .digest()
-                .ok_or_else(|| format!("unsupported digest {}", child.digest))?;
-            let (_, child_bytes) = source
-                .manifest(&image.upstream, &image.repo, &Reference::Digest(cd.clone()))
-                .await?;
-            done.manifests += 1;
-            let r = graph::references(&child_bytes).map_err(|e| format!("manifest {cd}: {e}"))?;
-            if !r.manifests.is_empty() {
-                return Err(format!(
-                    "manifest {cd} is a nested index, which is not supported"
-                ));
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("upstream", &image.upstream.name)
+        .append_pair("repo", image.repo.as_str())
+        .append_pair("reference", &reference)
+        .append_pair("platform", &platforms.join(","))
+        .finish();
+    let response = daemon
+        .admin(reqwest::Method::POST, &format!("/admin/prefetch?{query}"))
+        .send()
+        .await
+        .map_err(|e| format!("asking the daemon: {e}"))?;
+    let status = response.status();
+    if !status.is_success() {
+        let bytes = response.bytes().await.unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let message = body["error"].as_str().unwrap_or("no message");
+        return Err(format!("the daemon answered {status}: {message}"));
+    }
+    let mut stream = response.bytes_stream();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut reported = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("reading the daemon's answer: {e}"))?;
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let event: Event = serde_json::from_slice(&line)
+                .map_err(|e| format!("the daemon's answer is not understood: {e}"))?;
+            match event {
+                Event::Plan(plan) => reporter.planned(&plan),
+                Event::CachedBytes(n) => {
+                    reporter.advanced(n.saturating_sub(reported));
+                    reported = reported.max(n);
+                }
+                Event::Done(done) => return Ok(done),
+                Event::Error(e) => return Err(e),
             }
-            chosen_platforms.push(
-                child
-                    .platform
-                    .as_ref()
-                    .map(|p| p.label())
-                    .unwrap_or_else(|| "unknown".into()),
-            );
-            blobs.extend(r.blobs);
         }
     }
-    let mut seen = HashSet::new();
-    blobs.retain(|b| seen.insert(b.digest.clone()));
-    let total: u64 = blobs.iter().map(|b| b.size).sum();
-    bar.set_length(total);
-    if plain {
-        let platforms = if chosen_platforms.is_empty() {
-            String::new()
-        } else {
-            format!(", platforms {}", chosen_platforms.join(" "))
-        };
-        eprintln!(
-            "prefetch {name}: manifest {digest}{platforms}, {} blobs ({})",
-            blobs.len(),
-            human_bytes(total)
-        );
-    }
-    let sizes: Vec<u64> = futures_util::stream::iter(blobs.iter())
-        .map(|b| source.blob(&image.upstream, &image.repo, b, bar))
-        .buffer_unordered(BLOB_CONCURRENCY)
-        .try_collect()
-        .await?;
-    done.blobs = sizes.len() as u64;
-    done.bytes = sizes.iter().sum();
-    if plain {
-        eprintln!(
-            "prefetch {name}: done in {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
-    }
-    Ok(done)
+    Err("the daemon's answer ended without a result".into())
 }
 
 /// `FILE` arguments hold one image per line (blank lines and `#` comments
@@ -357,7 +208,7 @@ pub fn prefetch(
     if !tty {
         eprintln!("prefetching {} images {mode}", images.len());
     }
-    let results: Vec<(String, Result<Done, String>)> = runtime.block_on(async {
+    let results: Vec<(String, Result<Prefetched, String>)> = runtime.block_on(async {
         futures_util::stream::iter(images.iter())
             .map(|image| {
                 let bar = if tty {
@@ -368,19 +219,36 @@ pub fn prefetch(
                 } else {
                     ProgressBar::hidden()
                 };
+                let reporter = Reporter {
+                    name: image.canonical(),
+                    bar,
+                    plain: !tty,
+                };
                 let source = &source;
                 async move {
-                    let r = prefetch_image(source, image, platforms, &bar, !tty).await;
+                    let started = Instant::now();
+                    let r = source.prefetch(image, platforms, &reporter).await;
                     match &r {
-                        Ok(_) => bar.finish(),
-                        Err(e) => {
-                            bar.abandon_with_message(format!("{} FAILED", image.canonical()));
+                        Ok(_) => {
+                            reporter.bar.finish();
                             if !tty {
-                                eprintln!("prefetch {}: FAILED: {e}", image.canonical());
+                                eprintln!(
+                                    "prefetch {}: done in {:.1}s",
+                                    reporter.name,
+                                    started.elapsed().as_secs_f64()
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            reporter
+                                .bar
+                                .abandon_with_message(format!("{} FAILED", reporter.name));
+                            if !tty {
+                                eprintln!("prefetch {}: FAILED: {e}", reporter.name);
                             }
                         }
                     }
-                    (image.canonical(), r)
+                    (reporter.name, r)
                 }
             })
             .buffer_unordered(IMAGE_CONCURRENCY)
@@ -395,7 +263,7 @@ pub fn prefetch(
         }
         cache.index.flush_access_times()?;
     }
-    let mut total = Done::default();
+    let mut total = Prefetched::default();
     let mut ok = 0;
     for (name, r) in results {
         match r {

@@ -3,7 +3,8 @@
 //! global offline mode without a restart), and cache management:
 //! `GET /admin/cache`, `GET /admin/repositories`,
 //! `DELETE /admin/manifests/<upstream>/<repo>:<tag>` (or `@<digest>`),
-//! `DELETE /admin/blobs/<digest>`, `POST /admin/gc`, `POST /admin/import`.
+//! `DELETE /admin/blobs/<digest>`, `POST /admin/gc`, `POST /admin/import`,
+//! `POST /admin/prefetch` (see `prefetch`).
 //!
 //! With `auth.admin_token_file` set, `/admin/*` asks for that bearer
 //! token; without it nothing here is authenticated (keep `admin_listen` on
@@ -72,8 +73,11 @@ pub async fn admin_service(app: Arc<App>, request: Request<Incoming>) -> Respons
             blocking_json(move || evictor.run().map_err(CacheError::from)).await
         }
         "/admin/import" if method == Method::POST => import(&app, request).await,
+        "/admin/prefetch" if method == Method::POST => {
+            super::prefetch::prefetch(&app, request.uri().query()).await
+        }
         "/admin/cache" | "/admin/repositories" => method_not_allowed("GET"),
-        "/admin/gc" | "/admin/import" => method_not_allowed("POST"),
+        "/admin/gc" | "/admin/import" | "/admin/prefetch" => method_not_allowed("POST"),
         "/metrics" => {
             app.refresh_gauges();
             text(
@@ -144,7 +148,7 @@ fn method_not_allowed(allowed: &'static str) -> Response<Body> {
     r
 }
 
-fn error(status: StatusCode, message: String) -> Response<Body> {
+pub(super) fn error(status: StatusCode, message: String) -> Response<Body> {
     json(status, &serde_json::json!({ "error": message }))
 }
 
@@ -331,7 +335,19 @@ fn offline_state(app: &App) -> Response<Body> {
 }
 
 fn text(status: StatusCode, content_type: &'static str, text: String) -> Response<Body> {
-    let mut response = Response::new(body::full(text));
+    with_type(status, content_type, body::full(text))
+}
+
+/// A streamed answer (its length unknown, so sent chunked).
+pub(super) fn text_stream<S>(status: StatusCode, content_type: &'static str, s: S) -> Response<Body>
+where
+    S: futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+{
+    with_type(status, content_type, body::stream(s))
+}
+
+fn with_type(status: StatusCode, content_type: &'static str, body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -9,6 +9,7 @@ pub mod error;
 mod listings;
 mod manifests;
 mod passthrough;
+mod prefetch;
 pub mod range;
 pub mod route;
 mod server;
