@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::fake_upstream::{
     random_bytes, sha256_digest, Behaviour, FakeUpstream, Fault, OCI_MANIFEST,
@@ -372,12 +372,7 @@ async fn sighup_changes_the_tag_ttl_while_a_download_goes_on() {
     );
 
     rc.write_config(&[UpstreamEntry::new("fake", &fake.url()).tag_ttl("1s")], "");
-    rc.sighup();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !rc.log().contains("config reloaded") {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    rc.sighup_and_wait("config reloaded").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
         c.get(&tag).send().await.unwrap().headers()["docker-content-digest"],
@@ -395,12 +390,7 @@ async fn sighup_changes_the_tag_ttl_while_a_download_goes_on() {
         .tag_ttl("1s")
         .set("deny", r#"["test/*"]"#);
     rc.write_config(&[denied], "");
-    rc.sighup();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while rc.log().matches("config reloaded").count() < 2 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    rc.sighup_and_wait("config reloaded").await;
     assert_eq!(
         c.get(&tag).send().await.unwrap().status(),
         403,

@@ -119,16 +119,9 @@ async fn a_deleted_index_is_rebuilt_and_cached_images_served_by_digest_and_tag_w
     rc.kill();
     std::fs::remove_dir_all(rc.index_path()).unwrap();
     upstream.stop();
+    let rebuilt = rc.log_count("index reconciled") + 1;
     rc.restart();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !rc.log().contains("index reconciled") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no rebuild:\n{}",
-            rc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    rc.wait_for_log_count("index reconciled", rebuilt).await;
 
     // The tag too: it came back from its tag file, with nobody to ask.
     let by_digest = format!("{}/{}@{}", rc.host(), fixture.repo, fixture.digest);

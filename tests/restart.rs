@@ -95,6 +95,7 @@ async fn a_corrupt_index_is_moved_aside_and_rebuilt() {
         }
     }
     fake.go_down().await;
+    let rebuilt = rc.log_count("index reconciled") + 1;
     rc.restart();
     let body = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
     assert_eq!(
@@ -112,13 +113,5 @@ async fn a_corrupt_index_is_moved_aside_and_rebuilt() {
         "the unreadable index is kept aside for inspection:\n{}",
         rc.log()
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !rc.log().contains("index reconciled") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "index never rebuilt:\n{}",
-            rc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    rc.wait_for_log_count("index reconciled", rebuilt).await;
 }

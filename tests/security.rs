@@ -350,12 +350,7 @@ async fn https_with_a_private_ca_and_a_certificate_swapped_on_sighup() {
     let before = presented(rc.addr).await;
     let second = ca.issue(&["127.0.0.1"], pki.path(), "second");
     rc.write_config(&upstreams(), &extra(&second));
-    rc.sighup();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !rc.log().contains("config reloaded") {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    rc.sighup_and_wait("config reloaded").await;
     let after = presented(rc.addr).await;
     assert_ne!(before, after, "the new certificate is served after SIGHUP");
     let second_der = rustls_pki_types_der(&second.cert_pem);

@@ -290,12 +290,7 @@ async fn offline_mode_never_dials_out_and_can_be_switched_live() {
         .tag_ttl("1s")
         .set("offline", "true");
     rc.write_config(&[upstream], "header_timeout = \"2s\"\n");
-    rc.sighup();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !rc.log().contains("config reloaded") {
-        assert!(Instant::now() < deadline, "no reload:\n{}", rc.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    rc.sighup_and_wait("config reloaded").await;
     let connections = fake.connections();
     let r = c
         .get(format!("{}/v2/test/app/manifests/v3", rc.url()))
@@ -307,12 +302,7 @@ async fn offline_mode_never_dials_out_and_can_be_switched_live() {
 
     // A broken config on SIGHUP is refused and the running one kept.
     std::fs::write(rc.dir.join("regcache.toml"), "listen = 5\n").unwrap();
-    rc.sighup();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !rc.log().contains("reload refused") {
-        assert!(Instant::now() < deadline, "no refusal:\n{}", rc.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    rc.sighup_and_wait("reload refused").await;
     assert_eq!(c.get(&blob_url).send().await.unwrap().status(), 200);
     rc.kill();
 }

@@ -352,6 +352,32 @@ impl Regcache {
             .unwrap_or(0.0)
     }
 
+    /// How many times `needle` occurs in the log (kept across restarts).
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    /// Waits (bounded) until `needle` occurs in the log `count` times.
+    pub async fn wait_for_log_count(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.log_count(needle) < count {
+            assert!(
+                Instant::now() < deadline,
+                "waited for {needle:?} x{count}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGHUP and waits for a new log line saying how it went:
+    /// "config reloaded" or "reload refused".
+    pub async fn sighup_and_wait(&self, outcome: &str) {
+        let before = self.log_count(outcome);
+        self.sighup();
+        self.wait_for_log_count(outcome, before + 1).await;
+    }
+
     /// Waits (bounded) until no fill is running: a client can have its
     /// whole body before the fill has made the file durable and counted it.
     pub fn wait_for_fills(&self) {
