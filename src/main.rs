@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -140,8 +141,12 @@ fn init_tracing(format: LogFormat, level: &str) {
             eprintln!("regcache: log_level {level:?} is not a valid filter ({e}); using info");
             EnvFilter::new("info")
         });
+    // Colour only on a terminal: under systemd or into a file the escape
+    // codes would land in journald and break searching by field.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -436,6 +436,10 @@ async fn sigterm_lets_a_large_download_finish_then_exits_cleanly() {
         "exit 0 after draining: {status:?}"
     );
     assert!(rc.log().contains("stopped"));
+    // A log that is not a terminal (a file, journald) gets no colour codes,
+    // so its structured fields can be searched as written.
+    assert!(!rc.log().contains('\u{1b}'), "colour codes in the log");
+    assert!(rc.log().contains(" status=200 "), "{}", rc.log());
 
     // The index is consistent: the blob is served from the cache.
     rc.restart();
