@@ -43,7 +43,10 @@ async fn eviction_drops_to_low_water_in_lru_order_keeping_pinned_touched_and_ope
 
     let rc = Regcache::start_with(
         &[UpstreamEntry::new("fake", &fake.url()).set("pin", r#"["team/pinned"]"#)],
-        "[cache]\nmax_size = \"24MiB\"\ngc_interval = \"1h\"\n",
+        // High water (27.8 MB) lies between the totals before and after the
+        // last small blob, so eviction starts only once every fill is in,
+        // whatever the machine's timing.
+        "[cache]\nmax_size = \"29184KiB\"\nhigh_water = 0.93\nlow_water = 0.75\ngc_interval = \"1h\"\n",
     );
     let base = rc.url();
     let blob_url = |repo: &str, d: &str| format!("{base}/v2/{repo}/blobs/{d}");
@@ -75,9 +78,10 @@ async fn eviction_drops_to_low_water_in_lru_order_keeping_pinned_touched_and_ope
         get_all(&blob_url("test/app", &small[0])).await;
     }
 
-    // The fills that crossed the high-water mark (22.8 MiB) woke eviction,
-    // which brings the cache down to the low-water mark (21.6 MiB).
-    let low_water = (24.0 * MIB as f64 * 0.90) as u64;
+    // The last fill crossed the high-water mark and woke eviction, which
+    // brings the cache down to the low-water mark (22.4 MB).
+    let max_size = 29184 * 1024u64;
+    let low_water = (max_size as f64 * 0.75) as u64;
     let deadline = Instant::now() + Duration::from_secs(15);
     let summary = loop {
         let (status, summary) = rc.admin_json("GET", "/admin/cache");
@@ -92,7 +96,7 @@ async fn eviction_drops_to_low_water_in_lru_order_keeping_pinned_touched_and_ope
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(summary["max_size"].as_u64(), Some(24 * MIB as u64));
+    assert_eq!(summary["max_size"].as_u64(), Some(max_size));
 
     assert!(
         rc.blob_path(&big).exists(),
@@ -115,16 +119,14 @@ async fn eviction_drops_to_low_water_in_lru_order_keeping_pinned_touched_and_ope
         .map(|d| rc.blob_path(d).exists())
         .collect();
     let evicted = present.iter().filter(|p| !**p).count();
-    assert!(evicted >= 5, "{present:?}");
+    // 28.3 MB down to at most 22.4 MB: six of the 1 MiB blobs.
+    assert_eq!(evicted, 6, "{present:?}");
     assert!(
         present.windows(2).all(|w| w[0] <= w[1]),
         "evicted out of LRU order: {present:?}"
     );
     assert!(rc.metric("regcache_evictions_total{reason=\"size\"}") >= evicted as f64);
-    assert_eq!(
-        rc.metric("regcache_cache_max_size_bytes"),
-        (24 * MIB) as f64
-    );
+    assert_eq!(rc.metric("regcache_cache_max_size_bytes"), max_size as f64);
 
     // The stalled client gets every byte.
     while let Some(chunk) = slow.chunk().await.unwrap() {
