@@ -137,6 +137,10 @@ pub struct GcReport {
     pub pinned_skipped: u64,
     /// Blobs left alone because a client was being served from them.
     pub open_skipped: u64,
+    /// Tags forgotten because their manifest was evicted (a tag without its
+    /// manifest serves nothing, and unique CI tags would pile up).
+    #[serde(default)]
+    pub tags_dropped: u64,
 }
 
 pub struct Evictor {
@@ -256,6 +260,7 @@ impl Evictor {
         // Least recently used first; ties by digest, so runs are repeatable.
         candidates.sort();
         let mut skipped_pins = HashSet::new();
+        let mut evicted_manifests = HashSet::new();
         for (last_accessed, kind, digest, size) in candidates {
             let expired = age_cutoff.is_some_and(|cutoff| last_accessed < cutoff);
             let over = over_high && total > target;
@@ -277,6 +282,9 @@ impl Evictor {
             }
             let reason = if expired { Reason::Age } else { Reason::Size };
             if self.remove(kind, &digest, reason)?.is_some() {
+                if kind == Kind::Manifest {
+                    evicted_manifests.insert(digest.to_string());
+                }
                 total = total.saturating_sub(size);
                 report.bytes_freed += size;
                 match reason {
@@ -287,6 +295,15 @@ impl Evictor {
         }
         report.pinned_skipped = skipped_pins.len() as u64;
         report.total_after = total;
+        if !evicted_manifests.is_empty() {
+            for t in self.index.all_tags()? {
+                if evicted_manifests.contains(&t.entry.digest) {
+                    self.store.delete_tag(&t.upstream, &t.repo, &t.tag)?;
+                    self.index.remove_tag(&t.upstream, &t.repo, &t.tag)?;
+                    report.tags_dropped += 1;
+                }
+            }
+        }
         self.index.flush()?;
         if over_high && total > target {
             tracing::warn!(
@@ -301,6 +318,7 @@ impl Evictor {
             tracing::info!(
                 evicted_size = report.evicted_size,
                 evicted_age = report.evicted_age,
+                tags_dropped = report.tags_dropped,
                 bytes_freed = report.bytes_freed,
                 total_after = report.total_after,
                 "eviction run"
@@ -434,5 +452,33 @@ mod tests {
         assert!(pins.matches("docker.io", "library/alpine"));
         assert!(!pins.matches("docker.io", "library/alpine2"));
         assert!(!pins.matches("ghcr.io", "library/alpine"));
+        assert_eq!(report.tags_dropped, 0, "the pinned tag stays");
+
+        // Unpinned, the image ages out, and its tag goes with its manifest.
+        f.evictor.configure(
+            Policy {
+                max_age: Some(Duration::from_millis(10)),
+                ..Policy::default()
+            },
+            Pins::default(),
+        );
+        f.store
+            .put_tag(&super::super::TagRecord {
+                upstream: "docker.io".into(),
+                repo: "library/alpine".into(),
+                tag: "3".into(),
+                entry: f
+                    .index
+                    .tag("docker.io", "library/alpine", "3")
+                    .unwrap()
+                    .unwrap(),
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let report = f.evictor.run().unwrap();
+        assert_eq!(report.evicted_age, 2);
+        assert_eq!(report.tags_dropped, 1);
+        assert!(f.index.all_tags().unwrap().is_empty());
+        assert!(f.store.tag_records().unwrap().is_empty());
     }
 }

@@ -447,14 +447,15 @@ pub fn gc(config: &Config) -> anyhow::Result<ExitCode> {
         open_ready(config, &ups)?.evictor.run()?
     };
     println!(
-        "evicted {} by size and {} by age, {} freed; {} -> {} ({} pinned and {} open left alone)",
+        "evicted {} by size and {} by age, {} freed; {} -> {} ({} pinned and {} open left alone); {} tags of evicted manifests forgotten",
         report.evicted_size,
         report.evicted_age,
         human_bytes(report.bytes_freed),
         human_bytes(report.total_before),
         human_bytes(report.total_after),
         report.pinned_skipped,
-        report.open_skipped
+        report.open_skipped,
+        report.tags_dropped
     );
     Ok(ExitCode::SUCCESS)
 }
