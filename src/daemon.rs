@@ -27,7 +27,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         .with_context(|| format!("opening the cache in {}", config.cache_dir.display()))?;
     let upstreams = Upstreams::from_config(&config, metrics.clone())?;
     let tls = Tls::load(&config.tls).map_err(|e| anyhow::anyhow!(e))?;
-    cache.evictor.configure(
+    cache.configure_eviction(
         Policy::from_config(&config.cache),
         Pins::from_config(&config, &upstreams),
     );
@@ -61,16 +61,19 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let reconciling = app.clone();
     let evicting = tokio::spawn(async move {
         let app = reconciling.clone();
-        let _ = tokio::task::spawn_blocking(move || match app.cache.reconcile() {
-            Ok(report) => tracing::info!(
-                added = report.added,
-                dropped = report.dropped,
-                tags_restored = report.tags_restored,
-                "index reconciled with the blob store"
-            ),
-            Err(e) => tracing::error!(error = %e, "reconciling the index failed"),
-        })
-        .await;
+        let a = app.clone();
+        let _ = app
+            .cache
+            .spawn_blocking(move || match a.cache.reconcile() {
+                Ok(report) => tracing::info!(
+                    added = report.added,
+                    dropped = report.dropped,
+                    tags_restored = report.tags_restored,
+                    "index reconciled with the blob store"
+                ),
+                Err(e) => tracing::error!(error = %e, "reconciling the index failed"),
+            })
+            .await;
         eviction_loop(reconciling).await
     });
     let flushing = app.clone();
@@ -81,7 +84,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
             flushing.policy.read().limiter.forget_idle();
             let app = flushing.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                if let Err(e) = app.cache.index.flush_access_times() {
+                if let Err(e) = app.cache.flush_access_times() {
                     tracing::warn!(error = %e, "flushing access times failed");
                 }
             })
@@ -152,20 +155,20 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     // Fills nobody is reading any more still finish if they can in time, so
     // the work is not lost; what is left at the deadline is dropped, and its
     // temporary file with it.
-    while app.cache.fills.in_progress() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let abandoned = app.cache.fills.in_progress();
+    let abandoned = app
+        .cache
+        .drain(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await;
     if abandoned > 0 {
         tracing::warn!(
             abandoned,
-            "fills still running at the end of the grace period are discarded"
+            "fills and jobs still running at the end of the grace period are discarded"
         );
     }
     flusher.abort();
     evicting.abort();
     let app_for_flush = app.clone();
-    tokio::task::spawn_blocking(move || app_for_flush.cache.index.flush_access_times())
+    tokio::task::spawn_blocking(move || app_for_flush.cache.flush_access_times())
         .await?
         .context("flushing the index")?;
     tracing::info!("stopped");
@@ -180,10 +183,10 @@ async fn eviction_loop(app: Arc<App>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = app.cache.index.wait_over_high_water() => {}
+            _ = app.cache.over_high_water() => {}
         }
-        let evictor = app.cache.evictor.clone();
-        match tokio::task::spawn_blocking(move || evictor.run()).await {
+        let a = app.clone();
+        match app.cache.spawn_blocking(move || a.cache.evict()).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "eviction run failed"),
             Err(e) => tracing::error!(error = %e, "eviction task failed"),
@@ -246,7 +249,7 @@ fn reload(app: &App, tls: Option<&Tls>, config_path: Option<&Path>) {
                 Err(e) => needs_restart.push(format!("client policy not applied: {e}")),
             }
             // Size bounds and pins apply at once (gc_interval at restart).
-            app.cache.evictor.configure(
+            app.cache.configure_eviction(
                 Policy::from_config(&new.cache),
                 Pins::from_config(&new, &app.upstreams),
             );

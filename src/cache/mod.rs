@@ -1,189 +1,122 @@
-//! The cache: content-addressed blob and manifest files (the source of
-//! truth), the sled index beside them, blob fills that coalesce concurrent
-//! misses, and tag freshness.
+//! The cache as a service: the HTTP surface, the CLI and the admin API ask
+//! it whole questions — a blob, a manifest, a listing, a purge, a prefetch,
+//! an import — and turn its answers into responses. How it answers is
+//! inside, grouped by role:
+//!
+//! - `storage`: content behind [`storage::ContentStore`], tag records
+//!   behind [`storage::TagStore`] (the filesystem backend and an in-memory
+//!   one), and the sled index beside them, rebuildable from the store.
+//! - `flight`: one upstream fetch per blob (fills) or per manifest question
+//!   (single flights), and the bodies that stream from them.
+//! - `freshness`: tags, listings, remembered 404s, the hot manifest set.
+//! - `ops`: eviction, verify, purge and summaries, prefetch, bundles.
 
-pub mod bundle;
-mod evict;
-mod fill;
-mod freshness;
-pub mod graph;
-mod index;
-mod listings;
-pub mod manage;
-mod manifests;
-mod negative;
-pub mod prefetch;
-mod readers;
-mod single_flight;
-mod store;
-mod tag_files;
-pub mod verify;
+mod answer;
+mod error;
+pub mod flight;
+pub mod freshness;
+mod ops;
+mod outcome;
+pub mod storage;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::StatusCode;
+use tokio_util::task::TaskTracker;
 
-pub use evict::{Evictor, GcReport, Pins, Policy, Reason};
-pub use fill::{
-    body_stream, wait_for_headers, Attached, BodySource, Fills, Phase, Progress, IO_CHUNK,
-    UNKNOWN_SIZE,
-};
-pub use index::{
-    now_millis, ContentEntry, Index, IndexError, ReconcileReport, TagEntry, TagRecord, Totals,
-};
-pub use listings::{Listing, ListingCache};
-pub use manifests::{Manifest, ManifestCache, Outcome, MAX_MANIFEST_SIZE};
-pub use readers::{ReaderGuard, Readers};
-pub use single_flight::SingleFlight;
-pub use store::{FsStore, Kind};
+pub use answer::{AnswerError, BlobAnswer, BlobBody, ManifestAnswer};
+pub use error::CacheError;
+pub use flight::{IO_CHUNK, UNKNOWN_SIZE};
+pub use freshness::{Listing, Manifest, MAX_MANIFEST_SIZE};
+pub use ops::bundle;
+pub use ops::evict::{GcReport, Pins, Policy, Reason};
+pub use ops::manage;
+pub use ops::prefetch;
+pub use ops::verify;
+pub use outcome::Outcome;
+pub use storage::index::{ContentEntry, Index, IndexError, ReconcileReport, Totals};
+pub use storage::{FsStore, Kind, MemoryStore, Storage, TagEntry, TagRecord};
+
+use flight::{Fills, Readers};
+use freshness::{ListingCache, ManifestCache};
+use ops::evict::Evictor;
+use storage::ContentStoreExt;
 
 use crate::metrics::Metrics;
 use crate::registry::{Digest, RepoName};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::Upstream;
 
-/// Why a cache operation failed. Cloneable, because one fill's failure is
-/// delivered to every client attached to it.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum CacheError {
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
-    #[error("upstream {upstream} answered {status} for the {what}")]
-    UpstreamStatus {
-        upstream: String,
-        status: StatusCode,
-        what: &'static str,
-        retry_after: Option<String>,
-    },
-    #[error("upstream body failed: {0}")]
-    UpstreamBody(String),
-    #[error("upstream sent no data for {0:?}")]
-    Stalled(Duration),
-    #[error("upstream content has digest {actual}, not the requested {expected}")]
-    DigestMismatch { expected: Digest, actual: Digest },
-    #[error("upstream content is {actual} bytes, not the announced {expected}")]
-    SizeMismatch { expected: u64, actual: u64 },
-    #[error("manifest is larger than {MAX_MANIFEST_SIZE} bytes")]
-    ManifestTooLarge,
-    #[error("upstream manifest answer has no usable digest or media type")]
-    BadManifestAnswer,
-    #[error("cache storage: {0}")]
-    Io(String),
-    #[error("{0}")]
-    Locked(String),
-}
-
-impl CacheError {
-    pub fn from_upstream_status(
-        upstream: &str,
-        response: &reqwest::Response,
-        what: &'static str,
-    ) -> CacheError {
-        CacheError::UpstreamStatus {
-            upstream: upstream.to_owned(),
-            status: response.status(),
-            what,
-            retry_after: response
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-        }
-    }
-
-    /// Failures that say the upstream is down, slow or rate-limiting — the
-    /// ones a stale answer may cover — as opposed to answers about the
-    /// content itself (404, 401, a digest mismatch).
-    pub fn is_upstream_failure(&self) -> bool {
-        match self {
-            CacheError::Upstream(_) | CacheError::UpstreamBody(_) | CacheError::Stalled(_) => true,
-            CacheError::UpstreamStatus { status, .. } => {
-                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
-            }
-            _ => false,
-        }
-    }
-
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, CacheError::UpstreamStatus { status, .. } if *status == StatusCode::NOT_FOUND)
-    }
-
-    fn fill_result_label(&self) -> &'static str {
-        match self {
-            CacheError::DigestMismatch { .. } => "digest_mismatch",
-            CacheError::SizeMismatch { .. } => "size_mismatch",
-            CacheError::UpstreamStatus { .. } => "upstream_status",
-            CacheError::Stalled(_) => "stalled",
-            CacheError::Io(_) => "storage_error",
-            _ => "upstream_error",
-        }
-    }
-}
-
-impl From<std::io::Error> for CacheError {
-    fn from(e: std::io::Error) -> Self {
-        CacheError::Io(e.to_string())
-    }
-}
-
-impl From<tokio::task::JoinError> for CacheError {
-    fn from(e: tokio::task::JoinError) -> Self {
-        CacheError::Io(format!("background task failed: {e}"))
-    }
-}
-
-impl From<index::IndexError> for CacheError {
-    fn from(e: index::IndexError) -> Self {
-        CacheError::Io(e.to_string())
-    }
-}
-
-/// Everything the HTTP surface needs from the cache.
+/// Everything the HTTP surface, the CLI and the admin API ask of the cache.
+/// Its parts are private: callers get answers, not the machinery.
 pub struct Cache {
-    pub store: Arc<FsStore>,
-    pub index: Arc<Index>,
-    pub fills: Arc<Fills>,
-    pub manifests: ManifestCache,
-    pub listings: ListingCache,
-    /// Blobs being served from committed files (never evicted meanwhile).
-    pub readers: Arc<Readers>,
-    pub evictor: Arc<Evictor>,
+    /// Content and tag records: the source of truth.
+    storage: Storage,
+    /// What is cached, for lookups, eviction and summaries.
+    index: Arc<Index>,
+    /// Blob fills running now, one per digest.
+    fills: Arc<Fills>,
+    /// Tags and manifests: freshness, the hot set, single flights.
+    manifests: ManifestCache,
+    /// Tag lists and referrers.
+    listings: ListingCache,
+    /// Blobs being served from committed objects (never evicted meanwhile).
+    readers: Arc<Readers>,
+    evictor: Arc<Evictor>,
+    metrics: Arc<Metrics>,
+    /// Every fill, flight and background job of the cache, so shutdown
+    /// waits for them instead of polling.
+    tasks: TaskTracker,
 }
 
 impl Cache {
-    /// Opens the store (removing crash leftovers) and the index (moving an
-    /// unreadable one aside). Reconciling the two is [`Cache::reconcile`],
-    /// run in the background so startup stays fast.
+    /// Opens the filesystem store (removing crash leftovers) and the index
+    /// (moving an unreadable one aside). Reconciling the two is
+    /// [`Cache::reconcile`], run in the background so startup stays fast.
     ///
     /// The index is opened first: it is locked by whichever process has it,
     /// so a second process on the same directory fails here instead of
     /// emptying the running one's `tmp/`.
     pub fn open(dir: &Path, metrics: Arc<Metrics>) -> Result<Cache, CacheError> {
-        let index = Arc::new(Index::open(&dir.join("index")).map_err(|e| match e {
-            IndexError::Locked(_) => CacheError::Locked(e.to_string()),
-            e => CacheError::from(e),
-        })?);
+        let index = Arc::new(Index::open(&dir.join("index"))?);
         let store = Arc::new(FsStore::open(dir)?);
-        let fills = Arc::new(Fills::new(store.clone(), index.clone(), metrics.clone()));
-        let manifests = ManifestCache::new(store.clone(), index.clone(), metrics.clone());
-        let listings = ListingCache::new(index.clone(), metrics.clone());
+        Ok(Cache::with_storage(Storage::new(store), index, metrics))
+    }
+
+    /// A cache over any storage backend.
+    pub fn with_storage(storage: Storage, index: Arc<Index>, metrics: Arc<Metrics>) -> Cache {
+        let tasks = TaskTracker::new();
+        let fills = Arc::new(Fills::new(
+            storage.content.clone(),
+            index.clone(),
+            metrics.clone(),
+            tasks.clone(),
+        ));
+        let manifests = ManifestCache::new(
+            storage.clone(),
+            index.clone(),
+            metrics.clone(),
+            tasks.clone(),
+        );
+        let listings = ListingCache::new(index.clone(), metrics.clone(), tasks.clone());
         let readers = Arc::new(Readers::default());
         let evictor = Arc::new(Evictor::new(
-            store.clone(),
+            storage.clone(),
             index.clone(),
             readers.clone(),
-            metrics,
+            metrics.clone(),
         ));
-        Ok(Cache {
-            store,
+        Cache {
+            storage,
             index,
             fills,
             manifests,
             listings,
             readers,
             evictor,
-        })
+            metrics,
+            tasks,
+        }
     }
 
     /// Whether `repo` may read content that is already here. Content of an
@@ -191,7 +124,7 @@ impl Cache {
     /// repository only once the upstream has shown that repository holds
     /// it (a fill through it, or a HEAD now), never by digest alone. Fails
     /// closed when the upstream cannot be asked.
-    pub async fn authorize_cached(
+    async fn authorize_cached(
         &self,
         upstream: &Upstream,
         repo: &RepoName,
@@ -215,7 +148,7 @@ impl Cache {
         let response = upstream
             .request(http::Method::HEAD, repo, &suffix, None, headers)
             .await?;
-        if response.status() != StatusCode::OK {
+        if response.status() != http::StatusCode::OK {
             return Err(CacheError::from_upstream_status(
                 &upstream.name,
                 &response,
@@ -227,9 +160,10 @@ impl Cache {
     }
 
     /// Brings the index in line with the store: content entries with the
-    /// files, and, for a new or rebuilt index, the tags from the tag files.
+    /// objects, and, for a new or rebuilt index, the tags from the tag
+    /// records. Blocks: call it on the blocking pool.
     pub fn reconcile(&self) -> Result<ReconcileReport, CacheError> {
-        let mut report = self.index.reconcile(&self.store)?;
+        let mut report = self.index.reconcile(self.storage.content.as_ref())?;
         if !self.index.tags_restored()? {
             report.tags_restored = self.restore_tags()?;
             self.index.mark_tags_restored()?;
@@ -238,23 +172,24 @@ impl Cache {
         Ok(report)
     }
 
-    /// Takes the tag files into the index (the newer check wins) and links
-    /// each restored tag's image to its repository, as the pull that cached
-    /// it did: the upstream said the repository holds that manifest, and a
-    /// registry holds a manifest only with its blobs. Tags only the index
-    /// knows (a cache from before tag files) get their files.
+    /// Takes the tag records into the index (the newer check wins) and
+    /// links each restored tag's image to its repository, as the pull that
+    /// cached it did: the upstream said the repository holds that manifest,
+    /// and a registry holds a manifest only with its blobs. Tags only the
+    /// index knows (a cache from before tag files) get their records.
     fn restore_tags(&self) -> Result<usize, CacheError> {
         let mut restored = 0;
         let mut on_file = std::collections::HashSet::new();
-        for r in self.store.tag_records()? {
+        for r in self.storage.tags.tag_records()? {
             let known = self.index.tag(&r.upstream, &r.repo, &r.tag)?;
             if known.map_or(true, |e| r.entry.checked_at > e.checked_at) {
                 self.index.set_tag(&r.upstream, &r.repo, &r.tag, &r.entry)?;
-                if let Ok(root) = r.entry.digest.parse::<Digest>() {
-                    let image = graph::reachable(&self.store, [root]);
-                    for d in image.manifests.iter().chain(&image.blobs) {
-                        self.index.link(&r.upstream, &r.repo, d)?;
-                    }
+                let image = ops::reachable::reachable(
+                    self.storage.content.as_ref(),
+                    [r.entry.digest.clone()],
+                );
+                for d in image.manifests.iter().chain(&image.blobs) {
+                    self.index.link(&r.upstream, &r.repo, d)?;
                 }
                 restored += 1;
             }
@@ -262,104 +197,101 @@ impl Cache {
         }
         for t in self.index.all_tags()? {
             if !on_file.contains(&(t.upstream.clone(), t.repo.clone(), t.tag.clone())) {
-                self.store.put_tag(&t)?;
+                self.storage.tags.put_tag(&t)?;
             }
         }
         Ok(restored)
     }
+
+    // === Eviction ===
+
+    /// Sets the size and age bounds and the pins (at startup and reload).
+    pub fn configure_eviction(&self, policy: Policy, pins: Pins) {
+        self.evictor.configure(policy, pins);
+    }
+
+    pub fn eviction_policy(&self) -> Policy {
+        self.evictor.policy()
+    }
+
+    /// One eviction run. Blocks: call it on the blocking pool.
+    pub fn evict(&self) -> Result<GcReport, CacheError> {
+        Ok(self.evictor.run()?)
+    }
+
+    /// Resolves when a new entry pushed the cache past its high-water mark.
+    pub async fn over_high_water(&self) {
+        self.index.wait_over_high_water().await
+    }
+
+    // === Bookkeeping ===
+
+    /// Writes the batched access times. Blocks (briefly): sled.
+    pub fn flush_access_times(&self) -> Result<(), CacheError> {
+        Ok(self.index.flush_access_times()?)
+    }
+
+    /// Bytes the index records, walked now (right before a reconcile,
+    /// when the running totals are not).
+    pub fn indexed_bytes(&self) -> Result<u64, CacheError> {
+        let mut total = 0;
+        for kind in Kind::ALL {
+            total += self
+                .index
+                .entries(kind)?
+                .iter()
+                .map(|(_, e)| e.size)
+                .sum::<u64>();
+        }
+        Ok(total)
+    }
+
+    pub fn totals(&self, kind: Kind) -> Totals {
+        self.index.totals(kind)
+    }
+
+    /// Blobs being streamed to clients from committed objects now.
+    pub fn open_blobs(&self) -> usize {
+        self.readers.open_blobs()
+    }
+
+    pub fn fills_in_progress(&self) -> usize {
+        self.fills.in_progress()
+    }
+
+    /// Runs a background job of the cache (eviction, reconcile, access-time
+    /// flushes) under the same tracker as fills, so shutdown waits for it.
+    pub fn spawn<F>(&self, job: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tasks.spawn(job)
+    }
+
+    /// As [`Cache::spawn`], for blocking work.
+    pub fn spawn_blocking<F, T>(&self, job: F) -> tokio::task::JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.tasks.spawn_blocking(job)
+    }
+
+    /// Waits, up to `grace`, for every fill, flight and background job to
+    /// end; returns how many were still running when it gave up. New work
+    /// may still start meanwhile (a fill a last client asked for).
+    pub async fn drain(&self, grace: Duration) -> usize {
+        self.tasks.close();
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+        self.tasks.len()
+    }
+
+    /// Whether a committed blob is here (for tests and tools).
+    pub fn has_blob(&self, digest: &Digest) -> Result<bool, CacheError> {
+        Ok(self.storage.content.contains(Kind::Blob, digest)?)
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tag(name: &str, digest: &Digest, checked_at: u64) -> TagRecord {
-        TagRecord {
-            upstream: "up".into(),
-            repo: "team/app".into(),
-            tag: name.into(),
-            entry: TagEntry {
-                digest: digest.to_string(),
-                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-                size: 1,
-                checked_at,
-            },
-        }
-    }
-
-    #[test]
-    fn a_rebuilt_index_gets_its_tags_and_their_links_back_from_the_tag_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let layer = Digest::sha256_of(b"layer");
-        let manifest =
-            format!(r#"{{"schemaVersion":2,"layers":[{{"digest":"{layer}","size":5}}]}}"#);
-        let root = Digest::sha256_of(manifest.as_bytes());
-        {
-            let cache = Cache::open(dir.path(), Arc::new(Metrics::new())).unwrap();
-            cache
-                .store
-                .write_whole(Kind::Blob, &layer, b"layer")
-                .unwrap();
-            cache
-                .store
-                .write_whole(Kind::Manifest, &root, manifest.as_bytes())
-                .unwrap();
-            // As a revalidation records it: file, then index.
-            let pulled = tag("v1", &root, 5);
-            cache.store.put_tag(&pulled).unwrap();
-            cache
-                .index
-                .set_tag("up", "team/app", "v1", &pulled.entry)
-                .unwrap();
-            // A tag from before tag files existed: in the index only.
-            let legacy = tag("old", &root, 7);
-            cache
-                .index
-                .set_tag("up", "team/app", "old", &legacy.entry)
-                .unwrap();
-            let report = cache.reconcile().unwrap();
-            assert_eq!(report.tags_restored, 0, "the index had them all");
-            assert_eq!(
-                cache.store.tag_records().unwrap().len(),
-                2,
-                "the legacy tag got its file"
-            );
-            // Only once per index: a later startup does not walk the files.
-            std::fs::remove_dir_all(dir.path().join("tags")).unwrap();
-            assert_eq!(cache.reconcile().unwrap().tags_restored, 0);
-            cache.store.put_tag(&pulled).unwrap();
-            cache.store.put_tag(&legacy).unwrap();
-        }
-        std::fs::remove_dir_all(dir.path().join("index")).unwrap();
-
-        let cache = Cache::open(dir.path(), Arc::new(Metrics::new())).unwrap();
-        assert!(cache.index.all_tags().unwrap().is_empty());
-        let report = cache.reconcile().unwrap();
-        assert_eq!(report.added, 2);
-        assert_eq!(report.tags_restored, 2);
-        let mut tags = cache.index.all_tags().unwrap();
-        tags.sort_by(|a, b| a.tag.cmp(&b.tag));
-        assert_eq!(tags, vec![tag("old", &root, 7), tag("v1", &root, 5)]);
-        for d in [&root, &layer] {
-            assert!(cache.index.has_link("up", "team/app", d).unwrap());
-        }
-        assert!(!cache.index.has_link("up", "other/app", &layer).unwrap());
-    }
-
-    #[test]
-    fn the_newer_check_wins_when_index_and_file_disagree() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::open(dir.path(), Arc::new(Metrics::new())).unwrap();
-        let (a, b) = (Digest::sha256_of(b"a"), Digest::sha256_of(b"b"));
-        cache
-            .index
-            .set_tag("up", "team/app", "v1", &tag("v1", &a, 10).entry)
-            .unwrap();
-        cache.store.put_tag(&tag("v1", &b, 20)).unwrap();
-        assert_eq!(cache.reconcile().unwrap().tags_restored, 1);
-        assert_eq!(
-            cache.index.tag("up", "team/app", "v1").unwrap(),
-            Some(tag("v1", &b, 20).entry)
-        );
-    }
-}
+mod tests;

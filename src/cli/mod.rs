@@ -24,8 +24,8 @@ use serde::de::DeserializeOwned;
 
 use crate::cache::bundle::{self, BundleError, ExportImage, ImportReport};
 use crate::cache::manage::{self, CacheSummary, PurgeReport, RepositoryListing, Target};
-use crate::cache::verify::{self, VerifyReport};
-use crate::cache::{Cache, FsStore, GcReport, Kind, Pins, Policy};
+use crate::cache::verify::VerifyReport;
+use crate::cache::{Cache, FsStore, GcReport, Pins, Policy};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::registry::{Digest, Reference};
@@ -160,7 +160,7 @@ pub fn open_local(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Cach
 fn open_ready(config: &Config, upstreams: &Upstreams) -> anyhow::Result<Cache> {
     let cache = open_local(config, Arc::new(Metrics::new()))?;
     cache.reconcile().context("reconciling the index")?;
-    cache.evictor.configure(
+    cache.configure_eviction(
         Policy::from_config(&config.cache),
         Pins::from_config(config, upstreams),
     );
@@ -444,7 +444,7 @@ pub fn gc(config: &Config) -> anyhow::Result<ExitCode> {
         })?
     } else {
         let ups = upstreams(config)?;
-        open_ready(config, &ups)?.evictor.run()?
+        open_ready(config, &ups)?.evict()?
     };
     println!(
         "evicted {} by size and {} by age, {} freed; {} -> {} ({} pinned and {} open left alone); {} tags of evicted manifests forgotten",
@@ -472,23 +472,14 @@ pub fn verify(config: &Config, repair: bool) -> anyhow::Result<ExitCode> {
     }
     // No reconcile here: it would quietly fix what verify is to report.
     let cache = open_local(config, Arc::new(Metrics::new()))?;
-    let total: u64 = [Kind::Blob, Kind::Manifest]
-        .into_iter()
-        .map(|k| {
-            cache
-                .index
-                .entries(k)
-                .map(|e| e.iter().map(|(_, e)| e.size).sum::<u64>())
-                .unwrap_or(0)
-        })
-        .sum();
+    let total = cache.indexed_bytes().unwrap_or(0);
     let bar = interactive().then(|| {
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(byte_style());
         bar.set_message("verifying");
         bar
     });
-    let report: VerifyReport = verify::verify(&cache.store, &cache.index, repair, &mut |n| {
+    let report: VerifyReport = cache.verify(repair, &mut |n| {
         if let Some(b) = &bar {
             b.inc(n)
         }
@@ -701,7 +692,7 @@ pub fn import(config: &Config, path: &Path) -> anyhow::Result<ExitCode> {
                 .map(|(name, _)| name.clone())
         };
         let reader = std::io::BufReader::with_capacity(1 << 20, file);
-        bundle::import(&cache.store, &cache.index, reader, &resolve).map_err(|e: BundleError| {
+        cache.import(reader, &resolve).map_err(|e: BundleError| {
             if e.is_bad_bundle() {
                 anyhow!("rejected {}: {e}", path.display())
             } else {

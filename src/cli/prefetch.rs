@@ -82,17 +82,16 @@ impl Source {
         reporter: &Reporter,
     ) -> Result<Prefetched, String> {
         match self {
-            Source::Local(cache) => {
-                prefetch_image(
-                    cache,
-                    &image.upstream,
-                    &image.repo,
-                    &image.reference,
-                    platforms,
-                    reporter,
-                )
-                .await
-            }
+            Source::Local(cache) => prefetch_image(
+                cache,
+                &image.upstream,
+                &image.repo,
+                &image.reference,
+                platforms,
+                reporter,
+            )
+            .await
+            .map_err(|e| e.to_string()),
             Source::Daemon(d) => through_daemon(d, image, platforms, reporter).await,
         }
     }
@@ -258,10 +257,10 @@ pub fn prefetch(
     if let Source::Local(cache) = &source {
         // Standalone: keep within max_size as the daemon would, and make
         // the access times durable.
-        if cache.evictor.policy().max_size.is_some() {
-            cache.evictor.run()?;
+        if cache.eviction_policy().max_size.is_some() {
+            cache.evict()?;
         }
-        cache.index.flush_access_times()?;
+        cache.flush_access_times()?;
     }
     let mut total = Prefetched::default();
     let mut ok = 0;

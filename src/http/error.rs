@@ -156,7 +156,17 @@ impl ApiError {
                 Code::ManifestInvalid,
                 e.to_string(),
             ),
-            CacheError::Io(_) | CacheError::Locked(_) => ApiError::new(
+            // A full disk is the operator's to fix, and the client should
+            // know it is not its request: 507, not a bare 500.
+            CacheError::Storage(_) | CacheError::Index(_) if e.is_storage_full() => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                Code::Unavailable,
+                format!("the mirror's cache storage is full ({e})"),
+            ),
+            CacheError::Storage(_)
+            | CacheError::Index(_)
+            | CacheError::Locked(_)
+            | CacheError::Internal(_) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 Code::Unavailable,
                 e.to_string(),

@@ -30,8 +30,7 @@ pub async fn listing(
         .filter(|q| !q.is_empty());
     let (listing, outcome) = app
         .cache
-        .listings
-        .get(&route.upstream, &route.repo, suffix, query.as_deref())
+        .listing(&route.upstream, &route.repo, suffix, query.as_deref())
         .await
         .map_err(|e| ApiError::from_cache(&e, unknown))?;
     log.outcome = outcome.label();

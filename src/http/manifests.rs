@@ -8,7 +8,7 @@ use super::body::{self, Body};
 use super::error::{ApiError, Code};
 use super::route::Route;
 use super::{mark_stale, passthrough, App, RequestLog};
-use crate::cache::{Kind, Manifest, Outcome};
+use crate::cache::{Manifest, ManifestAnswer, Outcome};
 use crate::registry::{AcceptList, Digest, Reference};
 
 pub async fn manifest(
@@ -20,71 +20,40 @@ pub async fn manifest(
     log: &mut RequestLog,
 ) -> Result<Response<Body>, ApiError> {
     let accept = AcceptList::from_headers(headers);
-    let cache = &app.cache.manifests;
-    let mut stale = false;
-    let manifest = match reference {
-        Reference::Digest(digest) => {
-            let (m, outcome) = cache
-                .by_digest(&route.upstream, &route.repo, digest)
-                .await
-                .map_err(|e| ApiError::from_cache(&e, Code::ManifestUnknown))?;
-            log.outcome = outcome.label();
-            if outcome != Outcome::Miss {
-                app.cache
-                    .authorize_cached(&route.upstream, &route.repo, Kind::Manifest, digest)
-                    .await
-                    .map_err(|e| ApiError::from_cache(&e, Code::ManifestUnknown))?;
+    let answer = app
+        .cache
+        .manifest(&route.upstream, &route.repo, reference, &accept, head)
+        .await
+        .map_err(|e| {
+            if let Some(outcome) = e.outcome {
+                log.outcome = outcome.label();
             }
-            m
+            ApiError::from_cache(&e.error, Code::ManifestUnknown)
+        })?;
+    match answer {
+        ManifestAnswer::NotAcceptable => {
+            // The client accepts none of what is cached: ask the upstream
+            // with the client's own Accept and relay the answer uncached.
+            log.outcome = Outcome::Bypass.label();
+            passthrough::relay_manifest(route, reference, &accept, head).await
         }
-        Reference::Tag(tag) => {
-            let (entry, outcome) = cache
-                .resolve_tag(&route.upstream, &route.repo, tag)
-                .await
-                .map_err(|e| ApiError::from_cache(&e, Code::ManifestUnknown))?;
+        ManifestAnswer::Found {
+            digest,
+            media_type,
+            size,
+            manifest,
+            outcome,
+            stale,
+        } => {
             log.outcome = outcome.label();
-            stale = outcome == Outcome::Stale;
-            if !accept.allows(&entry.media_type) {
-                return forward(route, reference, &accept, head, log).await;
+            let mut response =
+                manifest_response(&digest, &media_type, size, manifest.as_ref(), headers);
+            if stale {
+                mark_stale(&mut response);
             }
-            let digest: Digest = entry.digest.parse().map_err(|_| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    Code::Unavailable,
-                    "corrupt tag entry",
-                )
-            })?;
-            if head {
-                // A HEAD answers from the tag record alone: no body needed,
-                // and no manifest download for a version check.
-                let mut response =
-                    manifest_response(&digest, &entry.media_type, entry.size, None, headers);
-                if stale {
-                    mark_stale(&mut response);
-                }
-                return Ok(response);
-            }
-            let (m, _) = cache
-                .by_digest(&route.upstream, &route.repo, &digest)
-                .await
-                .map_err(|e| ApiError::from_cache(&e, Code::ManifestUnknown))?;
-            m
+            Ok(response)
         }
-    };
-    if !accept.allows(&manifest.media_type) {
-        return forward(route, reference, &accept, head, log).await;
     }
-    let mut response = manifest_response(
-        &manifest.digest,
-        &manifest.media_type,
-        manifest.bytes.len() as u64,
-        (!head).then_some(&manifest),
-        headers,
-    );
-    if stale {
-        mark_stale(&mut response);
-    }
-    Ok(response)
 }
 
 /// Headers (and, for GET, the byte-exact body) of a manifest answer.
@@ -125,17 +94,4 @@ fn manifest_response(
             .insert(http::header::CONTENT_LENGTH, HeaderValue::from(size));
     }
     response
-}
-
-/// The client accepts none of what is cached: ask the upstream with the
-/// client's own Accept and relay the answer uncached.
-async fn forward(
-    route: &Route,
-    reference: &Reference,
-    accept: &AcceptList,
-    head: bool,
-    log: &mut RequestLog,
-) -> Result<Response<Body>, ApiError> {
-    log.outcome = "bypass";
-    passthrough::relay_manifest(route, reference, accept, head).await
 }

@@ -9,7 +9,7 @@ pub mod error;
 mod listings;
 mod manifests;
 mod passthrough;
-mod prefetch;
+
 pub mod range;
 pub mod route;
 mod server;
@@ -51,7 +51,7 @@ impl App {
     pub fn refresh_gauges(&self) {
         use crate::cache::Kind;
         for kind in [Kind::Blob, Kind::Manifest] {
-            let totals = self.cache.index.totals(kind);
+            let totals = self.cache.totals(kind);
             let label = [kind.label()];
             self.metrics
                 .cache_bytes
@@ -64,7 +64,7 @@ impl App {
         }
         self.metrics
             .open_readers
-            .set(self.cache.readers.open_blobs() as i64);
+            .set(self.cache.open_blobs() as i64);
         for upstream in self.upstreams.all() {
             self.metrics
                 .upstream_circuit_state

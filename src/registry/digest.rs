@@ -82,6 +82,21 @@ impl fmt::Debug for Digest {
     }
 }
 
+/// As its text, `sha256:<hex>`, validated on the way in: a record on disk
+/// with a bad digest fails to load instead of carrying one around.
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Incremental sha256 over a stream of chunks.
 #[derive(Clone, Default)]
 pub struct Sha256Hasher(Sha256);
@@ -109,6 +124,15 @@ mod tests {
         let d: Digest = EMPTY.parse().unwrap();
         assert_eq!(d.to_string(), EMPTY);
         assert_eq!(d, Digest::sha256_of(b""));
+    }
+
+    #[test]
+    fn serde_as_text_and_validated() {
+        let d: Digest = EMPTY.parse().unwrap();
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(json, format!("\"{EMPTY}\""));
+        assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), d);
+        assert!(serde_json::from_str::<Digest>("\"sha256:abc\"").is_err());
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The registry protocol's vocabulary: repository names, references,
-//! digests and media types, each validated against the distribution grammar
+//! digests, media types and descriptors, each validated against the distribution grammar
 //! before anything else sees them.
 
+mod descriptor;
 mod digest;
 mod media_type;
 mod name;
 pub mod reference;
 
+pub use descriptor::{references, Descriptor, Platform, References};
 pub use digest::{Digest, DigestError, Sha256Hasher};
 pub use media_type::{
     accepts, sniff_manifest_media_type, AcceptList, MANIFEST_ACCEPT, MANIFEST_MEDIA_TYPES,

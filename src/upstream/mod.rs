@@ -18,6 +18,9 @@ pub use body::{read_limited, ReadError};
 pub use challenge::{parse_challenges, Challenge};
 pub use client::{Upstream, UpstreamSettings};
 pub use health::{Admission, BreakerState, CircuitBreaker};
+/// The answer of an upstream request (placeholder until the upstream
+/// response type lands).
+pub type Response = reqwest::Response;
 
 use crate::config::Config;
 use crate::metrics::Metrics;

@@ -17,10 +17,10 @@ use http::{Response, StatusCode};
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
-use super::admin::{error, text_stream};
-use super::body::Body;
-use super::App;
-use crate::cache::prefetch::{self, Plan, PrefetchProgress, Prefetched};
+use super::respond::{error, text_stream};
+use crate::cache::prefetch::{self, Plan, PrefetchError, PrefetchProgress, Prefetched};
+use crate::http::body::Body;
+use crate::http::App;
 use crate::registry::{Reference, RepoName};
 
 /// How often the stream looks at the progress.
@@ -120,7 +120,7 @@ pub async fn prefetch(app: &Arc<App>, query: Option<&str>) -> Response<Body> {
 
 struct Events {
     shared: Arc<Shared>,
-    task: Option<JoinHandle<Result<Prefetched, String>>>,
+    task: Option<JoinHandle<Result<Prefetched, PrefetchError>>>,
     plan_sent: bool,
     sent_bytes: u64,
 }
@@ -147,7 +147,7 @@ impl Events {
             if finished {
                 let outcome = match self.task.take()?.await {
                     Ok(Ok(done)) => serde_json::json!({ "done": done }),
-                    Ok(Err(e)) => serde_json::json!({ "error": e }),
+                    Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
                     Err(e) => serde_json::json!({ "error": format!("prefetch task failed: {e}") }),
                 };
                 return Some((line(outcome), self));

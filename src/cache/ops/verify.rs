@@ -3,15 +3,14 @@
 //! deliberately does not do (startup reconcile trusts file names, because
 //! only verified content is ever renamed into the store).
 
-use std::fs::{self, File};
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::index::Index;
-use super::store::{FsStore, Kind};
-use super::CacheError;
+use crate::cache::storage::index::Index;
+use crate::cache::storage::{for_each_chunk, ContentStore, Kind, Listed, Object};
+use crate::cache::CacheError;
 use crate::registry::{Digest, Sha256Hasher};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,63 +76,64 @@ pub struct VerifyReport {
     pub repaired: bool,
 }
 
-/// Streams a file through sha256 with a fixed buffer: memory stays bounded
-/// whatever the blob size.
-pub fn hash_file(path: &Path) -> std::io::Result<(Digest, u64)> {
-    let mut file = File::open(path)?;
+/// Streams an object through sha256 with a fixed buffer: memory stays
+/// bounded whatever the blob size.
+pub fn hash_object(object: &Object) -> io::Result<Digest> {
     let mut hasher = Sha256Hasher::default();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((hasher.finish(), total))
+    for_each_chunk(object, 1 << 20, |chunk| {
+        hasher.update(chunk);
+        Ok(())
+    })?;
+    Ok(hasher.finish())
 }
 
-/// Checks every file and every index entry; with `repair`, removes corrupt
-/// and orphaned files and dangling entries and corrects wrong sizes.
-/// `progress` is told the size of each file as it is hashed.
+/// What a repair does about one problem.
+enum Fix {
+    /// Drop the entry and the object (corrupt, or valid but unknown).
+    Remove(Kind, Digest),
+    /// Drop the entry: its object is gone.
+    Unindex(Kind, Digest),
+    /// Remove something that is not named by a digest.
+    Stray(String),
+    /// Re-record the entry with the object's real size.
+    Resize(Kind, Digest, u64),
+}
+
+/// Checks every object and every index entry; with `repair`, removes
+/// corrupt and orphaned objects and dangling entries and corrects wrong
+/// sizes. `progress` is told the size of each object as it is hashed.
 pub fn verify(
-    store: &FsStore,
+    store: &dyn ContentStore,
     index: &Index,
     repair: bool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifyReport, CacheError> {
     let mut report = VerifyReport::default();
-    for kind in [Kind::Blob, Kind::Manifest] {
-        let base = store.root().join(kind.dir()).join("sha256");
-        let mut files = Vec::new();
-        for shard in fs::read_dir(&base)? {
-            let shard = shard?;
-            if !shard.file_type()?.is_dir() {
-                files.push((shard.path(), None));
-                continue;
-            }
-            let shard_name = shard.file_name().to_string_lossy().into_owned();
-            for entry in fs::read_dir(shard.path())? {
-                let entry = entry?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let digest = Digest::from_hex(&name)
-                    .ok()
-                    .filter(|_| name.starts_with(&shard_name) && shard_name.len() == 2)
-                    .filter(|_| entry.file_type().is_ok_and(|t| t.is_file()));
-                files.push((entry.path(), digest));
-            }
-        }
-        for (path, digest) in files {
-            let Some(digest) = digest else {
-                report.problems.push(Problem::Orphan {
-                    path,
-                    reason: "not named by its digest".into(),
-                });
+    let mut fixes = Vec::new();
+    for kind in Kind::ALL {
+        // Listed first, hashed after: a listing is not held open across
+        // minutes of hashing.
+        let listed: Vec<Listed> = store.list(kind)?.collect::<io::Result<_>>()?;
+        for item in listed {
+            let (digest, location) = match item {
+                Listed::Stray { location } => {
+                    report.problems.push(Problem::Orphan {
+                        path: PathBuf::from(&location),
+                        reason: "not named by its digest".into(),
+                    });
+                    fixes.push(Fix::Stray(location));
+                    continue;
+                }
+                Listed::Object {
+                    digest, location, ..
+                } => (digest, location),
+            };
+            // Removed since it was listed (an eviction): nothing to check.
+            let Some(object) = store.open(kind, &digest)? else {
                 continue;
             };
-            let (actual, size) = hash_file(&path)?;
+            let actual = hash_object(&object)?;
+            let size = object.size;
             report.files_checked += 1;
             report.bytes_checked += size;
             progress(size);
@@ -142,36 +142,44 @@ pub fn verify(
                     kind: kind.label().into(),
                     digest: digest.to_string(),
                     actual: actual.to_string(),
-                    path,
+                    path: PathBuf::from(location),
                 });
+                fixes.push(Fix::Remove(kind, digest));
                 continue;
             }
             match index.get(kind, &digest)? {
-                None => report.problems.push(Problem::Orphan {
-                    path,
-                    reason: format!("a valid {} the index does not know", kind.label()),
-                }),
-                Some(e) if e.size != size => report.problems.push(Problem::WrongSize {
-                    kind: kind.label().into(),
-                    digest: digest.to_string(),
-                    indexed: e.size,
-                    actual: size,
-                }),
+                None => {
+                    report.problems.push(Problem::Orphan {
+                        path: PathBuf::from(location),
+                        reason: format!("a valid {} the index does not know", kind.label()),
+                    });
+                    fixes.push(Fix::Remove(kind, digest));
+                }
+                Some(e) if e.size != size => {
+                    report.problems.push(Problem::WrongSize {
+                        kind: kind.label().into(),
+                        digest: digest.to_string(),
+                        indexed: e.size,
+                        actual: size,
+                    });
+                    fixes.push(Fix::Resize(kind, digest, size));
+                }
                 Some(_) => {}
             }
         }
         for (digest, _) in index.entries(kind)? {
-            if !store.contains(kind, &digest) {
+            if store.stat(kind, &digest)?.is_none() {
                 report.problems.push(Problem::Missing {
                     kind: kind.label().into(),
                     digest: digest.to_string(),
                 });
+                fixes.push(Fix::Unindex(kind, digest));
             }
         }
     }
-    if repair && !report.problems.is_empty() {
-        for p in &report.problems {
-            fix(store, index, p)?;
+    if repair && !fixes.is_empty() {
+        for fix in fixes {
+            apply(store, index, fix)?;
         }
         index.flush()?;
         report.repaired = true;
@@ -179,43 +187,20 @@ pub fn verify(
     Ok(report)
 }
 
-fn kind_of(label: &str) -> Kind {
-    if label == Kind::Manifest.label() {
-        Kind::Manifest
-    } else {
-        Kind::Blob
-    }
-}
-
-fn fix(store: &FsStore, index: &Index, problem: &Problem) -> Result<(), CacheError> {
-    match problem {
-        Problem::Corrupt { kind, digest, .. } => {
-            let d: Digest = digest.parse().map_err(|e| CacheError::Io(format!("{e}")))?;
-            index.remove(kind_of(kind), &d)?;
-            store.remove(kind_of(kind), &d)?;
+fn apply(store: &dyn ContentStore, index: &Index, fix: Fix) -> Result<(), CacheError> {
+    match fix {
+        Fix::Remove(kind, d) => {
+            index.remove(kind, &d)?;
+            store.remove(kind, &d)?;
         }
-        Problem::Missing { kind, digest } => {
-            let d: Digest = digest.parse().map_err(|e| CacheError::Io(format!("{e}")))?;
-            index.remove(kind_of(kind), &d)?;
+        Fix::Unindex(kind, d) => {
+            index.remove(kind, &d)?;
         }
-        Problem::Orphan { path, .. } => {
-            if path.is_dir() {
-                fs::remove_dir_all(path)?;
-            } else {
-                fs::remove_file(path)?;
-            }
-        }
-        Problem::WrongSize {
-            kind,
-            digest,
-            actual,
-            ..
-        } => {
-            let d: Digest = digest.parse().map_err(|e| CacheError::Io(format!("{e}")))?;
-            let kind = kind_of(kind);
+        Fix::Stray(location) => store.remove_stray(&location)?,
+        Fix::Resize(kind, d, actual) => {
             let media_type = index.get(kind, &d)?.and_then(|e| e.media_type);
             index.remove(kind, &d)?;
-            index.record(kind, &d, *actual, media_type.as_deref())?;
+            index.record(kind, &d, actual, media_type.as_deref())?;
         }
     }
     Ok(())
@@ -224,11 +209,12 @@ fn fix(store: &FsStore, index: &Index, problem: &Problem) -> Result<(), CacheErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::storage::{ContentStoreExt, MemoryStore};
 
     #[test]
     fn finds_and_repairs_corrupt_missing_and_orphaned() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open(dir.path()).unwrap();
+        let store = MemoryStore::new();
         let index = Index::open(&dir.path().join("index")).unwrap();
         let put = |bytes: &[u8]| {
             let d = Digest::sha256_of(bytes);
@@ -241,11 +227,11 @@ mod tests {
         let good = put(b"good");
         let corrupt = put(b"will be corrupted");
         let gone = put(b"will be deleted");
-        fs::write(store.path(Kind::Blob, &corrupt), b"will be corruptex").unwrap();
-        fs::remove_file(store.path(Kind::Blob, &gone)).unwrap();
+        store.corrupt(Kind::Blob, &corrupt, b"will be corruptex");
+        store.remove(Kind::Blob, &gone).unwrap();
         let orphan = Digest::sha256_of(b"orphan");
         store.write_whole(Kind::Blob, &orphan, b"orphan").unwrap();
-        fs::write(dir.path().join("blobs/sha256/stray.txt"), b"?").unwrap();
+        store.add_stray(Kind::Blob, "stray.txt");
 
         let report = verify(&store, &index, false, &mut |_| {}).unwrap();
         assert_eq!(report.problems.len(), 4, "{:#?}", report.problems);
@@ -268,13 +254,35 @@ mod tests {
 
         let report = verify(&store, &index, true, &mut |_| {}).unwrap();
         assert!(report.repaired);
-        assert!(!store.contains(Kind::Blob, &corrupt));
+        assert!(!store.contains(Kind::Blob, &corrupt).unwrap());
         assert!(index.get(Kind::Blob, &corrupt).unwrap().is_none());
         assert!(index.get(Kind::Blob, &gone).unwrap().is_none());
-        assert!(!store.contains(Kind::Blob, &orphan));
-        assert!(store.contains(Kind::Blob, &good));
+        assert!(!store.contains(Kind::Blob, &orphan).unwrap());
+        assert!(store.contains(Kind::Blob, &good).unwrap());
         let report = verify(&store, &index, false, &mut |_| {}).unwrap();
         assert!(report.problems.is_empty(), "{:#?}", report.problems);
         assert_eq!(report.files_checked, 1);
+    }
+
+    #[test]
+    fn a_wrong_size_in_the_index_is_corrected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MemoryStore::new();
+        let index = Index::open(&dir.path().join("index")).unwrap();
+        let d = Digest::sha256_of(b"four");
+        store.write_whole(Kind::Manifest, &d, b"four").unwrap();
+        index.record(Kind::Manifest, &d, 9, Some("m")).unwrap();
+        let report = verify(&store, &index, true, &mut |_| {}).unwrap();
+        assert_eq!(
+            report.problems,
+            vec![Problem::WrongSize {
+                kind: "manifest".into(),
+                digest: d.to_string(),
+                indexed: 9,
+                actual: 4
+            }]
+        );
+        let entry = index.get(Kind::Manifest, &d).unwrap().unwrap();
+        assert_eq!((entry.size, entry.media_type.as_deref()), (4, Some("m")));
     }
 }

@@ -7,14 +7,15 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::freshness;
-use super::index::{now_millis, Index};
 use super::negative::NegativeCache;
-use super::single_flight::SingleFlight;
-use super::{CacheError, Outcome};
+use super::ttl;
+use crate::cache::flight::SingleFlight;
+use crate::cache::storage::index::{now_millis, Index};
+use crate::cache::{CacheError, Outcome};
 use crate::metrics::Metrics;
 use crate::registry::RepoName;
 use crate::upstream::{read_limited, ReadError, Upstream};
+use tokio_util::task::TaskTracker;
 
 /// Listings are buffered whole; a registry with more tags than this should
 /// be paginated by the client.
@@ -39,15 +40,15 @@ pub struct ListingCache {
 }
 
 fn task_panicked() -> Result<Listing, CacheError> {
-    Err(CacheError::Io("listing task panicked".into()))
+    Err(CacheError::Internal("listing task panicked".into()))
 }
 
 impl ListingCache {
-    pub fn new(index: Arc<Index>, metrics: Arc<Metrics>) -> ListingCache {
+    pub fn new(index: Arc<Index>, metrics: Arc<Metrics>, tasks: TaskTracker) -> ListingCache {
         ListingCache {
             index,
             metrics,
-            flights: SingleFlight::new(),
+            flights: SingleFlight::new(tasks),
             negative: NegativeCache::new(),
         }
     }
@@ -63,7 +64,7 @@ impl ListingCache {
         let what = format!("{suffix}?{}", query.unwrap_or(""));
         let key = NegativeCache::key(&upstream.name, repo.as_str(), &what);
         let asked_at = now_millis();
-        let cached = self.index.listing(&key)?.map(|l| {
+        let cached = self.index.listing::<Listing>(&key)?.map(|l| {
             let at = l.checked_at;
             (l, at)
         });
@@ -83,7 +84,9 @@ impl ListingCache {
                 move || async move {
                     // A flight that ended between our index read and this
                     // one's start has asked already: take its answer.
-                    let answered = index.listing(&key)?.filter(|l| l.checked_at >= asked_at);
+                    let answered = index
+                        .listing::<Listing>(&key)?
+                        .filter(|l| l.checked_at >= asked_at);
                     if let Some(listing) = answered {
                         return Ok(listing);
                     }
@@ -93,7 +96,7 @@ impl ListingCache {
             };
             self.flights.run(key.clone(), fetch, task_panicked).await
         };
-        let (listing, outcome) = freshness::lookup(upstream, cached, refresh).await?;
+        let (listing, outcome) = ttl::lookup(upstream, cached, refresh).await?;
         self.metrics
             .cache_outcome(&upstream.name, "listing", outcome.label());
         Ok((listing, outcome))

@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::evict::Reason;
-use super::graph;
-use super::store::Kind;
-use super::{Cache, CacheError};
-use crate::registry::Digest;
+use super::reachable::{reachable, Reachable};
+use crate::cache::storage::Kind;
+use crate::cache::{Cache, CacheError};
+use crate::registry::{Digest, DigestError, TagError};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
@@ -89,7 +89,7 @@ impl PurgeReport {
 }
 
 /// Bytes of the cached content among `reachable`.
-fn cached_bytes(cache: &Cache, reachable: &graph::Reachable) -> Result<u64, CacheError> {
+fn cached_bytes(cache: &Cache, reachable: &Reachable) -> Result<u64, CacheError> {
     let mut bytes = 0;
     for (kind, set) in [
         (Kind::Manifest, &reachable.manifests),
@@ -114,8 +114,8 @@ pub fn summary(cache: &Cache, upstream_names: &[String]) -> Result<CacheSummary,
     for name in upstream_names {
         let mine: Vec<_> = tags.iter().filter(|t| &t.upstream == name).collect();
         let repositories: HashSet<&str> = mine.iter().map(|t| t.repo.as_str()).collect();
-        let roots = mine.iter().filter_map(|t| t.entry.digest.parse().ok());
-        let reachable = graph::reachable(&cache.store, roots);
+        let roots = mine.iter().map(|t| t.entry.digest.clone());
+        let reachable = reachable(cache.storage.content.as_ref(), roots);
         let mut pinned: Vec<String> = repositories
             .iter()
             .filter(|r| pins.matches(name, r))
@@ -157,15 +157,16 @@ pub fn repositories(cache: &Cache) -> Result<Vec<RepositoryListing>, CacheError>
     let pins = cache.evictor.pins();
     let mut repos: BTreeMap<(String, String), Vec<TagListing>> = BTreeMap::new();
     for t in cache.index.all_tags()? {
-        let digest: Option<Digest> = t.entry.digest.parse().ok();
+        let digest: Option<Digest> = Some(t.entry.digest.clone());
         let entry = match &digest {
             Some(d) => cache.index.get(Kind::Manifest, d)?,
             None => None,
         };
         let bytes = match &digest {
-            Some(d) if entry.is_some() => {
-                cached_bytes(cache, &graph::reachable(&cache.store, [d.clone()]))?
-            }
+            Some(d) if entry.is_some() => cached_bytes(
+                cache,
+                &reachable(cache.storage.content.as_ref(), [d.clone()]),
+            )?,
             _ => 0,
         };
         repos
@@ -173,7 +174,7 @@ pub fn repositories(cache: &Cache) -> Result<Vec<RepositoryListing>, CacheError>
             .or_default()
             .push(TagListing {
                 tag: t.tag,
-                digest: t.entry.digest,
+                digest: t.entry.digest.to_string(),
                 media_type: t.entry.media_type,
                 checked_at: t.entry.checked_at,
                 cached: entry.is_some(),
@@ -199,32 +200,47 @@ pub enum Target {
     Digest(Digest),
 }
 
+/// Why an image target does not parse; each message starts with the input.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("{0:?}: expected <upstream>/<repository>:<tag> or @<digest>")]
+    NoUpstream(String),
+    #[error("{0:?}: expected <upstream>/<repository>:<tag>")]
+    Empty(String),
+    #[error("{0:?}: name a tag (:<tag>) or a digest (@sha256:...)")]
+    NoTarget(String),
+    #[error("{0:?}: {1}")]
+    Digest(String, DigestError),
+    #[error("{0:?}: {1}")]
+    Tag(String, TagError),
+}
+
 /// Splits `<upstream>/<repo>:<tag>` or `<upstream>/<repo>@<digest>`.
-pub fn parse_image_target(s: &str) -> Result<(String, String, Target), String> {
+pub fn parse_image_target(s: &str) -> Result<(String, String, Target), TargetError> {
     let (upstream, rest) = s
         .split_once('/')
-        .ok_or_else(|| format!("{s:?}: expected <upstream>/<repository>:<tag> or @<digest>"))?;
+        .ok_or_else(|| TargetError::NoUpstream(s.to_owned()))?;
     let (repo, target) = if let Some((repo, digest)) = rest.split_once('@') {
-        let digest = digest.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        let digest = digest
+            .parse()
+            .map_err(|e| TargetError::Digest(s.to_owned(), e))?;
         (repo, Target::Digest(digest))
     } else if let Some((repo, tag)) = rest.rsplit_once(':') {
-        crate::registry::Tag::parse(tag).map_err(|e| format!("{s:?}: {e}"))?;
+        crate::registry::Tag::parse(tag).map_err(|e| TargetError::Tag(s.to_owned(), e))?;
         (repo, Target::Tag(tag.to_owned()))
     } else {
-        return Err(format!(
-            "{s:?}: name a tag (:<tag>) or a digest (@sha256:...)"
-        ));
+        return Err(TargetError::NoTarget(s.to_owned()));
     };
     if upstream.is_empty() || repo.is_empty() {
-        return Err(format!("{s:?}: expected <upstream>/<repository>:<tag>"));
+        return Err(TargetError::Empty(s.to_owned()));
     }
     Ok((upstream.to_owned(), repo.to_owned(), target))
 }
 
 /// Removes a tag (or every tag of the repository pointing at a digest), the
-/// manifest and, for an index, its child manifests. With `with_blobs`, also
-/// the blobs they reference that no other cached tag reaches. The caller
-/// drops the removed manifests from the in-memory hot set.
+/// manifest and, for an index, its child manifests (from the store and the
+/// in-memory hot set). With `with_blobs`, also the blobs they reference
+/// that no other cached tag reaches.
 pub fn purge_image(
     cache: &Cache,
     upstream: &str,
@@ -237,16 +253,16 @@ pub fn purge_image(
     let root: Option<Digest> = match target {
         Target::Tag(tag) => {
             let entry = cache.index.tag(upstream, repo, tag)?;
-            cache.store.delete_tag(upstream, repo, tag)?;
+            cache.storage.tags.delete_tag(upstream, repo, tag)?;
             if cache.index.remove_tag(upstream, repo, tag)? {
                 report.tags.push(format!("{upstream}/{repo}:{tag}"));
             }
-            entry.and_then(|e| e.digest.parse().ok())
+            entry.map(|e| e.digest)
         }
         Target::Digest(d) => {
             for t in &tags {
-                if t.upstream == upstream && t.repo == repo && t.entry.digest == d.to_string() {
-                    cache.store.delete_tag(upstream, repo, &t.tag)?;
+                if t.upstream == upstream && t.repo == repo && t.entry.digest == *d {
+                    cache.storage.tags.delete_tag(upstream, repo, &t.tag)?;
                     cache.index.remove_tag(upstream, repo, &t.tag)?;
                     report.tags.push(format!("{upstream}/{repo}:{}", t.tag));
                 }
@@ -257,7 +273,8 @@ pub fn purge_image(
     let Some(root) = root else {
         return Ok(report);
     };
-    let doomed = graph::reachable(&cache.store, [root]);
+    let content = cache.storage.content.as_ref();
+    let doomed = reachable(content, [root]);
     let kept_blobs = if with_blobs {
         let others = tags
             .iter()
@@ -266,13 +283,14 @@ pub fn purge_image(
                     .tags
                     .contains(&format!("{}/{}:{}", t.upstream, t.repo, t.tag))
             })
-            .filter_map(|t| t.entry.digest.parse::<Digest>().ok())
+            .map(|t| t.entry.digest.clone())
             .filter(|d| !doomed.manifests.contains(d));
-        graph::reachable(&cache.store, others).blobs
+        reachable(content, others).blobs
     } else {
         HashSet::new()
     };
     for d in &doomed.manifests {
+        cache.manifests.forget(d);
         if let Some(size) = cache.evictor.remove(Kind::Manifest, d, Reason::Purge)? {
             report.manifests.push(d.to_string());
             report.bytes_freed += size;
@@ -307,6 +325,7 @@ pub fn purge_blob(cache: &Cache, digest: &Digest) -> Result<PurgeReport, CacheEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::storage::{ContentStoreExt, MemoryStore, Storage, TagStore};
     use crate::metrics::Metrics;
     use std::sync::Arc;
 
@@ -327,10 +346,13 @@ mod tests {
     #[test]
     fn purge_a_tag_with_and_without_blobs() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::open(dir.path(), Arc::new(Metrics::new())).unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let index = Arc::new(crate::cache::Index::open(dir.path()).unwrap());
+        let cache =
+            Cache::with_storage(Storage::new(store.clone()), index, Arc::new(Metrics::new()));
         let put = |kind: Kind, bytes: &[u8]| {
             let d = Digest::sha256_of(bytes);
-            cache.store.write_whole(kind, &d, bytes).unwrap();
+            store.write_whole(kind, &d, bytes).unwrap();
             cache
                 .index
                 .record(kind, &d, bytes.len() as u64, None)
@@ -349,18 +371,18 @@ mod tests {
         let a = put(Kind::Manifest, image(&[&shared, &own]).as_bytes());
         let b = put(Kind::Manifest, image(&[&shared]).as_bytes());
         let tag = |name: &str, d: &Digest| {
-            let record = super::super::TagRecord {
+            let record = crate::cache::TagRecord {
                 upstream: "up".into(),
                 repo: "repo".into(),
                 tag: name.into(),
-                entry: super::super::TagEntry {
-                    digest: d.to_string(),
+                entry: crate::cache::TagEntry {
+                    digest: d.clone(),
                     media_type: "m".into(),
                     size: 1,
                     checked_at: 0,
                 },
             };
-            cache.store.put_tag(&record).unwrap();
+            store.put_tag(&record).unwrap();
             cache
                 .index
                 .set_tag("up", "repo", name, &record.entry)
@@ -375,7 +397,7 @@ mod tests {
 
         let report = purge_image(&cache, "up", "repo", &Target::Tag("a".into()), true).unwrap();
         assert_eq!(report.tags, vec!["up/repo:a"]);
-        let files = cache.store.tag_records().unwrap();
+        let files = store.tag_records().unwrap();
         assert_eq!(files.len(), 1, "the tag file went with the tag");
         assert_eq!(files[0].tag, "b");
         assert_eq!(report.manifests, vec![a.to_string()]);
@@ -384,14 +406,14 @@ mod tests {
             vec![own.to_string()],
             "the shared layer stays"
         );
-        assert!(cache.store.contains(Kind::Blob, &shared));
-        assert!(!cache.store.contains(Kind::Manifest, &a));
+        assert!(store.contains(Kind::Blob, &shared).unwrap());
+        assert!(!store.contains(Kind::Manifest, &a).unwrap());
 
         let report = purge_image(&cache, "up", "repo", &Target::Digest(b.clone()), false).unwrap();
         assert_eq!(report.tags, vec!["up/repo:b"]);
-        assert!(cache.store.tag_records().unwrap().is_empty());
+        assert!(store.tag_records().unwrap().is_empty());
         assert!(report.blobs.is_empty());
-        assert!(cache.store.contains(Kind::Blob, &shared));
+        assert!(store.contains(Kind::Blob, &shared).unwrap());
         assert!(purge_blob(&cache, &shared).unwrap().blobs.len() == 1);
         assert!(purge_blob(&cache, &shared).unwrap().is_empty());
         let s = summary(&cache, &["up".into()]).unwrap();

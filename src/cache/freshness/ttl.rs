@@ -7,8 +7,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::index::now_millis;
-use super::{CacheError, Outcome};
+use crate::cache::storage::index::now_millis;
+use crate::cache::{CacheError, Outcome};
 use crate::upstream::Upstream;
 
 /// Looks up a mutable value. `cached` is the value and when the upstream

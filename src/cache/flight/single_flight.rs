@@ -1,7 +1,9 @@
 //! One in-flight computation per key: the first caller starts it as its own
 //! task, later callers with the same key wait for the same result. Because
 //! the work is a spawned task, a caller that goes away (a client hanging up)
-//! cancels nothing for the others.
+//! cancels nothing for the others. The key is freed by a drop guard inside
+//! the task, so a flight that panics or is cancelled frees it too, and the
+//! next caller runs a fresh one.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,11 +12,29 @@ use std::sync::Arc;
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
+use tokio_util::task::TaskTracker;
 
 type Flight<V> = Shared<BoxFuture<'static, V>>;
+type Table<K, V> = Arc<Mutex<HashMap<K, Flight<V>>>>;
 
 pub struct SingleFlight<K, V: Clone> {
-    inflight: Arc<Mutex<HashMap<K, Flight<V>>>>,
+    inflight: Table<K, V>,
+    /// Every flight task, so shutdown can wait for them.
+    tasks: TaskTracker,
+}
+
+/// Frees a flight's key however its task ends.
+struct Release<K: Eq + Hash, V: Clone> {
+    table: Table<K, V>,
+    key: Option<K>,
+}
+
+impl<K: Eq + Hash, V: Clone> Drop for Release<K, V> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.table.lock().remove(&key);
+        }
+    }
 }
 
 impl<K, V> SingleFlight<K, V>
@@ -22,9 +42,10 @@ where
     K: Eq + Hash + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    pub fn new() -> Self {
+    pub fn new(tasks: TaskTracker) -> Self {
         SingleFlight {
             inflight: Arc::new(Mutex::new(HashMap::new())),
+            tasks,
         }
     }
 
@@ -40,13 +61,16 @@ where
             if let Some(f) = inflight.get(&key) {
                 (f.clone(), true)
             } else {
-                let table = self.inflight.clone();
-                let task_key = key.clone();
+                // The table is locked until the flight is in it, so the
+                // guard cannot run before the insert.
+                let release = Release {
+                    table: self.inflight.clone(),
+                    key: Some(key.clone()),
+                };
                 let fut = work();
-                let handle = tokio::spawn(async move {
-                    let value = fut.await;
-                    table.lock().remove(&task_key);
-                    value
+                let handle = self.tasks.spawn(async move {
+                    let _release = release;
+                    fut.await
                 });
                 let flight = async move { handle.await.unwrap_or_else(|_| on_panic()) }
                     .boxed()
@@ -63,16 +87,6 @@ where
     }
 }
 
-impl<K, V> Default for SingleFlight<K, V>
-where
-    K: Eq + Hash + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-{
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,7 +95,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_callers_share_one_run_and_the_key_is_freed() {
-        let flights: Arc<SingleFlight<&str, u32>> = Arc::new(SingleFlight::new());
+        let flights: Arc<SingleFlight<&str, u32>> = Arc::new(SingleFlight::new(TaskTracker::new()));
         let runs = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..10 {
@@ -113,8 +127,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_panicking_flight_frees_its_key_for_a_fresh_one() {
+        let flights: SingleFlight<u8, u8> = SingleFlight::new(TaskTracker::new());
+        let (v, _) = flights
+            .run(1, || async { panic!("flight panics (test)") }, || 99)
+            .await;
+        assert_eq!(v, 99, "the waiters get the panic value");
+        assert_eq!(flights.in_flight(), 0, "the key is free again");
+        let (v, joined) = flights.run(1, || async { 5 }, || 99).await;
+        assert_eq!(
+            (v, joined),
+            (5, false),
+            "the next request runs a fresh flight"
+        );
+    }
+
+    #[tokio::test]
+    async fn flights_are_tracked_until_they_end() {
+        let tasks = TaskTracker::new();
+        let flights: Arc<SingleFlight<u8, u8>> = Arc::new(SingleFlight::new(tasks.clone()));
+        let f = flights.clone();
+        let waiter = tokio::spawn(async move {
+            f.run(
+                1,
+                || async {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    1
+                },
+                || 0,
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        tasks.close();
+        assert_eq!(tasks.len(), 1);
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .unwrap();
+        assert_eq!(waiter.await.unwrap(), (1, false));
+    }
+
+    #[tokio::test]
     async fn a_caller_that_goes_away_does_not_cancel_the_work() {
-        let flights: Arc<SingleFlight<u8, u8>> = Arc::new(SingleFlight::new());
+        let flights: Arc<SingleFlight<u8, u8>> = Arc::new(SingleFlight::new(TaskTracker::new()));
         let done = Arc::new(AtomicUsize::new(0));
         let d = done.clone();
         let first = tokio::spawn({

@@ -13,49 +13,32 @@ use std::fs;
 use std::io;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::store::FsStore;
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TagEntry {
-    pub digest: String,
-    pub media_type: String,
-    pub size: u64,
-    /// When the upstream last confirmed this mapping, unix milliseconds.
-    pub checked_at: u64,
-}
-
-/// A tag with its place: what a tag file holds.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TagRecord {
-    pub upstream: String,
-    pub repo: String,
-    pub tag: String,
-    pub entry: TagEntry,
-}
+use super::{FsStore, TagRecord, TagStore};
 
 const TAGS_DIR: &str = "tags";
 
 impl FsStore {
-    fn tag_path(&self, upstream: &str, repo: &str, tag: &str) -> PathBuf {
+    pub(super) fn tag_path(&self, upstream: &str, repo: &str, tag: &str) -> PathBuf {
         let name = hex::encode(Sha256::digest(format!("{upstream}\0{repo}\0{tag}")));
         self.root()
             .join(TAGS_DIR)
             .join(&name[..2])
             .join(format!("{name}.json"))
     }
+}
 
+impl TagStore for FsStore {
     /// Records (or replaces) a tag's file.
-    pub fn put_tag(&self, record: &TagRecord) -> io::Result<()> {
+    fn put_tag(&self, record: &TagRecord) -> io::Result<()> {
         let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
         let dest = self.tag_path(&record.upstream, &record.repo, &record.tag);
         self.replace_file(&dest, &bytes)
     }
 
     /// Removes a tag's file; a tag without one is not an error.
-    pub fn delete_tag(&self, upstream: &str, repo: &str, tag: &str) -> io::Result<()> {
+    fn delete_tag(&self, upstream: &str, repo: &str, tag: &str) -> io::Result<()> {
         match fs::remove_file(self.tag_path(upstream, repo, tag)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -64,7 +47,7 @@ impl FsStore {
 
     /// Every readable tag file. Unreadable ones (a crash mid-write, a
     /// stray file) are skipped with a warning, never deleted.
-    pub fn tag_records(&self) -> io::Result<Vec<TagRecord>> {
+    fn tag_records(&self) -> io::Result<Vec<TagRecord>> {
         let base = self.root().join(TAGS_DIR);
         let shards = match fs::read_dir(&base) {
             Ok(shards) => shards,
@@ -97,6 +80,8 @@ impl FsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::storage::TagEntry;
+    use crate::registry::Digest;
 
     fn record(tag: &str, digest: &str, checked_at: u64) -> TagRecord {
         TagRecord {
@@ -104,7 +89,7 @@ mod tests {
             repo: "library/alpine".into(),
             tag: tag.into(),
             entry: TagEntry {
-                digest: digest.into(),
+                digest: Digest::sha256_of(digest.as_bytes()),
                 media_type: "application/vnd.oci.image.index.v1+json".into(),
                 size: 9,
                 checked_at,

@@ -1,41 +1,40 @@
 //! Blob fills: one upstream fetch per digest, however many clients ask.
 //!
 //! The fill is a task owned by the cache, not by any request. It appends to
-//! a temporary file while hashing and publishes how many bytes are on disk
-//! through a `watch` channel; every client of that digest reads the file up
-//! to that mark, so a slow client never slows the fill or another client,
-//! and memory does not grow with blob size or client count. The disk is the
-//! buffer.
+//! a staged write while hashing and publishes how many bytes are staged
+//! through a `watch` channel; every client of that digest reads the staged
+//! bytes up to that mark (where the backend allows it), so a slow client
+//! never slows the fill or another client, and memory does not grow with
+//! blob size or client count. The store is the buffer.
 //!
-//! When the upstream stream ends the fill checks size and digest, makes the
-//! file durable, renames it into place, records it in the index and only
-//! then publishes `Complete`. Any failure publishes `Failed`; readers that
-//! already sent headers then end their body with an error, which aborts the
-//! client's connection: no client ever sees a clean short or wrong body.
-//! Readers also hold back the last byte of every response until the fill is
+//! When the upstream stream ends the fill checks size and digest, commits
+//! the write, records it in the index and only then publishes `Complete`.
+//! Any failure publishes `Failed` (a panic or a cancelled task drops the
+//! sender, which readers take as a failure too); readers that already sent
+//! headers then end their body with an error, which aborts the client's
+//! connection: no client ever sees a clean short or wrong body. Readers
+//! also hold back the last byte of every response until the fill is
 //! complete, so a client cannot receive a whole body that later fails
 //! verification.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use bytes::BytesMut;
+use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use parking_lot::Mutex;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
-use super::index::Index;
-use super::store::{FsStore, Kind};
-use super::CacheError;
+use crate::cache::storage::index::Index;
+use crate::cache::storage::{ContentStore, Kind, ReadAt, Staged};
+use crate::cache::CacheError;
 use crate::metrics::Metrics;
 use crate::registry::{Digest, RepoName, Sha256Hasher};
 use crate::upstream::Upstream;
 
-/// File I/O happens in chunks this large: one blocking-pool hop and one
+/// Store I/O happens in chunks this large: one blocking-pool hop and one
 /// syscall per 256 KiB, not per network packet.
 pub const IO_CHUNK: usize = 256 * 1024;
 
@@ -44,13 +43,14 @@ pub enum Phase {
     /// Waiting for the upstream's headers.
     Connecting,
     /// Bytes are arriving; `size` is the upstream's Content-Length.
+    /// `reader` follows the staged bytes, when the backend allows it.
     Streaming {
-        file: Arc<File>,
+        reader: Option<Arc<dyn ReadAt>>,
         size: Option<u64>,
     },
     /// Verified, durable and indexed.
     Complete {
-        file: Arc<File>,
+        reader: Arc<dyn ReadAt>,
         size: u64,
     },
     Failed(CacheError),
@@ -58,16 +58,20 @@ pub enum Phase {
 
 #[derive(Clone)]
 pub struct Progress {
-    /// Bytes written to the file so far.
+    /// Bytes staged so far.
     pub written: u64,
     pub phase: Phase,
 }
 
 pub struct Fills {
+    /// The running fill of each digest; entries leave through [`Entry`]'s
+    /// drop, however the fill ends.
     table: Mutex<HashMap<Digest, watch::Receiver<Progress>>>,
-    store: Arc<FsStore>,
+    store: Arc<dyn ContentStore>,
     index: Arc<Index>,
     metrics: Arc<Metrics>,
+    /// Every fill task, so shutdown can wait for them.
+    tasks: TaskTracker,
 }
 
 /// What a blob request attaches to.
@@ -81,13 +85,33 @@ pub enum Attached {
     },
 }
 
+/// A fill's place in the table and in the gauge, released on drop: a fill
+/// that panics or is cancelled frees its digest for the next request.
+struct Entry {
+    fills: Arc<Fills>,
+    digest: Digest,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.fills.table.lock().remove(&self.digest);
+        self.fills.metrics.fills_in_progress.dec();
+    }
+}
+
 impl Fills {
-    pub fn new(store: Arc<FsStore>, index: Arc<Index>, metrics: Arc<Metrics>) -> Fills {
+    pub fn new(
+        store: Arc<dyn ContentStore>,
+        index: Arc<Index>,
+        metrics: Arc<Metrics>,
+        tasks: TaskTracker,
+    ) -> Fills {
         Fills {
             table: Mutex::new(HashMap::new()),
             store,
             index,
             metrics,
+            tasks,
         }
     }
 
@@ -97,72 +121,75 @@ impl Fills {
         upstream: Arc<Upstream>,
         repo: RepoName,
         digest: &Digest,
-    ) -> Attached {
+    ) -> Result<Attached, CacheError> {
         let mut table = self.table.lock();
         if let Some(progress) = table.get(digest) {
-            return Attached::Fill {
+            return Ok(Attached::Fill {
                 progress: progress.clone(),
                 joined: true,
-            };
+            });
         }
         // Checked under the lock: a fill that just committed has already
-        // left the table, and its file is in place.
-        if self.store.contains(Kind::Blob, digest) {
-            return Attached::Committed;
+        // left the table, and its object is in place.
+        if self.store.stat(Kind::Blob, digest)?.is_some() {
+            return Ok(Attached::Committed);
         }
         let (tx, rx) = watch::channel(Progress {
             written: 0,
             phase: Phase::Connecting,
         });
         table.insert(digest.clone(), rx.clone());
+        self.metrics.fills_in_progress.inc();
+        let entry = Entry {
+            fills: self.clone(),
+            digest: digest.clone(),
+        };
         drop(table);
-        let fills = self.clone();
-        let digest = digest.clone();
-        tokio::spawn(async move { fills.run(tx, upstream, repo, digest).await });
-        Attached::Fill {
+        self.tasks.spawn(entry.run(tx, upstream, repo));
+        Ok(Attached::Fill {
             progress: rx,
             joined: false,
-        }
+        })
     }
 
     /// Fills running now.
     pub fn in_progress(&self) -> usize {
         self.table.lock().len()
     }
+}
 
-    async fn run(
-        self: Arc<Self>,
-        tx: watch::Sender<Progress>,
-        upstream: Arc<Upstream>,
-        repo: RepoName,
-        digest: Digest,
-    ) {
-        self.metrics.fills_in_progress.inc();
+impl Entry {
+    async fn run(self, tx: watch::Sender<Progress>, upstream: Arc<Upstream>, repo: RepoName) {
+        let fills = &self.fills;
+        let digest = &self.digest;
         let started = tokio::time::Instant::now();
-        let result = self.fill(&tx, &upstream, &repo, &digest).await;
+        let result = fills.fill(&tx, &upstream, &repo, digest).await;
         let label = match &result {
             Ok(size) => {
-                self.metrics
+                fills
+                    .metrics
                     .fill_duration
                     .observe(started.elapsed().as_secs_f64());
-                self.metrics.fill_size.observe(*size as f64);
+                fills.metrics.fill_size.observe(*size as f64);
                 tracing::info!(%digest, upstream = %upstream.name, size, elapsed_ms = started.elapsed().as_millis() as u64, "fill complete");
                 "complete"
             }
             Err(e) => {
-                tracing::warn!(%digest, upstream = %upstream.name, error = %e, "fill failed; nothing cached");
+                tracing::warn!(%digest, upstream = %upstream.name, error = %e, io_kind = ?e.io_kind(), "fill failed; nothing cached");
                 if matches!(e, CacheError::DigestMismatch { .. }) {
-                    self.metrics.digest_mismatches.inc();
+                    fills.metrics.digest_mismatches.inc();
                 }
                 tx.send_modify(|p| p.phase = Phase::Failed(e.clone()));
                 e.fill_result_label()
             }
         };
-        self.metrics.fills.with_label_values(&[label]).inc();
-        self.table.lock().remove(&digest);
-        self.metrics.fills_in_progress.dec();
+        fills.metrics.fills.with_label_values(&[label]).inc();
+        // `self` drops here: the digest leaves the table after the terminal
+        // state is published, so no request finds neither.
     }
+}
 
+impl Fills {
     async fn fill(
         &self,
         tx: &watch::Sender<Progress>,
@@ -186,25 +213,25 @@ impl Fills {
         }
         let size = response.content_length();
         let store = self.store.clone();
-        let temp = tokio::task::spawn_blocking(move || store.create_temp()).await??;
-        let file = temp.file.clone();
+        let staged = tokio::task::spawn_blocking(move || store.begin()).await??;
+        let reader = staged.reader().filter(|_| self.store.reads_while_staged());
         tx.send_modify(|p| {
             p.phase = Phase::Streaming {
-                file: file.clone(),
+                reader: reader.clone(),
                 size,
             }
         });
 
         let idle = upstream.idle_timeout();
         let mut sink = Sink {
-            file: file.clone(),
+            staged: Some(staged),
             hasher: Sha256Hasher::default(),
             written: 0,
             pending: BytesMut::with_capacity(IO_CHUNK),
             size,
         };
         let mut body = response.bytes_stream();
-        // Bytes at the start of a restarted (200) stream that are on disk already.
+        // Bytes at the start of a restarted (200) stream that are staged already.
         let mut skip: u64 = 0;
         let mut resumes = 0;
         loop {
@@ -242,9 +269,7 @@ impl Fills {
             }
         }
         sink.flush(tx).await?;
-        let Sink {
-            hasher, written, ..
-        } = sink;
+        let (staged, hasher, written) = sink.finish()?;
         if let Some(expected) = size.filter(|&s| s != written) {
             return Err(CacheError::SizeMismatch {
                 expected,
@@ -260,12 +285,22 @@ impl Fills {
         }
         let store = self.store.clone();
         let committed = digest.clone();
-        tokio::task::spawn_blocking(move || store.commit(temp, Kind::Blob, &committed)).await??;
+        let reader = tokio::task::spawn_blocking(move || -> Result<_, CacheError> {
+            staged.commit(Kind::Blob, &committed)?;
+            match reader {
+                Some(reader) => Ok(reader),
+                None => store
+                    .open(Kind::Blob, &committed)?
+                    .map(|o| o.reader)
+                    .ok_or_else(|| CacheError::Internal("committed blob not found".into())),
+            }
+        })
+        .await??;
         self.index.record(Kind::Blob, digest, written, None)?;
         self.index.link(&upstream.name, repo.as_str(), digest)?;
         tx.send_modify(|p| {
             p.phase = Phase::Complete {
-                file: file.clone(),
+                reader,
                 size: written,
             }
         });
@@ -277,7 +312,7 @@ impl Fills {
 const MAX_RESUMES: u32 = 3;
 
 /// Asks for the rest of a blob from byte `from`. Returns the response and
-/// how many leading bytes of it are already on disk (all of them when the
+/// how many leading bytes of it are already staged (all of them when the
 /// upstream ignores Range and starts over with a 200).
 async fn resume(
     upstream: &Upstream,
@@ -285,11 +320,11 @@ async fn resume(
     digest: &Digest,
     from: u64,
     size: Option<u64>,
-) -> Result<(reqwest::Response, u64), CacheError> {
+) -> Result<(crate::upstream::Response, u64), CacheError> {
     let mut headers = HeaderMap::new();
     headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
     let range = HeaderValue::try_from(format!("bytes={from}-"))
-        .map_err(|e| CacheError::Io(e.to_string()))?;
+        .map_err(|e| CacheError::Internal(e.to_string()))?;
     headers.insert(http::header::RANGE, range);
     let response = upstream
         .request(Method::GET, repo, &format!("blobs/{digest}"), None, headers)
@@ -324,10 +359,11 @@ async fn resume(
     }
 }
 
-/// The fill's side of the file: buffers to large writes, hashes, and
-/// publishes progress.
+/// The fill's side of the staged write: buffers to large writes, hashes,
+/// and publishes progress.
 struct Sink {
-    file: Arc<File>,
+    /// Lent to the blocking pool for each write, and back.
+    staged: Option<Box<dyn Staged>>,
     hasher: Sha256Hasher,
     written: u64,
     pending: BytesMut,
@@ -350,170 +386,35 @@ impl Sink {
         Ok(())
     }
 
+    /// Hashes and appends what is pending on the blocking pool.
     async fn flush(&mut self, tx: &watch::Sender<Progress>) -> Result<(), CacheError> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let data = self.pending.split().freeze();
-        let hasher = std::mem::take(&mut self.hasher);
-        (self.hasher, self.written) =
-            write_at(self.file.clone(), hasher, self.written, data).await?;
+        let mut hasher = std::mem::take(&mut self.hasher);
+        let mut staged = self.staged.take().ok_or_else(lost)?;
+        let (staged, hasher) = tokio::task::spawn_blocking(move || -> Result<_, CacheError> {
+            hasher.update(&data);
+            staged.append(&data)?;
+            Ok((staged, hasher))
+        })
+        .await??;
+        self.written = staged.len();
+        self.staged = Some(staged);
+        self.hasher = hasher;
         let written = self.written;
         tx.send_modify(|p| p.written = written);
         Ok(())
     }
-}
 
-/// Hashes and appends one chunk on the blocking pool.
-async fn write_at(
-    file: Arc<File>,
-    mut hasher: Sha256Hasher,
-    offset: u64,
-    data: Bytes,
-) -> Result<(Sha256Hasher, u64), CacheError> {
-    tokio::task::spawn_blocking(move || {
-        hasher.update(&data);
-        file.write_all_at(&data, offset)?;
-        Ok((hasher, offset + data.len() as u64))
-    })
-    .await?
-}
-
-/// Where a body's bytes come from.
-pub enum BodySource {
-    /// A committed file: everything up to `end` is readable at once.
-    File(Arc<File>),
-    /// A running fill: readable up to what it has written.
-    Fill(watch::Receiver<Progress>),
-}
-
-struct ReadState {
-    source: BodySource,
-    pos: u64,
-    end: u64,
-    metrics: Arc<Metrics>,
-    from_cache: bool,
-    _waiter: Option<WaiterGuard>,
-}
-
-struct WaiterGuard(Arc<Metrics>);
-
-impl Drop for WaiterGuard {
-    fn drop(&mut self) {
-        self.0.fill_waiters.dec();
+    fn finish(self) -> Result<(Box<dyn Staged>, Sha256Hasher, u64), CacheError> {
+        let staged = self.staged.ok_or_else(lost)?;
+        Ok((staged, self.hasher, self.written))
     }
 }
 
-/// `end` for a blob whose size the upstream did not announce: the stream
-/// then runs until the fill completes.
-pub const UNKNOWN_SIZE: u64 = u64::MAX;
-
-/// Streams bytes `[start, end)` of a blob in large chunks. `end` is the
-/// blob's size, the end of the requested range, or [`UNKNOWN_SIZE`].
-pub fn body_stream(
-    source: BodySource,
-    start: u64,
-    end: u64,
-    metrics: Arc<Metrics>,
-) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-    let from_cache = matches!(source, BodySource::File(_));
-    let waiter = (!from_cache).then(|| {
-        metrics.fill_waiters.inc();
-        WaiterGuard(metrics.clone())
-    });
-    let state = ReadState {
-        source,
-        pos: start,
-        end,
-        metrics,
-        from_cache,
-        _waiter: waiter,
-    };
-    futures_util::stream::unfold(Some(state), |state| async move {
-        let mut state = state?;
-        match next_chunk(&mut state).await {
-            Ok(Some(bytes)) => {
-                let source = if state.from_cache {
-                    "cache"
-                } else {
-                    "upstream"
-                };
-                state
-                    .metrics
-                    .bytes_served
-                    .with_label_values(&[source])
-                    .inc_by(bytes.len() as u64);
-                Some((Ok(bytes), Some(state)))
-            }
-            Ok(None) => None,
-            // End the stream after the error: the connection is aborted.
-            Err(e) => Some((Err(e), None)),
-        }
-    })
-}
-
-async fn next_chunk(state: &mut ReadState) -> io::Result<Option<Bytes>> {
-    if state.pos >= state.end {
-        return Ok(None);
-    }
-    let (file, readable) = match &mut state.source {
-        BodySource::File(file) => (file.clone(), state.end),
-        BodySource::Fill(progress) => loop {
-            let snapshot = progress.borrow_and_update().clone();
-            match snapshot.phase {
-                Phase::Failed(e) => return Err(io::Error::other(e)),
-                Phase::Complete { file, size } => {
-                    if state.end == UNKNOWN_SIZE {
-                        state.end = size;
-                    } else if size < state.end {
-                        return Err(io::Error::other("blob is shorter than announced"));
-                    }
-                    if state.pos >= state.end {
-                        return Ok(None);
-                    }
-                    break (file, state.end);
-                }
-                Phase::Streaming { file, .. } => {
-                    // Hold back the final byte until the fill is verified.
-                    let readable = snapshot.written.min(state.end - 1);
-                    if readable > state.pos {
-                        break (file, readable);
-                    }
-                }
-                Phase::Connecting => {}
-            }
-            if progress.changed().await.is_err() {
-                return Err(io::Error::other("the fill ended without a result"));
-            }
-        },
-    };
-    let len = (readable - state.pos).min(IO_CHUNK as u64) as usize;
-    let offset = state.pos;
-    let bytes = tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset)?;
-        Ok(Bytes::from(buf))
-    })
-    .await
-    .map_err(io::Error::other)??;
-    state.pos += bytes.len() as u64;
-    Ok(Some(bytes))
-}
-
-/// Waits until the fill has the upstream's answer: the blob's size (if the
-/// upstream declared one), or the error that ended it.
-pub async fn wait_for_headers(
-    progress: &mut watch::Receiver<Progress>,
-) -> Result<Option<u64>, CacheError> {
-    loop {
-        match &progress.borrow_and_update().phase {
-            Phase::Connecting => {}
-            Phase::Streaming { size, .. } => return Ok(*size),
-            Phase::Complete { size, .. } => return Ok(Some(*size)),
-            Phase::Failed(e) => return Err(e.clone()),
-        }
-        if progress.changed().await.is_err() {
-            return Err(CacheError::Io("the fill ended without a result".into()));
-        }
-    }
+/// A write that failed on the blocking pool took the staged write with it.
+fn lost() -> CacheError {
+    CacheError::Internal("the staged write was lost by an earlier failure".into())
 }

@@ -26,10 +26,10 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use super::graph;
-use super::index::{now_millis, Index, IndexError};
-use super::readers::Readers;
-use super::store::{FsStore, Kind};
+use super::reachable::{reachable, Reachable};
+use crate::cache::flight::Readers;
+use crate::cache::storage::index::{now_millis, Index, IndexError};
+use crate::cache::storage::{ContentStoreExt, Kind, Storage};
 use crate::config::{CacheConfig, Config};
 use crate::metrics::Metrics;
 use crate::registry::{Digest, RepoName};
@@ -144,7 +144,7 @@ pub struct GcReport {
 }
 
 pub struct Evictor {
-    store: Arc<FsStore>,
+    store: Storage,
     index: Arc<Index>,
     readers: Arc<Readers>,
     metrics: Arc<Metrics>,
@@ -155,7 +155,7 @@ pub struct Evictor {
 
 impl Evictor {
     pub fn new(
-        store: Arc<FsStore>,
+        store: Storage,
         index: Arc<Index>,
         readers: Arc<Readers>,
         metrics: Arc<Metrics>,
@@ -195,8 +195,8 @@ impl Evictor {
         reason: Reason,
     ) -> Result<Option<u64>, IndexError> {
         let entry = self.index.remove(kind, digest)?;
-        let on_disk = self.store.contains(kind, digest);
-        if let Err(e) = self.store.remove(kind, digest) {
+        let on_disk = self.store.content.contains(kind, digest).unwrap_or(true);
+        if let Err(e) = self.store.content.remove(kind, digest) {
             tracing::warn!(%digest, kind = kind.label(), error = %e, "removing the file failed; startup reconcile will index it again");
         }
         if entry.is_none() && !on_disk {
@@ -216,18 +216,18 @@ impl Evictor {
     }
 
     /// Content that pinned repositories' cached tags reach.
-    pub fn pinned(&self) -> Result<graph::Reachable, IndexError> {
+    pub fn pinned(&self) -> Result<Reachable, IndexError> {
         let pins = self.pins();
         if pins.is_empty() {
-            return Ok(graph::Reachable::default());
+            return Ok(Reachable::default());
         }
         let roots = self
             .index
             .all_tags()?
             .into_iter()
             .filter(|t| pins.matches(&t.upstream, &t.repo))
-            .filter_map(|t| t.entry.digest.parse::<Digest>().ok());
-        Ok(graph::reachable(&self.store, roots))
+            .map(|t| t.entry.digest);
+        Ok(reachable(self.store.content.as_ref(), roots))
     }
 
     /// One eviction run (blocking: call it on the blocking pool).
@@ -283,7 +283,7 @@ impl Evictor {
             let reason = if expired { Reason::Age } else { Reason::Size };
             if self.remove(kind, &digest, reason)?.is_some() {
                 if kind == Kind::Manifest {
-                    evicted_manifests.insert(digest.to_string());
+                    evicted_manifests.insert(digest);
                 }
                 total = total.saturating_sub(size);
                 report.bytes_freed += size;
@@ -298,7 +298,7 @@ impl Evictor {
         if !evicted_manifests.is_empty() {
             for t in self.index.all_tags()? {
                 if evicted_manifests.contains(&t.entry.digest) {
-                    self.store.delete_tag(&t.upstream, &t.repo, &t.tag)?;
+                    self.store.tags.delete_tag(&t.upstream, &t.repo, &t.tag)?;
                     self.index.remove_tag(&t.upstream, &t.repo, &t.tag)?;
                     report.tags_dropped += 1;
                 }
@@ -331,10 +331,12 @@ impl Evictor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::storage::{MemoryStore, TagEntry, TagRecord, TagStore};
 
+    /// The in-memory store; the index is sled in a temporary directory.
     struct Fixture {
         _dir: tempfile::TempDir,
-        store: Arc<FsStore>,
+        store: Arc<MemoryStore>,
         index: Arc<Index>,
         readers: Arc<Readers>,
         evictor: Evictor,
@@ -342,11 +344,11 @@ mod tests {
 
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(FsStore::open(dir.path()).unwrap());
+        let store = Arc::new(MemoryStore::new());
         let index = Arc::new(Index::open(&dir.path().join("index")).unwrap());
         let readers = Arc::new(Readers::default());
         let evictor = Evictor::new(
-            store.clone(),
+            Storage::new(store.clone()),
             index.clone(),
             readers.clone(),
             Arc::new(Metrics::new()),
@@ -399,7 +401,7 @@ mod tests {
         assert_eq!(report.open_skipped, 1);
         for (i, d) in blobs.iter().enumerate() {
             let expect = !(2..=5).contains(&i);
-            assert_eq!(f.store.contains(Kind::Blob, d), expect, "blob {i}");
+            assert_eq!(f.store.contains(Kind::Blob, d).unwrap(), expect, "blob {i}");
             assert_eq!(
                 f.index.get(Kind::Blob, d).unwrap().is_some(),
                 expect,
@@ -422,8 +424,8 @@ mod tests {
                 "docker.io",
                 "library/alpine",
                 "3",
-                &super::super::TagEntry {
-                    digest: m.to_string(),
+                &TagEntry {
+                    digest: m.clone(),
                     media_type: "application/vnd.oci.image.manifest.v1+json".into(),
                     size: manifest.len() as u64,
                     checked_at: 0,
@@ -446,9 +448,9 @@ mod tests {
         let report = f.evictor.run().unwrap();
         assert_eq!(report.evicted_age, 1);
         assert_eq!(report.pinned_skipped, 2);
-        assert!(f.store.contains(Kind::Blob, &layer));
-        assert!(f.store.contains(Kind::Manifest, &m));
-        assert!(!f.store.contains(Kind::Blob, &other));
+        assert!(f.store.contains(Kind::Blob, &layer).unwrap());
+        assert!(f.store.contains(Kind::Manifest, &m).unwrap());
+        assert!(!f.store.contains(Kind::Blob, &other).unwrap());
         assert!(pins.matches("docker.io", "library/alpine"));
         assert!(!pins.matches("docker.io", "library/alpine2"));
         assert!(!pins.matches("ghcr.io", "library/alpine"));
@@ -463,7 +465,7 @@ mod tests {
             Pins::default(),
         );
         f.store
-            .put_tag(&super::super::TagRecord {
+            .put_tag(&TagRecord {
                 upstream: "docker.io".into(),
                 repo: "library/alpine".into(),
                 tag: "3".into(),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 
-use super::CacheError;
+use crate::cache::CacheError;
 
 #[derive(Clone)]
 struct Entry {

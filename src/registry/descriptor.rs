@@ -1,14 +1,12 @@
 //! What a manifest references: the descriptors of an index's child
-//! manifests, and of an image manifest's config and layers. Used to keep
-//! pinned images whole, to prefetch and export images, and to check that an
-//! imported bundle is complete.
+//! manifests, and of an image manifest's config and layers, with their
+//! platforms. Protocol vocabulary: read from manifests, never written.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::store::{FsStore, Kind};
-use crate::registry::Digest;
+use super::Digest;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -97,35 +95,6 @@ pub fn references(manifest: &[u8]) -> Result<References, serde_json::Error> {
     })
 }
 
-/// Everything reachable from some manifests.
-#[derive(Debug, Default)]
-pub struct Reachable {
-    pub manifests: HashSet<Digest>,
-    pub blobs: HashSet<Digest>,
-}
-
-/// Walks from `roots` through the manifests in the store. A manifest that
-/// is not cached is still listed (it is referenced) but not followed.
-pub fn reachable(store: &FsStore, roots: impl IntoIterator<Item = Digest>) -> Reachable {
-    let mut out = Reachable::default();
-    let mut queue: VecDeque<Digest> = roots.into_iter().collect();
-    while let Some(digest) = queue.pop_front() {
-        if !out.manifests.insert(digest.clone()) {
-            continue;
-        }
-        let Ok(Some(bytes)) = store.read_whole(Kind::Manifest, &digest) else {
-            continue;
-        };
-        let Ok(refs) = references(&bytes) else {
-            continue;
-        };
-        queue.extend(refs.manifests.iter().filter_map(Descriptor::digest));
-        out.blobs
-            .extend(refs.blobs.iter().filter_map(Descriptor::digest));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,36 +129,5 @@ mod tests {
         let refs = references(image.as_bytes()).unwrap();
         let digests: Vec<_> = refs.blobs.iter().map(|b| b.digest.clone()).collect();
         assert_eq!(digests, vec![d(3), d(4)]);
-    }
-
-    #[test]
-    fn reachable_follows_cached_manifests_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open(dir.path()).unwrap();
-        let image = format!(
-            r#"{{"config":{{"digest":"{}","size":1}},"layers":[{{"digest":"{}","size":1}}]}}"#,
-            d(3),
-            d(4)
-        );
-        let image_digest = Digest::sha256_of(image.as_bytes());
-        store
-            .write_whole(Kind::Manifest, &image_digest, image.as_bytes())
-            .unwrap();
-        let index = format!(
-            r#"{{"manifests":[{{"digest":"{image_digest}","size":1}},{{"digest":"{}","size":1}}]}}"#,
-            d(9)
-        );
-        let index_digest = Digest::sha256_of(index.as_bytes());
-        store
-            .write_whole(Kind::Manifest, &index_digest, index.as_bytes())
-            .unwrap();
-        let r = reachable(&store, [index_digest.clone()]);
-        assert_eq!(
-            r.manifests.len(),
-            3,
-            "the index, the image, the uncached child"
-        );
-        assert_eq!(r.blobs.len(), 2);
-        assert!(r.blobs.contains(&d(4).parse().unwrap()));
     }
 }

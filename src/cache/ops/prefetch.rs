@@ -11,10 +11,37 @@ use std::sync::Arc;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::graph::{self, Descriptor};
-use super::{Attached, Cache, Kind, Phase};
-use crate::registry::{Digest, Reference, RepoName};
+use crate::cache::flight::{Attached, Phase};
+use crate::cache::storage::{ContentStoreExt, Kind};
+use crate::cache::{Cache, CacheError};
+use crate::registry::{references, Descriptor, Digest, Reference, RepoName};
 use crate::upstream::Upstream;
+
+/// Why an image could not be prefetched; the text is what the CLI prints
+/// and the admin API streams.
+#[derive(Debug, thiserror::Error)]
+pub enum PrefetchError {
+    /// The upstream's allow and deny rules refuse the repository.
+    #[error("{0}")]
+    Denied(String),
+    #[error("{0}")]
+    Cache(#[from] CacheError),
+    #[error("blob {digest}: {source}")]
+    Blob { digest: Digest, source: CacheError },
+    #[error("blob {0}: the fill ended without a result")]
+    FillVanished(Digest),
+    #[error("manifest {digest}: {source}")]
+    BadManifest {
+        digest: Digest,
+        source: serde_json::Error,
+    },
+    #[error("unsupported digest {0}")]
+    UnsupportedDigest(String),
+    #[error("no manifest for {wanted} (the index has {available})")]
+    NoPlatform { wanted: String, available: String },
+    #[error("manifest {0} is a nested index, which is not supported")]
+    NestedIndex(Digest),
+}
 
 /// Blobs fetched at once per image.
 const BLOB_CONCURRENCY: usize = 4;
@@ -54,10 +81,13 @@ pub async fn prefetch_image(
     reference: &Reference,
     platforms: &[String],
     progress: &dyn PrefetchProgress,
-) -> Result<Prefetched, String> {
-    upstream.check_repo(repo)?;
+) -> Result<Prefetched, PrefetchError> {
+    upstream.check_repo(repo).map_err(PrefetchError::Denied)?;
     let (digest, bytes) = manifest(cache, upstream, repo, reference).await?;
-    let refs = graph::references(&bytes).map_err(|e| format!("manifest {digest}: {e}"))?;
+    let refs = references(&bytes).map_err(|source| PrefetchError::BadManifest {
+        digest: digest.clone(),
+        source,
+    })?;
     let mut done = Prefetched {
         manifests: 1,
         ..Prefetched::default()
@@ -80,24 +110,24 @@ pub async fn prefetch_image(
                 .iter()
                 .filter_map(|m| m.platform.as_ref().map(|p| p.label()))
                 .collect();
-            return Err(format!(
-                "no manifest for {} (the index has {})",
-                platforms.join(", "),
-                available.join(", ")
-            ));
+            return Err(PrefetchError::NoPlatform {
+                wanted: platforms.join(", "),
+                available: available.join(", "),
+            });
         }
         for child in children {
             let cd = child
                 .digest()
-                .ok_or_else(|| format!("unsupported digest {}", child.digest))?;
+                .ok_or_else(|| PrefetchError::UnsupportedDigest(child.digest.clone()))?;
             let (_, child_bytes) =
                 manifest(cache, upstream, repo, &Reference::Digest(cd.clone())).await?;
             done.manifests += 1;
-            let r = graph::references(&child_bytes).map_err(|e| format!("manifest {cd}: {e}"))?;
+            let r = references(&child_bytes).map_err(|source| PrefetchError::BadManifest {
+                digest: cd.clone(),
+                source,
+            })?;
             if !r.manifests.is_empty() {
-                return Err(format!(
-                    "manifest {cd} is a nested index, which is not supported"
-                ));
+                return Err(PrefetchError::NestedIndex(cd));
             }
             chosen.push(
                 child
@@ -139,23 +169,15 @@ async fn manifest(
     upstream: &Arc<Upstream>,
     repo: &RepoName,
     reference: &Reference,
-) -> Result<(Digest, bytes::Bytes), String> {
+) -> Result<(Digest, bytes::Bytes), CacheError> {
     let digest = match reference {
         Reference::Digest(d) => d.clone(),
         Reference::Tag(tag) => {
-            let (entry, _) = cache
-                .manifests
-                .resolve_tag(upstream, repo, tag)
-                .await
-                .map_err(|e| e.to_string())?;
-            entry.digest.parse().map_err(|e| format!("{e}"))?
+            let (entry, _) = cache.manifests.resolve_tag(upstream, repo, tag).await?;
+            entry.digest
         }
     };
-    let (m, _) = cache
-        .manifests
-        .by_digest(upstream, repo, &digest)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (m, _) = cache.manifests.by_digest(upstream, repo, &digest).await?;
     Ok((digest, m.bytes.clone()))
 }
 
@@ -166,11 +188,14 @@ async fn blob(
     repo: &RepoName,
     blob: &Descriptor,
     progress: &dyn PrefetchProgress,
-) -> Result<u64, String> {
+) -> Result<u64, PrefetchError> {
     let digest = blob
         .digest()
-        .ok_or_else(|| format!("unsupported digest {}", blob.digest))?;
-    match cache.fills.attach(upstream.clone(), repo.clone(), &digest) {
+        .ok_or_else(|| PrefetchError::UnsupportedDigest(blob.digest.clone()))?;
+    match cache
+        .fills
+        .attach(upstream.clone(), repo.clone(), &digest)?
+    {
         Attached::Committed => {
             cache.index.touch(Kind::Blob, &digest);
             progress.advanced(blob.size);
@@ -190,14 +215,19 @@ async fn blob(
                 reported = reported.max(written);
                 match phase {
                     Phase::Complete { size, .. } => return Ok(size),
-                    Phase::Failed(e) => return Err(format!("blob {digest}: {e}")),
+                    Phase::Failed(source) => return Err(PrefetchError::Blob { digest, source }),
                     Phase::Connecting | Phase::Streaming { .. } => {}
                 }
                 if progress_rx.changed().await.is_err() {
-                    return if cache.store.contains(Kind::Blob, &digest) {
+                    return if cache
+                        .storage
+                        .content
+                        .contains(Kind::Blob, &digest)
+                        .map_err(CacheError::from)?
+                    {
                         Ok(reported)
                     } else {
-                        Err(format!("blob {digest}: the fill ended without a result"))
+                        Err(PrefetchError::FillVanished(digest))
                     };
                 }
             }

@@ -16,8 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::store::{FsStore, Kind};
-pub use super::tag_files::{TagEntry, TagRecord};
+use super::{ContentStore, ContentStoreExt, Kind, TagEntry, TagRecord};
 use crate::registry::{sniff_manifest_media_type, Digest};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -48,6 +47,13 @@ fn is_lock_error(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
+/// Calls into the index run inline on runtime workers, and that is
+/// deliberate, as mini-redis documents for its mutex: sled answers reads
+/// from its page cache and appends writes to an in-memory log that its own
+/// thread flushes every second (`flush_every_ms`), so no call waits on the
+/// disk. The exceptions are [`Index::open`], [`Index::reconcile`] and
+/// [`Index::flush`], which do wait: they run at startup, in operations
+/// that are on the blocking pool already, or at shutdown.
 pub struct Index {
     db: sled::Db,
     blobs: sled::Tree,
@@ -103,7 +109,7 @@ impl Index {
             Err(e) => {
                 let aside = path.with_extension(format!("corrupt-{}", now_millis()));
                 tracing::warn!(error = %e, aside = %aside.display(), "index unreadable; moving it aside and rebuilding");
-                std::fs::rename(path, &aside)?;
+                super::fs::move_aside(path, &aside)?;
                 open(path)?
             }
         };
@@ -346,14 +352,17 @@ impl Index {
         Ok(out)
     }
 
-    pub fn listing(&self, key: &str) -> Result<Option<super::Listing>, IndexError> {
+    pub fn listing<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, IndexError> {
         Ok(self
             .listings
             .get(key.as_bytes())?
             .and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
-    pub fn set_listing(&self, key: &str, listing: &super::Listing) -> Result<(), IndexError> {
+    pub fn set_listing<T: Serialize>(&self, key: &str, listing: &T) -> Result<(), IndexError> {
         let value = serde_json::to_vec(listing).unwrap_or_default();
         self.listings.insert(key.as_bytes(), value)?;
         Ok(())
@@ -363,10 +372,10 @@ impl Index {
     /// dropped; files without an entry are indexed. Files are trusted, not
     /// re-hashed: only verified content is ever renamed into the store, and
     /// re-hashing a large cache would make startup slow (`verify` does it).
-    pub fn reconcile(&self, store: &FsStore) -> Result<ReconcileReport, IndexError> {
+    pub fn reconcile(&self, store: &dyn ContentStore) -> Result<ReconcileReport, IndexError> {
         let mut report = ReconcileReport::default();
         for kind in [Kind::Blob, Kind::Manifest] {
-            let on_disk: HashMap<Digest, u64> = store.list(kind)?.into_iter().collect();
+            let on_disk: HashMap<Digest, u64> = store.objects(kind)?.into_iter().collect();
             for item in self.tree(kind).iter() {
                 let (key, _) = item?;
                 let digest = std::str::from_utf8(&key)
@@ -429,7 +438,7 @@ mod tests {
     #[test]
     fn reconcile_rebuilds_from_files_and_drops_ghosts() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open(dir.path()).unwrap();
+        let store = super::super::MemoryStore::new();
         let blob = Digest::sha256_of(b"layer");
         let manifest_bytes =
             br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
@@ -546,7 +555,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(&dir.path().join("index")).unwrap();
         let e = TagEntry {
-            digest: "sha256:x".into(),
+            digest: Digest::sha256_of(b"x"),
             media_type: "m".into(),
             size: 3,
             checked_at: 9,

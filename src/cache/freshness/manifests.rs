@@ -13,15 +13,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
-use super::freshness;
-use super::index::{now_millis, Index, TagEntry, TagRecord};
 use super::negative::NegativeCache;
-use super::single_flight::SingleFlight;
-use super::store::{FsStore, Kind};
-use super::CacheError;
+use super::ttl;
+use crate::cache::flight::SingleFlight;
+use crate::cache::storage::index::{now_millis, Index};
+use crate::cache::storage::{ContentStoreExt, Kind, Storage, TagEntry, TagRecord};
+use crate::cache::{CacheError, Outcome};
 use crate::metrics::Metrics;
 use crate::registry::{sniff_manifest_media_type, Digest, RepoName, Tag, MANIFEST_ACCEPT};
 use crate::upstream::{read_limited, Upstream};
+use tokio_util::task::TaskTracker;
 
 /// Manifests larger than this are refused: containerd rejects anything over
 /// 4 MiB anyway, and they are held whole in memory.
@@ -37,41 +38,15 @@ pub struct Manifest {
     pub bytes: Bytes,
 }
 
-/// How a lookup was answered; feeds the access log and the cache metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Hit,
-    Miss,
-    /// Another request's upstream fetch answered this one too.
-    Coalesced,
-    /// A stale tag was confirmed or updated by the upstream.
-    Revalidated,
-    /// The upstream failed; a cached answer past its freshness was served.
-    Stale,
-    /// A remembered upstream 404 answered without asking again.
-    Negative,
-}
-
-impl Outcome {
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Hit => "hit",
-            Outcome::Miss => "miss",
-            Outcome::Coalesced => "coalesced",
-            Outcome::Revalidated => "revalidated",
-            Outcome::Stale => "stale",
-            Outcome::Negative => "negative",
-        }
-    }
-}
-
 type TagKey = (Arc<str>, RepoName, Tag);
 
 pub struct ManifestCache {
-    store: Arc<FsStore>,
+    storage: Storage,
     index: Arc<Index>,
     metrics: Arc<Metrics>,
-    hot: moka::future::Cache<Digest, Arc<Manifest>>,
+    /// Synchronous moka: its calls take a short lock and never wait on
+    /// I/O, and a purge on the blocking pool can drop entries directly.
+    hot: moka::sync::Cache<Digest, Arc<Manifest>>,
     digest_flights: SingleFlight<Digest, Result<Arc<Manifest>, CacheError>>,
     tag_flights: SingleFlight<TagKey, Result<TagEntry, CacheError>>,
     negative: NegativeCache,
@@ -87,7 +62,7 @@ fn full_accept() -> HeaderMap {
 }
 
 fn task_panicked<T>() -> Result<T, CacheError> {
-    Err(CacheError::Io("manifest task panicked".into()))
+    Err(CacheError::Internal("manifest task panicked".into()))
 }
 
 /// The media type of an upstream manifest answer, without parameters.
@@ -101,19 +76,24 @@ fn content_type(headers: &HeaderMap) -> Option<String> {
 }
 
 impl ManifestCache {
-    pub fn new(store: Arc<FsStore>, index: Arc<Index>, metrics: Arc<Metrics>) -> ManifestCache {
+    pub fn new(
+        storage: Storage,
+        index: Arc<Index>,
+        metrics: Arc<Metrics>,
+        tasks: TaskTracker,
+    ) -> ManifestCache {
         ManifestCache {
-            store,
+            storage,
             index,
             metrics,
-            hot: moka::future::Cache::builder()
+            hot: moka::sync::Cache::builder()
                 .weigher(|_: &Digest, m: &Arc<Manifest>| {
                     m.bytes.len().try_into().unwrap_or(u32::MAX)
                 })
                 .max_capacity(HOT_MANIFEST_BYTES)
                 .build(),
-            digest_flights: SingleFlight::new(),
-            tag_flights: SingleFlight::new(),
+            digest_flights: SingleFlight::new(tasks.clone()),
+            tag_flights: SingleFlight::new(tasks),
             negative: NegativeCache::new(),
         }
     }
@@ -124,20 +104,20 @@ impl ManifestCache {
     }
 
     /// Drops a manifest from the in-memory hot set (after a purge).
-    pub async fn forget(&self, digest: &Digest) {
-        self.hot.invalidate(digest).await;
+    pub fn forget(&self, digest: &Digest) {
+        self.hot.invalidate(digest);
     }
 
     /// A cached manifest, from memory or disk, without asking upstream.
     pub async fn local(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, CacheError> {
-        if let Some(m) = self.hot.get(digest).await {
+        if let Some(m) = self.hot.get(digest) {
             self.index.touch(Kind::Manifest, digest);
             return Ok(Some(m));
         }
-        let Some(manifest) = read_stored(&self.store, &self.index, digest).await? else {
+        let Some(manifest) = read_stored(&self.storage, &self.index, digest).await? else {
             return Ok(None);
         };
-        self.hot.insert(digest.clone(), manifest.clone()).await;
+        self.hot.insert(digest.clone(), manifest.clone());
         self.index.touch(Kind::Manifest, digest);
         Ok(Some(manifest))
     }
@@ -162,7 +142,7 @@ impl ManifestCache {
             let upstream = upstream.clone();
             let repo = repo.clone();
             let digest = digest.clone();
-            let store = self.store.clone();
+            let store = self.storage.clone();
             let index = self.index.clone();
             let metrics = self.metrics.clone();
             let negative = self.negative.clone();
@@ -182,7 +162,7 @@ impl ManifestCache {
             .run(digest.clone(), fetch, task_panicked)
             .await;
         let manifest = result?;
-        self.hot.insert(digest.clone(), manifest.clone()).await;
+        self.hot.insert(digest.clone(), manifest.clone());
         let outcome = if joined {
             Outcome::Coalesced
         } else {
@@ -219,7 +199,7 @@ impl ManifestCache {
                 let upstream = upstream.clone();
                 let repo = repo.clone();
                 let tag = tag.clone();
-                let store = self.store.clone();
+                let store = self.storage.clone();
                 let index = self.index.clone();
                 let negative = self.negative.clone();
                 let negative_key = negative_key.clone();
@@ -240,7 +220,7 @@ impl ManifestCache {
             let key = (upstream.name.clone(), repo.clone(), tag.clone());
             self.tag_flights.run(key, revalidate, task_panicked).await
         };
-        let (entry, outcome) = freshness::lookup(upstream, cached, refresh).await?;
+        let (entry, outcome) = ttl::lookup(upstream, cached, refresh).await?;
         self.count(upstream, "tag", outcome);
         Ok((entry, outcome))
     }
@@ -252,7 +232,7 @@ async fn revalidate_tag(
     upstream: &Upstream,
     repo: &RepoName,
     tag: &Tag,
-    store: &Arc<FsStore>,
+    store: &Storage,
     index: &Index,
 ) -> Result<TagEntry, CacheError> {
     let response = ask_manifest(upstream, Method::HEAD, repo, tag.as_str()).await?;
@@ -270,7 +250,7 @@ async fn revalidate_tag(
         .and_then(|v| v.parse().ok());
     let entry = match (digest, media_type, size) {
         (Some(digest), Some(media_type), Some(size)) => TagEntry {
-            digest: digest.to_string(),
+            digest,
             media_type,
             size,
             checked_at: now_millis(),
@@ -280,7 +260,7 @@ async fn revalidate_tag(
         _ => {
             let fetched = get_manifest(upstream, repo, tag.as_str()).await?;
             TagEntry {
-                digest: Digest::sha256_of(&fetched.bytes).to_string(),
+                digest: Digest::sha256_of(&fetched.bytes),
                 media_type: fetched.media_type,
                 size: fetched.bytes.len() as u64,
                 checked_at: now_millis(),
@@ -296,7 +276,7 @@ async fn revalidate_tag(
         tag: tag.as_str().to_owned(),
         entry: entry.clone(),
     };
-    let writer = store.clone();
+    let writer = store.tags.clone();
     // The answer stands without its file (the index still has it); a tag
     // that cannot be recorded is only one a rebuilt index will miss.
     if let Err(e) = tokio::task::spawn_blocking(move || writer.put_tag(&record)).await? {
@@ -304,9 +284,7 @@ async fn revalidate_tag(
     }
     index.set_tag(&upstream.name, repo.as_str(), tag.as_str(), &entry)?;
     // The upstream just said this repository holds that manifest.
-    if let Ok(digest) = entry.digest.parse::<Digest>() {
-        index.link(&upstream.name, repo.as_str(), &digest)?;
-    }
+    index.link(&upstream.name, repo.as_str(), &entry.digest)?;
     Ok(entry)
 }
 
@@ -373,11 +351,11 @@ fn manifest_body_error(e: crate::upstream::ReadError) -> CacheError {
 
 /// The stored manifest with this digest, if any, read off the async runtime.
 async fn read_stored(
-    store: &Arc<FsStore>,
+    store: &Storage,
     index: &Index,
     digest: &Digest,
 ) -> Result<Option<Arc<Manifest>>, CacheError> {
-    let reader = store.clone();
+    let reader = store.content.clone();
     let d = digest.clone();
     let Some(bytes) =
         tokio::task::spawn_blocking(move || reader.read_whole(Kind::Manifest, &d)).await??
@@ -400,7 +378,7 @@ async fn fetch_by_digest(
     upstream: &Upstream,
     repo: &RepoName,
     digest: &Digest,
-    store: &Arc<FsStore>,
+    store: &Storage,
     index: &Index,
     metrics: &Metrics,
 ) -> Result<Arc<Manifest>, CacheError> {
@@ -414,7 +392,7 @@ async fn fetch_by_digest(
         });
     }
     let to_store = bytes.clone();
-    let store = store.clone();
+    let store = store.content.clone();
     let d = digest.clone();
     tokio::task::spawn_blocking(move || store.write_whole(Kind::Manifest, &d, &to_store)).await??;
     index.record(
