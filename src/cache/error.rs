@@ -87,6 +87,16 @@ impl CacheError {
         matches!(self, CacheError::UpstreamStatus { status, .. } if *status == StatusCode::NOT_FOUND)
     }
 
+    /// A manifest body that could not be read whole: too large is the
+    /// manifest's fault (MANIFEST_INVALID), the rest the upstream's.
+    pub fn manifest_body(e: crate::upstream::ReadError) -> CacheError {
+        match e {
+            crate::upstream::ReadError::TooLarge => CacheError::ManifestTooLarge,
+            crate::upstream::ReadError::Stalled(d) => CacheError::Stalled(d),
+            crate::upstream::ReadError::Transport(t) => CacheError::UpstreamBody(t),
+        }
+    }
+
     /// The storage error's kind, if this is one.
     pub fn io_kind(&self) -> Option<io::ErrorKind> {
         match self {

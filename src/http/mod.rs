@@ -22,7 +22,7 @@ use http::{HeaderValue, Method, Request, Response};
 pub use admin::admin_service;
 pub use audit::AuditLog;
 pub use server::{serve, Listener, ServeOptions, Shutdown};
-pub use tls::Tls;
+pub use tls::{Tls, TlsError};
 
 use crate::cache::Cache;
 use crate::config::Config;

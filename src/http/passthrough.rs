@@ -60,7 +60,7 @@ pub async fn relay_manifest(
     } else {
         let bytes = read_limited(response, MAX_MANIFEST_SIZE, upstream.idle_timeout())
             .await
-            .map_err(|e| failed(CacheError::UpstreamBody(e.to_string())))?;
+            .map_err(|e| failed(CacheError::manifest_body(e)))?;
         out_headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         body::full(bytes)
     };

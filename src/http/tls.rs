@@ -11,13 +11,39 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
 
+/// Why the TLS settings cannot be used; each names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("tls: cert_file and key_file go together")]
+    Incomplete,
+    /// A file that cannot be read or holds nothing usable.
+    #[error("tls.{key} {}: {message}", path.display())]
+    File {
+        key: &'static str,
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("tls: {0}")]
+    Protocol(rustls::Error),
+    #[error("tls: the certificate and key do not go together: {0}")]
+    Mismatch(rustls::Error),
+}
+
+fn file_error(key: &'static str, path: &std::path::Path, e: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        key,
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
+}
+
 pub struct Tls {
     acceptor: RwLock<TlsAcceptor>,
 }
 
 impl Tls {
     /// None when TLS is not configured.
-    pub fn load(config: &TlsConfig) -> Result<Option<Arc<Tls>>, String> {
+    pub fn load(config: &TlsConfig) -> Result<Option<Arc<Tls>>, TlsError> {
         if !config.enabled() {
             return Ok(None);
         }
@@ -28,7 +54,7 @@ impl Tls {
     }
 
     /// New connections use the new certificate; open ones keep theirs.
-    pub fn reload(&self, config: &TlsConfig) -> Result<(), String> {
+    pub fn reload(&self, config: &TlsConfig) -> Result<(), TlsError> {
         let acceptor = TlsAcceptor::from(Arc::new(server_config(config)?));
         *self.acceptor.write() = acceptor;
         Ok(())
@@ -39,50 +65,47 @@ impl Tls {
     }
 }
 
-fn server_config(config: &TlsConfig) -> Result<rustls::ServerConfig, String> {
+fn server_config(config: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> {
     let (Some(cert_file), Some(key_file)) = (&config.cert_file, &config.key_file) else {
-        return Err("tls: cert_file and key_file go together".into());
+        return Err(TlsError::Incomplete);
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
         .and_then(|i| i.collect())
-        .map_err(|e| format!("tls.cert_file {}: {e}", cert_file.display()))?;
+        .map_err(|e| file_error("cert_file", cert_file, e))?;
     if certs.is_empty() {
-        return Err(format!(
-            "tls.cert_file {}: no certificate",
-            cert_file.display()
-        ));
+        return Err(file_error("cert_file", cert_file, "no certificate"));
     }
     let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|e| format!("tls.key_file {}: {e}", key_file.display()))?;
+        .map_err(|e| file_error("key_file", key_file, e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tls: {e}"))?;
+        .map_err(TlsError::Protocol)?;
     let builder = match &config.client_ca_file {
         None => builder.with_no_client_auth(),
         Some(ca_file) => {
             let mut roots = rustls::RootCertStore::empty();
             for cert in CertificateDer::pem_file_iter(ca_file)
-                .map_err(|e| format!("tls.client_ca_file {}: {e}", ca_file.display()))?
+                .map_err(|e| file_error("client_ca_file", ca_file, e))?
             {
                 let cert =
-                    cert.map_err(|e| format!("tls.client_ca_file {}: {e}", ca_file.display()))?;
+                    cert.map_err(|e| file_error("client_ca_file", ca_file, e))?;
                 roots
                     .add(cert)
-                    .map_err(|e| format!("tls.client_ca_file {}: {e}", ca_file.display()))?;
+                    .map_err(|e| file_error("client_ca_file", ca_file, e))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
             )
             .build()
-            .map_err(|e| format!("tls.client_ca_file {}: {e}", ca_file.display()))?;
+            .map_err(|e| file_error("client_ca_file", ca_file, e))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
     let mut server = builder
         .with_single_cert(certs, key)
-        .map_err(|e| format!("tls: the certificate and key do not go together: {e}"))?;
+        .map_err(TlsError::Mismatch)?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(server)
 }

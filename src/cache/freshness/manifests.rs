@@ -333,7 +333,7 @@ async fn get_manifest(
     let media_type = content_type(response.headers());
     let bytes = read_limited(response, MAX_MANIFEST_SIZE, upstream.idle_timeout())
         .await
-        .map_err(manifest_body_error)?;
+        .map_err(CacheError::manifest_body)?;
     upstream.count_received(bytes.len());
     let media_type = media_type
         .or_else(|| sniff_manifest_media_type(&bytes))
@@ -341,13 +341,6 @@ async fn get_manifest(
     Ok(Fetched { bytes, media_type })
 }
 
-fn manifest_body_error(e: crate::upstream::ReadError) -> CacheError {
-    match e {
-        crate::upstream::ReadError::TooLarge => CacheError::ManifestTooLarge,
-        crate::upstream::ReadError::Stalled(d) => CacheError::Stalled(d),
-        crate::upstream::ReadError::Transport(t) => CacheError::UpstreamBody(t),
-    }
-}
 
 /// The stored manifest with this digest, if any, read off the async runtime.
 async fn read_stored(

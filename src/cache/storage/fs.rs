@@ -101,6 +101,19 @@ pub fn move_aside(path: &Path, aside: &Path) -> io::Result<()> {
     fs::rename(path, aside)
 }
 
+/// The names in a directory, for tests that look at the layout.
+#[cfg(test)]
+pub(crate) fn names_in(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl ReadAt for File {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         FileExt::read_exact_at(self, buf, offset)

@@ -537,15 +537,9 @@ mod tests {
             Err(e) => panic!("unexpected {e}"),
             Ok(_) => panic!("opened a held index"),
         }
-        let aside = std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .contains("corrupt")
-            })
+        let aside = super::super::fs::names_in(dir.path())
+            .iter()
+            .filter(|n| n.contains("corrupt"))
             .count();
         assert_eq!(aside, 0, "a held index is never moved aside");
     }

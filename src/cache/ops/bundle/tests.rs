@@ -1,4 +1,3 @@
-use std::fs;
 use std::sync::Arc;
 
 use super::*;
@@ -30,7 +29,7 @@ impl Side {
 
     /// Nothing left staged on disk (only meaningful for the fs side).
     fn tmp_is_empty(&self) -> bool {
-        self.memory.is_some() || fs::read_dir(self.dir.path().join("tmp")).unwrap().count() == 0
+        self.memory.is_some() || crate::cache::storage::fs::names_in(&self.dir.path().join("tmp")).is_empty()
     }
 }
 
