@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method};
 
 use super::freshness;
 use super::index::{now_millis, Index, TagEntry, TagRecord};
@@ -21,7 +21,7 @@ use super::store::{FsStore, Kind};
 use super::CacheError;
 use crate::metrics::Metrics;
 use crate::registry::{sniff_manifest_media_type, Digest, RepoName, Tag, MANIFEST_ACCEPT};
-use crate::upstream::{read_limited, Upstream};
+use crate::upstream::{self, Upstream, UpstreamError};
 
 /// Manifests larger than this are refused: containerd rejects anything over
 /// 4 MiB anyway, and they are held whole in memory.
@@ -318,7 +318,7 @@ async fn ask_manifest(
     method: Method,
     repo: &RepoName,
     reference: &str,
-) -> Result<reqwest::Response, CacheError> {
+) -> Result<upstream::Response, CacheError> {
     let response = upstream
         .request(
             method,
@@ -329,14 +329,7 @@ async fn ask_manifest(
         )
         .await?;
     upstream.record_ratelimit(response.headers());
-    if response.status() != StatusCode::OK {
-        return Err(CacheError::from_upstream_status(
-            &upstream.name,
-            &response,
-            "manifest",
-        ));
-    }
-    Ok(response)
+    Ok(response.require_ok("manifest")?)
 }
 
 struct Fetched {
@@ -353,7 +346,8 @@ async fn get_manifest(
 ) -> Result<Fetched, CacheError> {
     let response = ask_manifest(upstream, Method::GET, repo, reference).await?;
     let media_type = content_type(response.headers());
-    let bytes = read_limited(response, MAX_MANIFEST_SIZE, upstream.idle_timeout())
+    let bytes = response
+        .bytes(MAX_MANIFEST_SIZE)
         .await
         .map_err(manifest_body_error)?;
     upstream.count_received(bytes.len());
@@ -363,11 +357,11 @@ async fn get_manifest(
     Ok(Fetched { bytes, media_type })
 }
 
-fn manifest_body_error(e: crate::upstream::ReadError) -> CacheError {
+/// A manifest over the limit is invalid, not an upstream failure.
+fn manifest_body_error(e: UpstreamError) -> CacheError {
     match e {
-        crate::upstream::ReadError::TooLarge => CacheError::ManifestTooLarge,
-        crate::upstream::ReadError::Stalled(d) => CacheError::Stalled(d),
-        crate::upstream::ReadError::Transport(t) => CacheError::UpstreamBody(t),
+        UpstreamError::TooLarge { .. } => CacheError::ManifestTooLarge,
+        e => e.into(),
     }
 }
 

@@ -21,9 +21,6 @@ pub mod verify;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-
-use http::StatusCode;
 
 pub use evict::{Evictor, GcReport, Pins, Policy, Reason};
 pub use fill::{
@@ -47,19 +44,10 @@ use crate::upstream::{Upstream, UpstreamError};
 /// delivered to every client attached to it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CacheError {
+    /// Anything the upstream did: unreachable, an unwanted status, a
+    /// broken or stalled body ([`UpstreamError`] says which).
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
-    #[error("upstream {upstream} answered {status} for the {what}")]
-    UpstreamStatus {
-        upstream: String,
-        status: StatusCode,
-        what: &'static str,
-        retry_after: Option<String>,
-    },
-    #[error("upstream body failed: {0}")]
-    UpstreamBody(String),
-    #[error("upstream sent no data for {0:?}")]
-    Stalled(Duration),
     #[error("upstream content has digest {actual}, not the requested {expected}")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("upstream content is {actual} bytes, not the announced {expected}")]
@@ -75,46 +63,23 @@ pub enum CacheError {
 }
 
 impl CacheError {
-    pub fn from_upstream_status(
-        upstream: &str,
-        response: &reqwest::Response,
-        what: &'static str,
-    ) -> CacheError {
-        CacheError::UpstreamStatus {
-            upstream: upstream.to_owned(),
-            status: response.status(),
-            what,
-            retry_after: response
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-        }
-    }
-
     /// Failures that say the upstream is down, slow or rate-limiting — the
     /// ones a stale answer may cover — as opposed to answers about the
-    /// content itself (404, 401, a digest mismatch).
+    /// content itself (404, 401, a digest mismatch). `upstream` decides.
     pub fn is_upstream_failure(&self) -> bool {
-        match self {
-            CacheError::Upstream(_) | CacheError::UpstreamBody(_) | CacheError::Stalled(_) => true,
-            CacheError::UpstreamStatus { status, .. } => {
-                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
-            }
-            _ => false,
-        }
+        matches!(self, CacheError::Upstream(e) if e.is_failure())
     }
 
     pub fn is_not_found(&self) -> bool {
-        matches!(self, CacheError::UpstreamStatus { status, .. } if *status == StatusCode::NOT_FOUND)
+        matches!(self, CacheError::Upstream(e) if e.is_not_found())
     }
 
     fn fill_result_label(&self) -> &'static str {
         match self {
             CacheError::DigestMismatch { .. } => "digest_mismatch",
             CacheError::SizeMismatch { .. } => "size_mismatch",
-            CacheError::UpstreamStatus { .. } => "upstream_status",
-            CacheError::Stalled(_) => "stalled",
+            CacheError::Upstream(UpstreamError::Status { .. }) => "upstream_status",
+            CacheError::Upstream(UpstreamError::Stalled(_)) => "stalled",
             CacheError::Io(_) => "storage_error",
             _ => "upstream_error",
         }
@@ -212,16 +177,10 @@ impl Cache {
             http::header::ACCEPT,
             http::HeaderValue::from_static(crate::registry::MANIFEST_ACCEPT),
         );
-        let response = upstream
+        upstream
             .request(http::Method::HEAD, repo, &suffix, None, headers)
-            .await?;
-        if response.status() != StatusCode::OK {
-            return Err(CacheError::from_upstream_status(
-                &upstream.name,
-                &response,
-                kind.label(),
-            ));
-        }
+            .await?
+            .require_ok(kind.label())?;
         self.index.link(&upstream.name, repo.as_str(), digest)?;
         Ok(())
     }

@@ -257,11 +257,8 @@ async fn head_upstream(route: &Route, digest: &Digest) -> Result<Response<Body>,
             HeaderMap::new(),
         )
         .await
+        .and_then(|r| r.require_ok("blob"))
         .map_err(|e| ApiError::from_cache(&CacheError::from(e), Code::BlobUnknown))?;
-    if response.status() != StatusCode::OK {
-        let e = CacheError::from_upstream_status(&route.upstream.name, &response, "blob");
-        return Err(ApiError::from_cache(&e, Code::BlobUnknown));
-    }
     let mut headers = blob_headers(digest);
     if let Some(len) = response.headers().get(http::header::CONTENT_LENGTH) {
         headers.insert(http::header::CONTENT_LENGTH, len.clone());
