@@ -263,7 +263,7 @@ async fn revalidate_tag(
         .and_then(|v| v.parse::<Digest>().ok());
     let media_type = content_type(headers);
     // The header, not `content_length()`: a HEAD response's body is empty,
-    // and reqwest reports the body's length.
+    // and the transport reports the body's length.
     let size: Option<u64> = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

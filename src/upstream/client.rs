@@ -10,7 +10,7 @@ use parking_lot::RwLock;
 
 use super::auth::{bearer_header, Credentials, CredentialsError};
 use super::challenge::parse_challenges;
-use super::health::{Admission, BreakerState, CircuitBreaker};
+use super::health::{Admission, BreakerState, CircuitBreaker, ProbeGuard};
 use super::response::{describe, Response};
 use super::{BuildError, Failure, Shared, UpstreamError};
 use crate::config::UpstreamConfig;
@@ -427,10 +427,7 @@ impl Upstream {
         }
         // If this future is dropped (or gives up waiting for its turn)
         // before the request is answered, a probe slot must be freed.
-        let probe = ProbeGuard {
-            breaker: &self.breaker,
-            admission: Some(admission),
-        };
+        let probe = ProbeGuard::new(&self.breaker, admission);
         if let Some(pace) = &self.pace {
             if pace.check().is_err() {
                 self.shared.metrics.throttled("upstream_rate");
@@ -508,28 +505,6 @@ impl Upstream {
                     .with_label_values(&[&*self.name, kind])
                     .set(v);
             }
-        }
-    }
-}
-
-struct ProbeGuard<'a> {
-    breaker: &'a CircuitBreaker,
-    admission: Option<Admission>,
-}
-
-impl ProbeGuard<'_> {
-    fn finish(mut self, failure: Option<Failure>) -> BreakerState {
-        match self.admission.take() {
-            Some(a) => self.breaker.record(&a, failure),
-            None => self.breaker.state(),
-        }
-    }
-}
-
-impl Drop for ProbeGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(a) = self.admission.take() {
-            self.breaker.abandon(&a);
         }
     }
 }

@@ -125,6 +125,38 @@ impl CircuitBreaker {
     }
 }
 
+/// An admitted request's hold on the breaker: [`ProbeGuard::finish`]
+/// records its outcome; dropped unfinished (the caller went away or gave
+/// up), it frees a probe slot instead.
+pub(super) struct ProbeGuard<'a> {
+    breaker: &'a CircuitBreaker,
+    admission: Option<Admission>,
+}
+
+impl<'a> ProbeGuard<'a> {
+    pub(super) fn new(breaker: &'a CircuitBreaker, admission: Admission) -> ProbeGuard<'a> {
+        ProbeGuard {
+            breaker,
+            admission: Some(admission),
+        }
+    }
+
+    pub(super) fn finish(mut self, failure: Option<Failure>) -> BreakerState {
+        match self.admission.take() {
+            Some(a) => self.breaker.record(&a, failure),
+            None => self.breaker.state(),
+        }
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(a) = self.admission.take() {
+            self.breaker.abandon(&a);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +220,15 @@ mod tests {
         }
         let a = b.admit();
         assert_eq!(b.record(&a, Some(Failure::RateLimited)), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_dropped_unfinished_frees_its_slot() {
+        let b = CircuitBreaker::new(1, Duration::from_secs(5));
+        let a = b.admit();
+        b.record(&a, Some(Failure::Timeout));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        drop(ProbeGuard::new(&b, b.admit()));
+        assert_eq!(b.admit(), Admission::Probe);
     }
 }
