@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, Method};
 
 use super::flight::{body_stream, wait_for_headers, Attached, BodySource, ReaderGuard};
 use super::storage::{Kind, Object};
@@ -200,14 +200,8 @@ impl Cache {
                 None,
                 HeaderMap::new(),
             )
-            .await?;
-        if response.status() != StatusCode::OK {
-            return Err(CacheError::from_upstream_status(
-                &upstream.name,
-                &response,
-                "blob",
-            ));
-        }
+            .await?
+            .require_ok("blob")?;
         // The header, not the body's length: a HEAD has no body.
         Ok(response
             .headers()

@@ -3,9 +3,6 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
-
-use http::StatusCode;
 
 use super::freshness::MAX_MANIFEST_SIZE;
 use super::storage::index::IndexError;
@@ -16,19 +13,10 @@ use crate::upstream::UpstreamError;
 /// attached to it; causes are shared, not flattened to text.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CacheError {
+    /// Anything the upstream did: unreachable, an unwanted status, a
+    /// broken or stalled body ([`UpstreamError`] says which).
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
-    #[error("upstream {upstream} answered {status} for the {what}")]
-    UpstreamStatus {
-        upstream: String,
-        status: StatusCode,
-        what: &'static str,
-        retry_after: Option<String>,
-    },
-    #[error("upstream body failed: {0}")]
-    UpstreamBody(String),
-    #[error("upstream sent no data for {0:?}")]
-    Stalled(Duration),
     #[error("upstream content has digest {actual}, not the requested {expected}")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("upstream content is {actual} bytes, not the announced {expected}")]
@@ -53,47 +41,24 @@ pub enum CacheError {
 }
 
 impl CacheError {
-    pub fn from_upstream_status(
-        upstream: &str,
-        response: &crate::upstream::Response,
-        what: &'static str,
-    ) -> CacheError {
-        CacheError::UpstreamStatus {
-            upstream: upstream.to_owned(),
-            status: response.status(),
-            what,
-            retry_after: response
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-        }
-    }
-
     /// Failures that say the upstream is down, slow or rate-limiting — the
     /// ones a stale answer may cover — as opposed to answers about the
-    /// content itself (404, 401, a digest mismatch).
+    /// content itself (404, 401, a digest mismatch). `upstream` decides.
     pub fn is_upstream_failure(&self) -> bool {
-        match self {
-            CacheError::Upstream(_) | CacheError::UpstreamBody(_) | CacheError::Stalled(_) => true,
-            CacheError::UpstreamStatus { status, .. } => {
-                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
-            }
-            _ => false,
-        }
+        matches!(self, CacheError::Upstream(e) if e.is_failure())
     }
 
     pub fn is_not_found(&self) -> bool {
-        matches!(self, CacheError::UpstreamStatus { status, .. } if *status == StatusCode::NOT_FOUND)
+        matches!(self, CacheError::Upstream(e) if e.is_not_found())
     }
 
     /// A manifest body that could not be read whole: too large is the
-    /// manifest's fault (MANIFEST_INVALID), the rest the upstream's.
-    pub fn manifest_body(e: crate::upstream::ReadError) -> CacheError {
+    /// manifest's fault (MANIFEST_INVALID, as for cached ones), the rest
+    /// the upstream's.
+    pub fn manifest_body(e: UpstreamError) -> CacheError {
         match e {
-            crate::upstream::ReadError::TooLarge => CacheError::ManifestTooLarge,
-            crate::upstream::ReadError::Stalled(d) => CacheError::Stalled(d),
-            crate::upstream::ReadError::Transport(t) => CacheError::UpstreamBody(t),
+            UpstreamError::TooLarge { .. } => CacheError::ManifestTooLarge,
+            e => e.into(),
         }
     }
 
@@ -122,8 +87,8 @@ impl CacheError {
         match self {
             CacheError::DigestMismatch { .. } => "digest_mismatch",
             CacheError::SizeMismatch { .. } => "size_mismatch",
-            CacheError::UpstreamStatus { .. } => "upstream_status",
-            CacheError::Stalled(_) => "stalled",
+            CacheError::Upstream(UpstreamError::Status { .. }) => "upstream_status",
+            CacheError::Upstream(UpstreamError::Stalled(_)) => "stalled",
             CacheError::Storage(_)
             | CacheError::Index(_)
             | CacheError::Locked(_)

@@ -145,16 +145,10 @@ impl Cache {
             http::header::ACCEPT,
             http::HeaderValue::from_static(crate::registry::MANIFEST_ACCEPT),
         );
-        let response = upstream
+        upstream
             .request(http::Method::HEAD, repo, &suffix, None, headers)
-            .await?;
-        if response.status() != http::StatusCode::OK {
-            return Err(CacheError::from_upstream_status(
-                &upstream.name,
-                &response,
-                kind.label(),
-            ));
-        }
+            .await?
+            .require_ok(kind.label())?;
         self.index.link(&upstream.name, repo.as_str(), digest)?;
         Ok(())
     }

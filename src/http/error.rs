@@ -85,12 +85,12 @@ impl ApiError {
     /// Maps a cache failure for content of `what` (blob or manifest).
     pub fn from_cache(e: &CacheError, unknown: Code) -> ApiError {
         match e {
-            CacheError::UpstreamStatus {
+            CacheError::Upstream(UpstreamError::Status {
                 upstream,
                 status,
                 what,
                 retry_after,
-            } => {
+            }) => {
                 let (status, code, message) = match status.as_u16() {
                     404 => (
                         StatusCode::NOT_FOUND,
@@ -136,14 +136,14 @@ impl ApiError {
                     format!("not cached, and {e}"),
                 )
             },
-            CacheError::Upstream(UpstreamError::Timeout { .. }) | CacheError::Stalled(_) => {
+            CacheError::Upstream(UpstreamError::Timeout { .. } | UpstreamError::Stalled(_)) => {
                 ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     Code::Unavailable,
                     e.to_string(),
                 )
             }
-            CacheError::Upstream(_) | CacheError::UpstreamBody(_) => {
+            CacheError::Upstream(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, Code::Unavailable, e.to_string())
             }
             CacheError::DigestMismatch { .. }
@@ -234,12 +234,12 @@ mod tests {
 
     #[test]
     fn upstream_429_keeps_retry_after() {
-        let e = CacheError::UpstreamStatus {
+        let e = CacheError::Upstream(UpstreamError::Status {
             upstream: "docker.io".into(),
             status: StatusCode::TOO_MANY_REQUESTS,
             what: "manifest",
             retry_after: Some("7".into()),
-        };
+        });
         let api = ApiError::from_cache(&e, Code::ManifestUnknown);
         assert_eq!(api.status, 429);
         assert_eq!(api.code, Code::TooManyRequests);

@@ -8,7 +8,6 @@ use super::error::{ApiError, Code};
 use super::route::Route;
 use crate::cache::{CacheError, MAX_MANIFEST_SIZE};
 use crate::registry::{AcceptList, Reference};
-use crate::upstream::read_limited;
 
 /// Relays one manifest answer, asked for with the client's own Accept: 2xx
 /// with its body and the headers clients need; anything else as regcache's
@@ -40,11 +39,7 @@ pub async fn relay_manifest(
     upstream.record_ratelimit(response.headers());
     let status = response.status();
     if !status.is_success() {
-        return Err(failed(CacheError::from_upstream_status(
-            &upstream.name,
-            &response,
-            "manifest",
-        )));
+        return Err(failed(response.status_error("manifest").into()));
     }
     let mut out_headers = HeaderMap::new();
     for name in ["content-type", "docker-content-digest", "etag"] {
@@ -58,7 +53,8 @@ pub async fn relay_manifest(
         }
         body::head()
     } else {
-        let bytes = read_limited(response, MAX_MANIFEST_SIZE, upstream.idle_timeout())
+        let bytes = response
+            .bytes(MAX_MANIFEST_SIZE)
             .await
             .map_err(|e| failed(CacheError::manifest_body(e)))?;
         out_headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));

@@ -75,8 +75,8 @@ fn server_config(config: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> {
     if certs.is_empty() {
         return Err(file_error("cert_file", cert_file, "no certificate"));
     }
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|e| file_error("key_file", key_file, e))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key_file).map_err(|e| file_error("key_file", key_file, e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -88,8 +88,7 @@ fn server_config(config: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> {
             for cert in CertificateDer::pem_file_iter(ca_file)
                 .map_err(|e| file_error("client_ca_file", ca_file, e))?
             {
-                let cert =
-                    cert.map_err(|e| file_error("client_ca_file", ca_file, e))?;
+                let cert = cert.map_err(|e| file_error("client_ca_file", ca_file, e))?;
                 roots
                     .add(cert)
                     .map_err(|e| file_error("client_ca_file", ca_file, e))?;

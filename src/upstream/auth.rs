@@ -14,13 +14,18 @@ use moka::future::Cache;
 use parking_lot::Mutex;
 use serde::Deserialize;
 
-use super::body::read_limited;
 use super::challenge::Challenge;
+use super::response::{describe, read_reqwest_limited};
 use super::UpstreamError;
 
 /// Registries must issue tokens valid for at least this long; shorter (or
 /// absent) lifetimes are treated as this, as containers/image does.
 const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// A user name and password that cannot be sent in a header.
+#[derive(Debug, thiserror::Error)]
+#[error("credentials cannot form a header")]
+pub struct CredentialsError(#[source] http::header::InvalidHeaderValue);
 
 /// An upstream account. Never printed: `Debug` shows only the user.
 #[derive(Clone, PartialEq, Eq)]
@@ -31,12 +36,12 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    pub fn new(username: String, password: String) -> Result<Credentials, String> {
+    pub fn new(username: String, password: String) -> Result<Credentials, CredentialsError> {
         use base64::Engine;
         let encoded =
             base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
-        let mut basic = HeaderValue::from_str(&format!("Basic {encoded}"))
-            .map_err(|_| "credentials cannot form a header".to_owned())?;
+        let mut basic =
+            HeaderValue::from_str(&format!("Basic {encoded}")).map_err(CredentialsError)?;
         basic.set_sensitive(true);
         Ok(Credentials {
             username,
@@ -228,12 +233,10 @@ async fn fetch_token(
     if let Some(c) = &credentials {
         request = request.header(http::header::AUTHORIZATION, c.basic_header());
     }
-    let response = request.send().await.map_err(|e| {
-        UpstreamError::Token(format!(
-            "token request failed: {}",
-            super::body::describe(&e)
-        ))
-    })?;
+    let response = request
+        .send()
+        .await
+        .map_err(|e| UpstreamError::Token(format!("token request failed: {}", describe(&e))))?;
     let status = response.status();
     if !status.is_success() {
         return Err(UpstreamError::Token(format!(
@@ -241,9 +244,17 @@ async fn fetch_token(
         )));
     }
     // Token responses are small; refuse anything that is not.
-    let body = read_limited(response, 64 * 1024, Duration::from_secs(30))
+    let body = read_reqwest_limited(response, 64 * 1024, Duration::from_secs(30))
         .await
-        .map_err(|e| UpstreamError::Token(format!("reading the token failed: {e}")))?;
+        .map_err(|e| {
+            let why = match e {
+                UpstreamError::TooLarge { .. } => "body too large".to_owned(),
+                UpstreamError::Stalled(d) => format!("no data for {d:?}"),
+                UpstreamError::Body(detail) => detail,
+                e => e.to_string(),
+            };
+            UpstreamError::Token(format!("reading the token failed: {why}"))
+        })?;
     let parsed: TokenResponse = serde_json::from_slice(&body)
         .map_err(|e| UpstreamError::Token(format!("the token response is not JSON: {e}")))?;
     let value = parsed

@@ -8,11 +8,11 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use parking_lot::RwLock;
 
-use super::auth::{bearer_header, Credentials};
-use super::body::describe;
+use super::auth::{bearer_header, Credentials, CredentialsError};
 use super::challenge::parse_challenges;
-use super::health::{Admission, BreakerState, CircuitBreaker};
-use super::{BuildError, Shared, UpstreamError};
+use super::health::{Admission, BreakerState, CircuitBreaker, ProbeGuard};
+use super::response::{describe, Response};
+use super::{BuildError, Failure, Shared, UpstreamError};
 use crate::config::UpstreamConfig;
 use crate::policy::RepoRules;
 use crate::registry::RepoName;
@@ -41,18 +41,35 @@ pub struct UpstreamSettings {
     pub public_only: bool,
 }
 
+/// Why an upstream's settings could not be taken from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The config names its credentials wrongly (config says how).
+    #[error("{0}")]
+    CredentialsConfig(String),
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    /// An allow or deny pattern does not compile.
+    #[error("{0}")]
+    Rules(String),
+}
+
 impl UpstreamSettings {
-    fn from_config(c: &UpstreamConfig) -> Result<UpstreamSettings, String> {
+    fn from_config(c: &UpstreamConfig) -> Result<UpstreamSettings, SettingsError> {
         Ok(UpstreamSettings {
             tag_ttl: c.tag_ttl.get(),
             stale_if_error: c.stale_if_error.get(),
             negative_ttl: c.negative_ttl.get(),
             offline: c.offline,
             credentials: c
-                .credentials()?
+                .credentials()
+                .map_err(|e| SettingsError::CredentialsConfig(e.to_string()))?
                 .map(|(u, p)| Credentials::new(u, p))
                 .transpose()?,
-            rules: Arc::new(RepoRules::new(&c.allow, &c.deny)?),
+            rules: Arc::new(
+                RepoRules::new(&c.allow, &c.deny)
+                    .map_err(|e| SettingsError::Rules(e.to_string()))?,
+            ),
             public_only: c.public_only,
         })
     }
@@ -94,11 +111,11 @@ impl Upstream {
         config: &UpstreamConfig,
         shared: Arc<Shared>,
     ) -> Result<Upstream, BuildError> {
-        let fail = |message: String| BuildError::Upstream {
-            name: config.name.clone(),
-            message,
-        };
-        let mut base = reqwest::Url::parse(&config.url).map_err(|e| fail(format!("url: {e}")))?;
+        let name = || config.name.clone();
+        let mut base = reqwest::Url::parse(&config.url).map_err(|source| BuildError::Url {
+            name: name(),
+            source,
+        })?;
         // Joining "v2/..." onto the base must keep any path the URL has.
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
@@ -112,15 +129,23 @@ impl Upstream {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("regcache/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &config.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| fail(format!("ca_file {}: {e}", path.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| fail(format!("ca_file {}: {e}", path.display())))?;
+            let pem = std::fs::read(path).map_err(|source| BuildError::CaFileRead {
+                name: name(),
+                path: path.clone(),
+                source,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+                BuildError::CaFileParse {
+                    name: name(),
+                    path: path.clone(),
+                    source,
+                }
+            })?;
             if certs.is_empty() {
-                return Err(fail(format!(
-                    "ca_file {} holds no certificate",
-                    path.display()
-                )));
+                return Err(BuildError::CaFileEmpty {
+                    name: name(),
+                    path: path.clone(),
+                });
             }
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
@@ -131,9 +156,14 @@ impl Upstream {
             builder = builder.danger_accept_invalid_certs(true);
         }
         let http = builder.build().map_err(|source| BuildError::Client {
-            name: config.name.clone(),
+            name: name(),
             source,
         })?;
+        let settings =
+            UpstreamSettings::from_config(config).map_err(|source| BuildError::Settings {
+                name: name(),
+                source,
+            })?;
         let docker_hub = std::iter::once(&config.name)
             .chain(&config.aliases)
             .chain(base.host_str().map(str::to_owned).iter())
@@ -144,7 +174,7 @@ impl Upstream {
             base,
             http,
             tls: (config.ca_file.clone(), config.insecure_skip_verify),
-            settings: RwLock::new(UpstreamSettings::from_config(config).map_err(fail)?),
+            settings: RwLock::new(settings),
             basic_auth: std::sync::atomic::AtomicBool::new(false),
             breaker: CircuitBreaker::new(config.breaker_threshold, config.breaker_cooldown.get()),
             fill_slots: Arc::new(tokio::sync::Semaphore::new(
@@ -164,7 +194,7 @@ impl Upstream {
             && self.tls == (config.ca_file.clone(), config.insecure_skip_verify)
     }
 
-    pub(super) fn update(&self, config: &UpstreamConfig) -> Result<(), String> {
+    pub(super) fn update(&self, config: &UpstreamConfig) -> Result<(), SettingsError> {
         let settings = UpstreamSettings::from_config(config)?;
         let credentials_changed = self.settings.read().credentials != settings.credentials;
         *self.settings.write() = settings;
@@ -245,7 +275,7 @@ impl Upstream {
         suffix: &str,
         query: Option<&str>,
         headers: HeaderMap,
-    ) -> Result<reqwest::Response, UpstreamError> {
+    ) -> Result<Response, UpstreamError> {
         let mut url = self
             .base
             .join(&format!("v2/{}/{}", repo.as_str(), suffix))
@@ -286,7 +316,7 @@ impl Upstream {
                 }
             }
             if !response.status().is_redirection() {
-                return Ok(response);
+                return Ok(self.answer(response));
             }
             let next = response
                 .headers()
@@ -294,7 +324,7 @@ impl Upstream {
                 .and_then(|l| l.to_str().ok())
                 .and_then(|l| url.join(l).ok());
             let Some(next) = next else {
-                return Ok(response);
+                return Ok(self.answer(response));
             };
             if response.status() == StatusCode::SEE_OTHER {
                 method = Method::GET;
@@ -302,6 +332,17 @@ impl Upstream {
             url = next;
         }
         Err(self.unreachable(format!("more than {MAX_REDIRECTS} redirects")))
+    }
+
+    fn answer(&self, response: reqwest::Response) -> Response {
+        Response::from_reqwest(self.name.clone(), self.shared.idle_timeout, response)
+    }
+
+    fn timeout(&self) -> UpstreamError {
+        UpstreamError::Timeout {
+            upstream: self.name.to_string(),
+            after: self.shared.header_timeout,
+        }
     }
 
     fn unreachable(&self, detail: String) -> UpstreamError {
@@ -354,10 +395,7 @@ impl Upstream {
                     .answer(&self.http, home_name, bearer, scope, credentials);
             let token = tokio::time::timeout(self.shared.header_timeout, answer)
                 .await
-                .map_err(|_| UpstreamError::Timeout {
-                    upstream: self.name.to_string(),
-                    after: self.shared.header_timeout,
-                })??;
+                .map_err(|_| self.timeout())??;
             return Ok(Some(bearer_header(&token)));
         }
         if challenges.iter().any(|c| c.scheme == "basic") {
@@ -387,22 +425,17 @@ impl Upstream {
                 upstream: self.name.to_string(),
             });
         }
+        // If this future is dropped (or gives up waiting for its turn)
+        // before the request is answered, a probe slot must be freed.
+        let probe = ProbeGuard::new(&self.breaker, admission);
         if let Some(pace) = &self.pace {
             if pace.check().is_err() {
                 self.shared.metrics.throttled("upstream_rate");
                 tokio::time::timeout(self.shared.header_timeout, pace.until_ready())
                     .await
-                    .map_err(|_| UpstreamError::Timeout {
-                        upstream: self.name.to_string(),
-                        after: self.shared.header_timeout,
-                    })?;
+                    .map_err(|_| self.timeout())?;
             }
         }
-        // If this future is dropped mid-request, a probe slot must be freed.
-        let probe = ProbeGuard {
-            breaker: &self.breaker,
-            admission: Some(admission),
-        };
         let mut request = self.http.request(method, url).headers(headers.clone());
         // Compressed transfer would change the bytes that must hash to the
         // digest.
@@ -414,11 +447,15 @@ impl Upstream {
             request = request.header(http::header::AUTHORIZATION, a);
         }
         let started = tokio::time::Instant::now();
-        let sent = tokio::time::timeout(self.shared.header_timeout, request.send()).await;
+        let sent = match tokio::time::timeout(self.shared.header_timeout, request.send()).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(self.unreachable(describe(&e))),
+            Err(_) => Err(self.timeout()),
+        };
         let status_label = match &sent {
-            Ok(Ok(r)) => r.status().as_u16().to_string(),
-            Ok(Err(_)) => "error".to_owned(),
-            Err(_) => "timeout".to_owned(),
+            Ok(r) => r.status().as_u16().to_string(),
+            Err(UpstreamError::Timeout { .. }) => "timeout".to_owned(),
+            Err(_) => "error".to_owned(),
         };
         let metrics = &self.shared.metrics;
         metrics
@@ -429,22 +466,16 @@ impl Upstream {
             .upstream_duration
             .with_label_values(&[&*self.name])
             .observe(started.elapsed().as_secs_f64());
-        // 5xx and 429 count against the upstream's health: both mean "stop
-        // sending it traffic for a while".
-        let healthy = matches!(&sent, Ok(Ok(r)) if !r.status().is_server_error() && r.status() != StatusCode::TOO_MANY_REQUESTS);
-        let state = probe.finish(healthy);
+        let failure = match &sent {
+            Ok(r) => Failure::of_status(r.status()),
+            Err(e) => e.failure(),
+        };
+        let state = probe.finish(failure);
         metrics
             .upstream_circuit_state
             .with_label_values(&[&*self.name])
             .set(state.gauge_value());
-        match sent {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(self.unreachable(describe(&e))),
-            Err(_) => Err(UpstreamError::Timeout {
-                upstream: self.name.to_string(),
-                after: self.shared.header_timeout,
-            }),
-        }
+        sent
     }
 
     /// Counts body bytes received from this upstream.
@@ -474,28 +505,6 @@ impl Upstream {
                     .with_label_values(&[&*self.name, kind])
                     .set(v);
             }
-        }
-    }
-}
-
-struct ProbeGuard<'a> {
-    breaker: &'a CircuitBreaker,
-    admission: Option<Admission>,
-}
-
-impl ProbeGuard<'_> {
-    fn finish(mut self, healthy: bool) -> BreakerState {
-        match self.admission.take() {
-            Some(a) => self.breaker.record(&a, healthy),
-            None => self.breaker.state(),
-        }
-    }
-}
-
-impl Drop for ProbeGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(a) = self.admission.take() {
-            self.breaker.abandon(&a);
         }
     }
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use super::Failure;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
     Closed,
@@ -78,8 +80,12 @@ impl CircuitBreaker {
         }
     }
 
-    /// Records an outcome; returns the state afterwards.
-    pub fn record(&self, admission: &Admission, success: bool) -> BreakerState {
+    /// Records an outcome (the failure it was, if any); returns the state
+    /// afterwards. Only failures that [count against health] trip it.
+    ///
+    /// [count against health]: Failure::counts_against_health
+    pub fn record(&self, admission: &Admission, failure: Option<Failure>) -> BreakerState {
+        let success = !failure.is_some_and(Failure::counts_against_health);
         let mut inner = self.inner.lock();
         if *admission == Admission::Probe {
             inner.probing = false;
@@ -119,9 +125,44 @@ impl CircuitBreaker {
     }
 }
 
+/// An admitted request's hold on the breaker: [`ProbeGuard::finish`]
+/// records its outcome; dropped unfinished (the caller went away or gave
+/// up), it frees a probe slot instead.
+pub(super) struct ProbeGuard<'a> {
+    breaker: &'a CircuitBreaker,
+    admission: Option<Admission>,
+}
+
+impl<'a> ProbeGuard<'a> {
+    pub(super) fn new(breaker: &'a CircuitBreaker, admission: Admission) -> ProbeGuard<'a> {
+        ProbeGuard {
+            breaker,
+            admission: Some(admission),
+        }
+    }
+
+    pub(super) fn finish(mut self, failure: Option<Failure>) -> BreakerState {
+        match self.admission.take() {
+            Some(a) => self.breaker.record(&a, failure),
+            None => self.breaker.state(),
+        }
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(a) = self.admission.take() {
+            self.breaker.abandon(&a);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FAILED: Option<Failure> = Some(Failure::ServerError);
+    const OK: Option<Failure> = None;
 
     #[tokio::test(start_paused = true)]
     async fn opens_after_threshold_half_opens_and_recovers() {
@@ -129,10 +170,10 @@ mod tests {
         for _ in 0..2 {
             let a = b.admit();
             assert_eq!(a, Admission::Allowed);
-            assert_eq!(b.record(&a, false), BreakerState::Closed);
+            assert_eq!(b.record(&a, FAILED), BreakerState::Closed);
         }
         let a = b.admit();
-        assert_eq!(b.record(&a, false), BreakerState::Open);
+        assert_eq!(b.record(&a, FAILED), BreakerState::Open);
         assert_eq!(b.admit(), Admission::Rejected);
 
         tokio::time::advance(Duration::from_secs(31)).await;
@@ -141,11 +182,11 @@ mod tests {
         assert_eq!(probe, Admission::Probe);
         assert_eq!(b.admit(), Admission::Rejected, "one probe at a time");
         // The probe fails: open again for a full cooldown.
-        assert_eq!(b.record(&probe, false), BreakerState::Open);
+        assert_eq!(b.record(&probe, FAILED), BreakerState::Open);
         tokio::time::advance(Duration::from_secs(31)).await;
         let probe = b.admit();
         assert_eq!(probe, Admission::Probe);
-        assert_eq!(b.record(&probe, true), BreakerState::Closed);
+        assert_eq!(b.record(&probe, OK), BreakerState::Closed);
         assert_eq!(b.admit(), Admission::Allowed);
     }
 
@@ -153,16 +194,41 @@ mod tests {
     async fn a_success_resets_the_count_and_an_abandoned_probe_frees_the_slot() {
         let b = CircuitBreaker::new(2, Duration::from_secs(5));
         let a = b.admit();
-        b.record(&a, false);
+        b.record(&a, FAILED);
         let a = b.admit();
-        b.record(&a, true);
+        b.record(&a, OK);
         let a = b.admit();
-        assert_eq!(b.record(&a, false), BreakerState::Closed, "count restarted");
+        assert_eq!(
+            b.record(&a, FAILED),
+            BreakerState::Closed,
+            "count restarted"
+        );
         let a = b.admit();
-        assert_eq!(b.record(&a, false), BreakerState::Open);
+        assert_eq!(b.record(&a, FAILED), BreakerState::Open);
         tokio::time::advance(Duration::from_secs(6)).await;
         let probe = b.admit();
         b.abandon(&probe);
+        assert_eq!(b.admit(), Admission::Probe);
+    }
+
+    #[test]
+    fn only_failures_that_count_against_health_trip_it() {
+        let b = CircuitBreaker::new(1, Duration::from_secs(5));
+        for answer in [None, Some(Failure::Body), Some(Failure::Token)] {
+            let a = b.admit();
+            assert_eq!(b.record(&a, answer), BreakerState::Closed, "{answer:?}");
+        }
+        let a = b.admit();
+        assert_eq!(b.record(&a, Some(Failure::RateLimited)), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_dropped_unfinished_frees_its_slot() {
+        let b = CircuitBreaker::new(1, Duration::from_secs(5));
+        let a = b.admit();
+        b.record(&a, Some(Failure::Timeout));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        drop(ProbeGuard::new(&b, b.admit()));
         assert_eq!(b.admit(), Admission::Probe);
     }
 }

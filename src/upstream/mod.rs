@@ -3,41 +3,27 @@
 //! breaker and redirects that never carry credentials to another host.
 
 mod auth;
-mod body;
 mod challenge;
 mod client;
+mod error;
 mod health;
+mod response;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use auth::{Credentials, TokenCache};
-pub use body::{read_limited, ReadError};
+pub use auth::{Credentials, CredentialsError, TokenCache};
 pub use challenge::{parse_challenges, Challenge};
-pub use client::{Upstream, UpstreamSettings};
+pub use client::{SettingsError, Upstream, UpstreamSettings};
+pub use error::{Failure, UpstreamError};
 pub use health::{Admission, BreakerState, CircuitBreaker};
-/// The answer of an upstream request (placeholder until the upstream
-/// response type lands).
-pub type Response = reqwest::Response;
+pub use response::{BodyStream, Response};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("upstream {upstream} is unreachable: {detail}")]
-    Unreachable { upstream: String, detail: String },
-    #[error("upstream {upstream} sent no answer within {after:?}")]
-    Timeout { upstream: String, after: Duration },
-    #[error("upstream token: {0}")]
-    Token(String),
-    #[error("the mirror is offline: upstream {upstream} is not contacted")]
-    Offline { upstream: String },
-    #[error("upstream {upstream} is failing; not contacted until it recovers")]
-    CircuitOpen { upstream: String },
-}
 
 /// What every upstream shares.
 pub struct Shared {
@@ -58,6 +44,10 @@ pub struct Upstreams {
     shared: Arc<Shared>,
 }
 
+/// Why a URL does not parse (the `url` crate's error, named through reqwest).
+pub type UrlError = <reqwest::Url as std::str::FromStr>::Err;
+
+/// Why the configured upstreams could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("upstream {name}: building its HTTP client: {source}")]
@@ -65,8 +55,26 @@ pub enum BuildError {
         name: String,
         source: reqwest::Error,
     },
-    #[error("upstream {name}: {message}")]
-    Upstream { name: String, message: String },
+    #[error("upstream {name}: url: {source}")]
+    Url { name: String, source: UrlError },
+    #[error("upstream {name}: ca_file {}: {source}", path.display())]
+    CaFileRead {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("upstream {name}: ca_file {}: {source}", path.display())]
+    CaFileParse {
+        name: String,
+        path: PathBuf,
+        source: reqwest::Error,
+    },
+    #[error("upstream {name}: ca_file {} holds no certificate", path.display())]
+    CaFileEmpty { name: String, path: PathBuf },
+    #[error("upstream {name}: default_upstream names no configured upstream")]
+    NoDefault { name: String },
+    #[error("upstream {name}: {source}")]
+    Settings { name: String, source: SettingsError },
 }
 
 impl Upstreams {
@@ -91,9 +99,8 @@ impl Upstreams {
         let default = by_name
             .get(&config.default_upstream.to_ascii_lowercase())
             .cloned()
-            .ok_or_else(|| BuildError::Upstream {
+            .ok_or_else(|| BuildError::NoDefault {
                 name: config.default_upstream.clone(),
-                message: "default_upstream names no configured upstream".into(),
             })?;
         Ok(Upstreams {
             all,
@@ -133,8 +140,8 @@ impl Upstreams {
         for u in &new {
             match self.all.iter().find(|e| *e.name == *u.name) {
                 Some(existing) if existing.same_endpoint(u) => {
-                    if let Err(message) = existing.update(u) {
-                        needs_restart.push(format!("upstream {}: {message}", u.name));
+                    if let Err(e) = existing.update(u) {
+                        needs_restart.push(format!("upstream {}: {e}", u.name));
                     }
                 }
                 _ => needs_restart.push(format!(

@@ -32,7 +32,7 @@ use crate::cache::storage::{ContentStore, Kind, ReadAt, Staged};
 use crate::cache::CacheError;
 use crate::metrics::Metrics;
 use crate::registry::{Digest, RepoName, Sha256Hasher};
-use crate::upstream::Upstream;
+use crate::upstream::{self, Upstream, UpstreamError};
 
 /// Store I/O happens in chunks this large: one blocking-pool hop and one
 /// syscall per 256 KiB, not per network packet.
@@ -203,14 +203,8 @@ impl Fills {
         headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
         let response = upstream
             .request(Method::GET, repo, &format!("blobs/{digest}"), None, headers)
-            .await?;
-        if response.status() != StatusCode::OK {
-            return Err(CacheError::from_upstream_status(
-                &upstream.name,
-                &response,
-                "blob",
-            ));
-        }
+            .await?
+            .require_ok("blob")?;
         let size = response.content_length();
         let store = self.store.clone();
         let staged = tokio::task::spawn_blocking(move || store.begin()).await??;
@@ -236,8 +230,8 @@ impl Fills {
         let mut resumes = 0;
         loop {
             let next = match tokio::time::timeout(idle, body.next()).await {
-                Err(_) => Err(CacheError::Stalled(idle)),
-                Ok(Some(Err(e))) => Err(CacheError::UpstreamBody(e.to_string())),
+                Err(_) => Err(UpstreamError::Stalled(idle).into()),
+                Ok(Some(Err(e))) => Err(CacheError::from(e)),
                 Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
                 Ok(None) => Ok(None),
             };
@@ -320,7 +314,7 @@ async fn resume(
     digest: &Digest,
     from: u64,
     size: Option<u64>,
-) -> Result<(crate::upstream::Response, u64), CacheError> {
+) -> Result<(upstream::Response, u64), CacheError> {
     let mut headers = HeaderMap::new();
     headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
     let range = HeaderValue::try_from(format!("bytes={from}-"))
@@ -337,25 +331,19 @@ async fn resume(
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with(&format!("bytes {from}-")));
             if !starts_right {
-                return Err(CacheError::UpstreamBody(
-                    "resumed with the wrong Content-Range".into(),
-                ));
+                return Err(
+                    UpstreamError::Body("resumed with the wrong Content-Range".into()).into(),
+                );
             }
             Ok((response, 0))
         }
         StatusCode::OK => {
             if size.is_some_and(|s| response.content_length() != Some(s)) {
-                return Err(CacheError::UpstreamBody(
-                    "restarted with a different length".into(),
-                ));
+                return Err(UpstreamError::Body("restarted with a different length".into()).into());
             }
             Ok((response, from))
         }
-        _ => Err(CacheError::from_upstream_status(
-            &upstream.name,
-            &response,
-            "blob",
-        )),
+        _ => Err(response.status_error("blob").into()),
     }
 }
 

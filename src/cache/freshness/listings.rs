@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method};
 use serde::{Deserialize, Serialize};
 
 use super::negative::NegativeCache;
@@ -14,7 +14,7 @@ use crate::cache::storage::index::{now_millis, Index};
 use crate::cache::{CacheError, Outcome};
 use crate::metrics::Metrics;
 use crate::registry::RepoName;
-use crate::upstream::{read_limited, ReadError, Upstream};
+use crate::upstream::{Upstream, UpstreamError};
 use tokio_util::task::TaskTracker;
 
 /// Listings are buffered whole; a registry with more tags than this should
@@ -118,14 +118,8 @@ async fn fetch(
     );
     let response = upstream
         .request(Method::GET, repo, suffix, query, headers)
-        .await?;
-    if response.status() != StatusCode::OK {
-        return Err(CacheError::from_upstream_status(
-            &upstream.name,
-            &response,
-            "listing",
-        ));
-    }
+        .await?
+        .require_ok("listing")?;
     let header = |name: &str| {
         response
             .headers()
@@ -136,18 +130,15 @@ async fn fetch(
     let content_type = header("content-type");
     let link = header("link");
     let filters_applied = header("oci-filters-applied");
-    let bytes = read_limited(response, LISTING_LIMIT, upstream.idle_timeout())
-        .await
-        .map_err(|e| match e {
-            ReadError::TooLarge => {
-                CacheError::UpstreamBody(format!("listing larger than {LISTING_LIMIT} bytes"))
-            }
-            ReadError::Stalled(d) => CacheError::Stalled(d),
-            ReadError::Transport(t) => CacheError::UpstreamBody(t),
-        })?;
+    let bytes = response.bytes(LISTING_LIMIT).await.map_err(|e| match e {
+        UpstreamError::TooLarge { .. } => {
+            UpstreamError::Body(format!("listing larger than {LISTING_LIMIT} bytes"))
+        }
+        e => e,
+    })?;
     upstream.count_received(bytes.len());
     let body = String::from_utf8(bytes.to_vec())
-        .map_err(|_| CacheError::UpstreamBody("listing is not UTF-8 JSON".into()))?;
+        .map_err(|_| UpstreamError::Body("listing is not UTF-8 JSON".into()))?;
     let listing = Listing {
         content_type,
         link,

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method};
 
 use super::negative::NegativeCache;
 use super::ttl;
@@ -21,7 +21,7 @@ use crate::cache::storage::{ContentStoreExt, Kind, Storage, TagEntry, TagRecord}
 use crate::cache::{CacheError, Outcome};
 use crate::metrics::Metrics;
 use crate::registry::{sniff_manifest_media_type, Digest, RepoName, Tag, MANIFEST_ACCEPT};
-use crate::upstream::{read_limited, Upstream};
+use crate::upstream::{self, Upstream};
 use tokio_util::task::TaskTracker;
 
 /// Manifests larger than this are refused: containerd rejects anything over
@@ -243,7 +243,7 @@ async fn revalidate_tag(
         .and_then(|v| v.parse::<Digest>().ok());
     let media_type = content_type(headers);
     // The header, not `content_length()`: a HEAD response's body is empty,
-    // and reqwest reports the body's length.
+    // and the transport reports the body's length.
     let size: Option<u64> = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -296,7 +296,7 @@ async fn ask_manifest(
     method: Method,
     repo: &RepoName,
     reference: &str,
-) -> Result<reqwest::Response, CacheError> {
+) -> Result<upstream::Response, CacheError> {
     let response = upstream
         .request(
             method,
@@ -307,14 +307,7 @@ async fn ask_manifest(
         )
         .await?;
     upstream.record_ratelimit(response.headers());
-    if response.status() != StatusCode::OK {
-        return Err(CacheError::from_upstream_status(
-            &upstream.name,
-            &response,
-            "manifest",
-        ));
-    }
-    Ok(response)
+    Ok(response.require_ok("manifest")?)
 }
 
 struct Fetched {
@@ -331,7 +324,8 @@ async fn get_manifest(
 ) -> Result<Fetched, CacheError> {
     let response = ask_manifest(upstream, Method::GET, repo, reference).await?;
     let media_type = content_type(response.headers());
-    let bytes = read_limited(response, MAX_MANIFEST_SIZE, upstream.idle_timeout())
+    let bytes = response
+        .bytes(MAX_MANIFEST_SIZE)
         .await
         .map_err(CacheError::manifest_body)?;
     upstream.count_received(bytes.len());
@@ -340,7 +334,6 @@ async fn get_manifest(
         .ok_or(CacheError::BadManifestAnswer)?;
     Ok(Fetched { bytes, media_type })
 }
-
 
 /// The stored manifest with this digest, if any, read off the async runtime.
 async fn read_stored(

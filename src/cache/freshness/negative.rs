@@ -98,12 +98,12 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn answered(status: StatusCode) -> CacheError {
-        CacheError::UpstreamStatus {
+        CacheError::Upstream(crate::upstream::UpstreamError::Status {
             upstream: "up".into(),
             status,
             what: "manifest",
             retry_after: None,
-        }
+        })
     }
 
     #[tokio::test]

@@ -29,7 +29,8 @@ impl Side {
 
     /// Nothing left staged on disk (only meaningful for the fs side).
     fn tmp_is_empty(&self) -> bool {
-        self.memory.is_some() || crate::cache::storage::fs::names_in(&self.dir.path().join("tmp")).is_empty()
+        self.memory.is_some()
+            || crate::cache::storage::fs::names_in(&self.dir.path().join("tmp")).is_empty()
     }
 }
 
