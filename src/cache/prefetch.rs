@@ -45,8 +45,8 @@ pub trait PrefetchProgress: Send + Sync {
 }
 
 /// One image: its manifest, the chosen platforms' manifests (all when
-/// `platforms` is empty), and their blobs. The upstream's allow and deny
-/// rules apply as they do to a pull.
+/// `platforms` is empty), and their blobs. The caller has checked the
+/// upstream's allow and deny rules, as for a pull.
 pub async fn prefetch_image(
     cache: &Cache,
     upstream: &Arc<Upstream>,
@@ -55,7 +55,6 @@ pub async fn prefetch_image(
     platforms: &[String],
     progress: &dyn PrefetchProgress,
 ) -> Result<Prefetched, String> {
-    upstream.check_repo(repo)?;
     let (digest, bytes) = manifest(cache, upstream, repo, reference).await?;
     let refs = graph::references(&bytes).map_err(|e| format!("manifest {digest}: {e}"))?;
     let mut done = Prefetched {

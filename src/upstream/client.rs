@@ -14,7 +14,6 @@ use super::challenge::parse_challenges;
 use super::health::{Admission, BreakerState, CircuitBreaker};
 use super::{BuildError, Shared, UpstreamError};
 use crate::config::UpstreamConfig;
-use crate::policy::RepoRules;
 use crate::registry::RepoName;
 
 /// Hosts that all mean Docker Hub.
@@ -37,7 +36,6 @@ pub struct UpstreamSettings {
     pub negative_ttl: Duration,
     pub offline: bool,
     pub credentials: Option<Credentials>,
-    pub rules: Arc<RepoRules>,
     pub public_only: bool,
 }
 
@@ -49,10 +47,10 @@ impl UpstreamSettings {
             negative_ttl: c.negative_ttl.get(),
             offline: c.offline,
             credentials: c
-                .credentials()?
+                .credentials()
+                .map_err(|e| e.to_string())?
                 .map(|(u, p)| Credentials::new(u, p))
                 .transpose()?,
-            rules: Arc::new(RepoRules::new(&c.allow, &c.deny)?),
             public_only: c.public_only,
         })
     }
@@ -218,12 +216,6 @@ impl Upstream {
     pub fn may_hold_private_content(&self) -> bool {
         let settings = self.settings.read();
         settings.credentials.is_some() && !settings.public_only
-    }
-
-    /// Whether this upstream's rules let `repo` be pulled; the reason names
-    /// the rule when not.
-    pub fn check_repo(&self, repo: &RepoName) -> Result<(), String> {
-        self.settings.read().rules.check(repo.as_str())
     }
 
     pub fn breaker_state(&self) -> BreakerState {
