@@ -36,7 +36,7 @@ impl Config {
                     );
                 }
             }
-            match reqwest::Url::parse(&u.url) {
+            match url::Url::parse(&u.url) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
                 Ok(_) => {
                     return invalid(
