@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use regcache::config::{Config, LogFormat};
+use regcache::daemon;
 
 /// A pull-through caching proxy for container registries.
 #[derive(Parser)]
@@ -78,12 +79,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("regcache: invalid configuration: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return invalid_configuration(&e),
     };
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // What policy compiles (globs, credential files, the admin token) is
+    // checked here for every command; `serve` compiles it once, below, as
+    // part of building its parts.
+    if !matches!(command, Command::Serve) {
+        if let Err(e) = daemon::check_config(&config) {
+            return invalid_configuration(&e);
+        }
+    }
+    match command {
         Command::CheckConfig => {
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
@@ -121,7 +128,16 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(regcache::daemon::run(config, cli.config.clone())) {
+            let parts = match daemon::Parts::build(&config) {
+                Ok(p) => p,
+                Err(daemon::BuildError::Invalid(e)) => return invalid_configuration(&e),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("regcache: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(daemon::run(config, parts, cli.config.clone())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -131,6 +147,11 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn invalid_configuration(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("regcache: invalid configuration: {e}");
+    ExitCode::from(2)
 }
 
 fn init_tracing(format: LogFormat, level: &str) {

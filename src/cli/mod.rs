@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use crate::cache::bundle::{self, BundleError, ExportImage, ImportReport};
 use crate::cache::manage::{self, CacheSummary, PurgeReport, RepositoryListing, Target};
 use crate::cache::verify::VerifyReport;
-use crate::cache::{Cache, FsStore, GcReport, Pins, Policy};
+use crate::cache::{Cache, FsStore, GcReport};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::registry::{Digest, Reference};
@@ -160,10 +160,8 @@ pub fn open_local(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Cach
 fn open_ready(config: &Config, upstreams: &Upstreams) -> anyhow::Result<Cache> {
     let cache = open_local(config, Arc::new(Metrics::new()))?;
     cache.reconcile().context("reconciling the index")?;
-    cache.configure_eviction(
-        Policy::from_config(&config.cache),
-        Pins::from_config(config, upstreams),
-    );
+    let (policy, pins) = crate::daemon::eviction(config, upstreams);
+    cache.configure_eviction(policy, pins);
     Ok(cache)
 }
 

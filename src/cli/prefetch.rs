@@ -22,6 +22,7 @@ use super::{human_bytes, interactive, open_ready, upstreams, Daemon};
 use crate::cache::prefetch::{prefetch_image, Plan, PrefetchProgress, Prefetched};
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::policy::UpstreamRules;
 use crate::registry::Reference;
 
 /// Images prefetched at once.
@@ -29,7 +30,9 @@ const IMAGE_CONCURRENCY: usize = 2;
 
 enum Source {
     Daemon(Daemon),
-    Local(Arc<Cache>),
+    /// Standalone: the upstreams' allow and deny rules are checked here,
+    /// as the daemon checks them.
+    Local(Arc<Cache>, UpstreamRules),
 }
 
 /// One image's progress on the terminal: a bar, or plain lines when
@@ -82,16 +85,21 @@ impl Source {
         reporter: &Reporter,
     ) -> Result<Prefetched, String> {
         match self {
-            Source::Local(cache) => prefetch_image(
-                cache,
-                &image.upstream,
-                &image.repo,
-                &image.reference,
-                platforms,
-                reporter,
-            )
-            .await
-            .map_err(|e| e.to_string()),
+            Source::Local(cache, rules) => {
+                rules
+                    .check(&image.upstream.name, &image.repo)
+                    .map_err(|rule| rule.to_string())?;
+                prefetch_image(
+                    cache,
+                    &image.upstream,
+                    &image.repo,
+                    &image.reference,
+                    platforms,
+                    reporter,
+                )
+                .await
+                .map_err(|e| e.to_string())
+            }
             Source::Daemon(d) => through_daemon(d, image, platforms, reporter).await,
         }
     }
@@ -198,7 +206,10 @@ pub fn prefetch(
     let (source, mode) = match Daemon::find(config) {
         Some(d) => (Source::Daemon(d), "through the running daemon"),
         None => (
-            Source::Local(Arc::new(open_ready(config, &ups)?)),
+            Source::Local(
+                Arc::new(open_ready(config, &ups)?),
+                UpstreamRules::from_config(config)?,
+            ),
             "standalone on the cache directory",
         ),
     };
@@ -254,7 +265,7 @@ pub fn prefetch(
             .collect()
             .await
     });
-    if let Source::Local(cache) = &source {
+    if let Source::Local(cache, _) = &source {
         // Standalone: keep within max_size as the daemon would, and make
         // the access times durable.
         if cache.eviction_policy().max_size.is_some() {

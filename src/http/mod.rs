@@ -197,14 +197,20 @@ fn authorize(
     log: &mut RequestLog,
 ) -> Result<(), ApiError> {
     let upstream = &route.upstream;
-    let mut verdict = upstream.check_repo(&route.repo).map_err(|rule| {
-        format!(
-            "repository {} of upstream {}: {rule}",
-            route.repo, upstream.name
-        )
-    });
+    let mut verdict = policy
+        .repos
+        .check(&upstream.name, &route.repo)
+        .map_err(|rule| {
+            format!(
+                "repository {} of upstream {}: {rule}",
+                route.repo, upstream.name
+            )
+        });
     if let (Ok(()), Some(auth), Some(user)) = (&verdict, &policy.auth, &log.user) {
-        verdict = auth.access.check(user, &upstream.name, route.repo.as_str());
+        verdict = auth
+            .access
+            .check(user, &upstream.name, route.repo.as_str())
+            .map_err(|refused| refused.to_string());
     }
     verdict.map_err(|message| {
         app.metrics

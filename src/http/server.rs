@@ -2,7 +2,6 @@
 //! accepting, let in-flight responses finish within the grace period.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +50,34 @@ pub struct ServeOptions {
     pub tls: Option<Arc<Tls>>,
 }
 
+/// The pause after a failed accept: from [`AcceptBackoff::FIRST`] doubling
+/// to [`AcceptBackoff::MAX`], back to the start after an accept succeeds.
+#[derive(Debug)]
+struct AcceptBackoff {
+    next: Duration,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn next(&mut self) -> Duration {
+        let pause = self.next;
+        self.next = (pause * 2).min(Self::MAX);
+        pause
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        AcceptBackoff { next: Self::FIRST }
+    }
+}
+
 /// Serves `listener` until shutdown, then waits up to `grace` for open
 /// connections to finish.
 pub async fn serve(
@@ -78,6 +105,7 @@ pub async fn serve(
     // backlog instead of costing us memory.
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
+    let mut backoff = AcceptBackoff::default();
     loop {
         let permit = tokio::select! {
             permit = connections.clone().acquire_owned() => permit,
@@ -89,11 +117,19 @@ pub async fn serve(
             _ = shutdown.wait() => break,
         };
         let (stream, peer) = match accepted {
-            Ok(a) => a,
+            Ok(a) => {
+                backoff.reset();
+                a
+            }
             Err(e) => {
-                // EMFILE and friends: back off rather than spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // EMFILE and friends: back off rather than spin, longer
+                // while it lasts.
+                let pause = backoff.next();
+                tracing::warn!(error = %e, retry_in = ?pause, "accept failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.wait() => break,
+                }
                 continue;
             }
         };
@@ -159,81 +195,93 @@ pub async fn serve(
     }
 }
 
-fn dispatch(
+async fn dispatch(
     app: Arc<App>,
     kind: Listener,
     peer: SocketAddr,
     request: hyper::Request<Incoming>,
-) -> impl Future<Output = hyper::Response<Body>> {
-    async move {
-        let started = tokio::time::Instant::now();
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        // The query carries routing (containerd's ns=) and paging, never secrets.
-        let query = request.uri().query().unwrap_or("").to_owned();
-        let mut log = RequestLog::new(peer.ip());
-        let mut response = match kind {
-            Listener::Registry => super::handle(&app, peer.ip(), request, &mut log).await,
-            Listener::Admin => {
-                log.route = "admin";
-                super::admin_service(app.clone(), request).await
-            }
+) -> hyper::Response<Body> {
+    let started = tokio::time::Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    // The query carries routing (containerd's ns=) and paging, never secrets.
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let mut log = RequestLog::new(peer.ip());
+    let mut response = match kind {
+        Listener::Registry => super::handle(&app, peer.ip(), request, &mut log).await,
+        Listener::Admin => {
+            log.route = "admin";
+            super::admin_service(app.clone(), request).await
+        }
+    };
+    let status = response.status().as_u16();
+    if let (Listener::Registry, Some(audit)) = (kind, &app.audit) {
+        let digest = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let entry = audit::Entry {
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            client: log.client.to_string(),
+            user: log.user.clone(),
+            method: method.to_string(),
+            upstream: log.upstream.as_deref().map(str::to_owned),
+            repository: log.repository.clone(),
+            reference: log.reference.clone(),
+            digest,
+            status,
+            bytes: 0,
+            outcome: if log.outcome.is_empty() {
+                "-".into()
+            } else {
+                log.outcome.into()
+            },
+            duration_ms: 0,
         };
-        let status = response.status().as_u16();
-        if let (Listener::Registry, Some(audit)) = (kind, &app.audit) {
-            let digest = response
-                .headers()
-                .get("docker-content-digest")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let entry = audit::Entry {
-                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                client: log.client.to_string(),
-                user: log.user.clone(),
-                method: method.to_string(),
-                upstream: log.upstream.as_deref().map(str::to_owned),
-                repository: log.repository.clone(),
-                reference: log.reference.clone(),
-                digest,
-                status,
-                bytes: 0,
-                outcome: if log.outcome.is_empty() {
-                    "-".into()
-                } else {
-                    log.outcome.into()
-                },
-                duration_ms: 0,
-            };
-            let (parts, body) = response.into_parts();
-            response = hyper::Response::from_parts(
-                parts,
-                audit::Audited::wrap(body, audit.clone(), entry, started),
-            );
-        }
-        if matches!(kind, Listener::Registry) {
-            app.metrics
-                .requests
-                .with_label_values(&[log.route, method.as_str(), &status.to_string()])
-                .inc();
-            app.metrics
-                .request_duration
-                .with_label_values(&[log.route])
-                .observe(started.elapsed().as_secs_f64());
-            tracing::info!(
-                target: "regcache::access",
-                client = %log.client,
-                user = log.user.as_deref().unwrap_or("-"),
-                method = %method,
-                path = %path,
-                query = %query,
-                status,
-                route = log.route,
-                upstream = log.upstream.as_deref().unwrap_or("-"),
-                outcome = if log.outcome.is_empty() { "-" } else { log.outcome },
-                ms_to_headers = started.elapsed().as_millis() as u64,
-                "request"
-            );
-        }
-        response
+        let (parts, body) = response.into_parts();
+        response = hyper::Response::from_parts(
+            parts,
+            audit::Audited::wrap(body, audit.clone(), entry, started),
+        );
+    }
+    if matches!(kind, Listener::Registry) {
+        app.metrics
+            .requests
+            .with_label_values(&[log.route, method.as_str(), &status.to_string()])
+            .inc();
+        app.metrics
+            .request_duration
+            .with_label_values(&[log.route])
+            .observe(started.elapsed().as_secs_f64());
+        tracing::info!(
+            target: "regcache::access",
+            client = %log.client,
+            user = log.user.as_deref().unwrap_or("-"),
+            method = %method,
+            path = %path,
+            query = %query,
+            status,
+            route = log.route,
+            upstream = log.upstream.as_deref().unwrap_or("-"),
+            outcome = if log.outcome.is_empty() { "-" } else { log.outcome },
+            ms_to_headers = started.elapsed().as_millis() as u64,
+            "request"
+        );
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_doubles_to_a_second_and_resets() {
+        let mut b = AcceptBackoff::default();
+        let pauses: Vec<u64> = (0..9).map(|_| b.next().as_millis() as u64).collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(10));
     }
 }

@@ -3,7 +3,7 @@
 //! metrics scraper does not also expose purge, import and the offline
 //! switch.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
@@ -20,13 +20,27 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error("admin_token_file {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("admin_token_file {} holds no token", path.display())]
+    Empty { path: PathBuf },
+}
+
 impl AdminToken {
     /// Reads the token from `path` (surrounding whitespace ignored).
-    pub fn load(path: &Path) -> Result<AdminToken, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("admin_token_file {}: {e}", path.display()))?;
-        Self::new(text.trim())
-            .ok_or_else(|| format!("admin_token_file {} holds no token", path.display()))
+    pub fn load(path: &Path) -> Result<AdminToken, AdminTokenError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AdminTokenError::Unreadable {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::new(text.trim()).ok_or_else(|| AdminTokenError::Empty {
+            path: path.to_owned(),
+        })
     }
 
     fn new(token: &str) -> Option<AdminToken> {
@@ -90,9 +104,11 @@ mod tests {
         std::fs::write(&empty, " \n").unwrap();
         assert!(AdminToken::load(&empty)
             .unwrap_err()
+            .to_string()
             .contains("holds no token"));
         assert!(AdminToken::load(&dir.path().join("absent"))
             .unwrap_err()
+            .to_string()
             .contains("admin_token_file"));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use http::HeaderMap;
 use parking_lot::Mutex;
 use subtle::ConstantTimeEq;
 
+use super::access::AccessListError;
 use super::UserAccess;
 use crate::config::AuthConfig;
 use crate::registry::Digest;
@@ -47,6 +48,25 @@ pub enum AuthError {
     Locked { retry_after: Duration },
 }
 
+/// A credential file that cannot be used, naming the file and line.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthFileError {
+    #[error("auth.{what} {}: {source}", path.display())]
+    Unreadable {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("auth.htpasswd line {line}: expected user:hash")]
+    HtpasswdLine { line: usize },
+    #[error("auth.htpasswd line {line}: only bcrypt entries are accepted")]
+    NotBcrypt { line: usize },
+    #[error("auth.tokens_file line {line}: expected `user token`")]
+    TokensLine { line: usize },
+    #[error(transparent)]
+    Access(#[from] AccessListError),
+}
+
 /// How long a verified Basic credential is remembered, so that a client
 /// that sends it on every request does not cost a bcrypt hash each time.
 const VERIFIED_FOR: Duration = Duration::from_secs(300);
@@ -71,13 +91,17 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-fn read(path: &Path, what: &str) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("auth.{what} {}: {e}", path.display()))
+fn read(path: &Path, what: &'static str) -> Result<String, AuthFileError> {
+    std::fs::read_to_string(path).map_err(|source| AuthFileError::Unreadable {
+        what,
+        path: path.to_owned(),
+        source,
+    })
 }
 
 impl Authenticator {
     /// None when client authentication is off.
-    pub fn load(config: &AuthConfig) -> Result<Option<Arc<Authenticator>>, String> {
+    pub fn load(config: &AuthConfig) -> Result<Option<Arc<Authenticator>>, AuthFileError> {
         if !config.enabled() {
             return Ok(None);
         }
@@ -90,12 +114,9 @@ impl Authenticator {
                 }
                 let (user, hash) = line
                     .split_once(':')
-                    .ok_or_else(|| format!("auth.htpasswd line {}: expected user:hash", n + 1))?;
+                    .ok_or(AuthFileError::HtpasswdLine { line: n + 1 })?;
                 if !hash.starts_with("$2") {
-                    return Err(format!(
-                        "auth.htpasswd line {}: only bcrypt entries are accepted",
-                        n + 1
-                    ));
+                    return Err(AuthFileError::NotBcrypt { line: n + 1 });
                 }
                 htpasswd.insert(user.to_owned(), hash.to_owned());
             }
@@ -111,9 +132,7 @@ impl Authenticator {
                     .split_once(char::is_whitespace)
                     .map(|(u, t)| (u, t.trim()))
                     .filter(|(_, t)| !t.is_empty())
-                    .ok_or_else(|| {
-                        format!("auth.tokens_file line {}: expected `user token`", n + 1)
-                    })?;
+                    .ok_or(AuthFileError::TokensLine { line: n + 1 })?;
                 tokens.push((sha256(token.as_bytes()), user.to_owned()));
             }
         }
@@ -331,6 +350,7 @@ mod tests {
         assert!(Authenticator::load(&config)
             .err()
             .unwrap()
+            .to_string()
             .contains("bcrypt"));
         let config = AuthConfig {
             tokens_file: Some(dir.path().join("missing")),
@@ -339,6 +359,7 @@ mod tests {
         assert!(Authenticator::load(&config)
             .err()
             .unwrap()
+            .to_string()
             .contains("tokens_file"));
     }
 }

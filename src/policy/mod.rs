@@ -6,9 +6,11 @@ mod admin;
 mod clients;
 mod ratelimit;
 
-pub use access::{RepoRules, UserAccess};
-pub use admin::AdminToken;
-pub use clients::{client_address, AuthError, Authenticator};
+pub use access::{
+    AccessListError, PatternError, Refused, RepoRules, RulesError, UpstreamRules, UserAccess,
+};
+pub use admin::{AdminToken, AdminTokenError};
+pub use clients::{client_address, AuthError, AuthFileError, Authenticator};
 pub use ratelimit::{ClientLimiter, Throttled};
 
 use std::sync::Arc;
@@ -23,36 +25,77 @@ pub struct ClientPolicy {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Required on `/admin/*` when configured.
     pub admin_token: Option<AdminToken>,
+    /// Every upstream's allow/deny rules.
+    pub repos: UpstreamRules,
+}
+
+/// A part of the policy that does not compile, with the config key that
+/// holds it (`upstreams[0] (local).allow/deny`, `auth`,
+/// `auth.admin_token_file`).
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+    #[error("auth: {0}")]
+    Auth(#[source] AuthFileError),
+    #[error("auth.admin_token_file: {0}")]
+    AdminToken(#[source] AdminTokenError),
 }
 
 impl ClientPolicy {
-    pub fn from_config(config: &Config) -> Result<ClientPolicy, String> {
+    /// Compiles everything policy takes from `config`: the globs, the
+    /// credential files and the admin token, each read once here. A bad
+    /// value is refused with its key named, so it stops startup, a
+    /// management command or a reload.
+    pub fn from_config(config: &Config) -> Result<ClientPolicy, PolicyError> {
+        let repos = UpstreamRules::from_config(config)?;
+        let auth = Authenticator::load(&config.auth).map_err(PolicyError::Auth)?;
+        let admin_token = config
+            .auth
+            .admin_token_file
+            .as_deref()
+            .map(AdminToken::load)
+            .transpose()
+            .map_err(PolicyError::AdminToken)?;
         Ok(ClientPolicy {
-            admin_token: load_admin_token(config)?,
-            auth: Authenticator::load(&config.auth)?,
+            auth,
             limiter: ClientLimiter::new(&config.rate_limit),
             trusted_proxies: config.trusted_proxies.clone(),
+            admin_token,
+            repos,
         })
     }
 }
 
-/// Checks everything in `config` that policy compiles (globs, credential
-/// files), so a bad value stops startup or a reload with its key named.
-pub fn validate(config: &Config) -> Result<(), (String, String)> {
-    for (i, u) in config.upstreams().iter().enumerate() {
-        RepoRules::new(&u.allow, &u.deny)
-            .map_err(|e| (format!("upstreams[{i}] ({}).allow/deny", u.name), e))?;
-    }
-    Authenticator::load(&config.auth).map_err(|e| ("auth".to_owned(), e))?;
-    load_admin_token(config).map_err(|e| ("auth.admin_token_file".to_owned(), e))?;
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub fn load_admin_token(config: &Config) -> Result<Option<AdminToken>, String> {
-    config
-        .auth
-        .admin_token_file
-        .as_deref()
-        .map(AdminToken::load)
-        .transpose()
+    #[test]
+    fn errors_name_the_key_as_config_errors_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.auth.admin_token_file = Some(dir.path().join("absent"));
+        let e = ClientPolicy::from_config(&config)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("auth.admin_token_file: admin_token_file "),
+            "{e}"
+        );
+
+        std::fs::write(dir.path().join("h"), "bob:plaintext\n").unwrap();
+        let mut config = Config::default();
+        config.auth.htpasswd = Some(dir.path().join("h"));
+        let e = ClientPolicy::from_config(&config)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            e,
+            "auth: auth.htpasswd line 1: only bcrypt entries are accepted"
+        );
+        assert!(ClientPolicy::from_config(&Config::default()).is_ok());
+    }
 }

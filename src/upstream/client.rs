@@ -14,7 +14,6 @@ use super::health::{Admission, BreakerState, CircuitBreaker, ProbeGuard};
 use super::response::{describe, Response};
 use super::{BuildError, Failure, Shared, UpstreamError};
 use crate::config::UpstreamConfig;
-use crate::policy::RepoRules;
 use crate::registry::RepoName;
 
 /// Hosts that all mean Docker Hub.
@@ -37,7 +36,6 @@ pub struct UpstreamSettings {
     pub negative_ttl: Duration,
     pub offline: bool,
     pub credentials: Option<Credentials>,
-    pub rules: Arc<RepoRules>,
     pub public_only: bool,
 }
 
@@ -66,10 +64,6 @@ impl UpstreamSettings {
                 .map_err(|e| SettingsError::CredentialsConfig(e.to_string()))?
                 .map(|(u, p)| Credentials::new(u, p))
                 .transpose()?,
-            rules: Arc::new(
-                RepoRules::new(&c.allow, &c.deny)
-                    .map_err(|e| SettingsError::Rules(e.to_string()))?,
-            ),
             public_only: c.public_only,
         })
     }
@@ -248,12 +242,6 @@ impl Upstream {
     pub fn may_hold_private_content(&self) -> bool {
         let settings = self.settings.read();
         settings.credentials.is_some() && !settings.public_only
-    }
-
-    /// Whether this upstream's rules let `repo` be pulled; the reason names
-    /// the rule when not.
-    pub fn check_repo(&self, repo: &RepoName) -> Result<(), String> {
-        self.settings.read().rules.check(repo.as_str())
     }
 
     pub fn breaker_state(&self) -> BreakerState {

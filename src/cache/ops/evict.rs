@@ -30,10 +30,8 @@ use super::reachable::{reachable, Reachable};
 use crate::cache::flight::Readers;
 use crate::cache::storage::index::{now_millis, Index, IndexError};
 use crate::cache::storage::{ContentStoreExt, Kind, Storage};
-use crate::config::{CacheConfig, Config};
 use crate::metrics::Metrics;
-use crate::registry::{Digest, RepoName};
-use crate::upstream::Upstreams;
+use crate::registry::Digest;
 
 /// Why content left the cache (the `reason` label of
 /// `regcache_evictions_total`).
@@ -63,17 +61,6 @@ pub struct Policy {
     pub max_age: Option<Duration>,
 }
 
-impl Policy {
-    pub fn from_config(c: &CacheConfig) -> Policy {
-        Policy {
-            max_size: c.max_size.map(|m| m.0),
-            high_water: c.high_water_bytes(),
-            low_water: c.low_water_bytes(),
-            max_age: c.max_age.map(|d| d.get()),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Pattern {
     Exact(String),
@@ -88,24 +75,24 @@ pub struct Pins {
 }
 
 impl Pins {
-    pub fn from_config(config: &Config, upstreams: &Upstreams) -> Pins {
+    /// Pins from patterns already in each upstream's own names (Docker
+    /// Hub's `alpine` given as `library/alpine`): one ending in `*` pins
+    /// every repository with that prefix, any other exactly one repository.
+    pub fn new<P>(by_upstream: impl IntoIterator<Item = (String, P)>) -> Pins
+    where
+        P: IntoIterator<Item = String>,
+    {
         let mut pins = Pins::default();
-        for u in config.upstreams() {
-            let Some(upstream) = upstreams.get(&u.name) else {
-                continue;
-            };
-            let patterns = u
-                .pin
-                .iter()
-                .filter_map(|p| match p.strip_suffix('*') {
-                    Some(prefix) => Some(Pattern::Prefix(prefix.to_owned())),
-                    None => RepoName::parse(p)
-                        .ok()
-                        .map(|r| Pattern::Exact(upstream.upstream_repo(&r).to_string())),
+        for (upstream, patterns) in by_upstream {
+            let patterns: Vec<Pattern> = patterns
+                .into_iter()
+                .map(|p| match p.strip_suffix('*') {
+                    Some(prefix) => Pattern::Prefix(prefix.to_owned()),
+                    None => Pattern::Exact(p),
                 })
-                .collect::<Vec<_>>();
+                .collect();
             if !patterns.is_empty() {
-                pins.by_upstream.insert(upstream.name.to_string(), patterns);
+                pins.by_upstream.insert(upstream, patterns);
             }
         }
         pins

@@ -72,8 +72,8 @@ pub trait PrefetchProgress: Send + Sync {
 }
 
 /// One image: its manifest, the chosen platforms' manifests (all when
-/// `platforms` is empty), and their blobs. The upstream's allow and deny
-/// rules apply as they do to a pull.
+/// `platforms` is empty), and their blobs. The caller has checked the
+/// upstream's allow and deny rules, as for a pull.
 pub async fn prefetch_image(
     cache: &Cache,
     upstream: &Arc<Upstream>,
@@ -82,7 +82,6 @@ pub async fn prefetch_image(
     platforms: &[String],
     progress: &dyn PrefetchProgress,
 ) -> Result<Prefetched, PrefetchError> {
-    upstream.check_repo(repo).map_err(PrefetchError::Denied)?;
     let (digest, bytes) = manifest(cache, upstream, repo, reference).await?;
     let refs = references(&bytes).map_err(|source| PrefetchError::BadManifest {
         digest: digest.clone(),

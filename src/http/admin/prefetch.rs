@@ -83,8 +83,10 @@ pub async fn prefetch(app: &Arc<App>, query: Option<&str>) -> Response<Body> {
                 .collect()
         })
         .unwrap_or_default();
-    if let Err(rule) = upstream.check_repo(&repo) {
-        return error(StatusCode::FORBIDDEN, rule);
+    // The upstream's rules hold for a prefetch as for a pull.
+    let allowed = app.policy.read().repos.check(&upstream.name, &repo);
+    if let Err(rule) = allowed {
+        return error(StatusCode::FORBIDDEN, rule.to_string());
     }
     tracing::info!(upstream = %upstream.name, %repo, reference = %reference, "prefetch through the admin API");
     let shared = Arc::new(Shared::default());

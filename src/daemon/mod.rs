@@ -1,36 +1,40 @@
-//! Wiring: build the parts from the config, bind the listeners, run until
-//! SIGTERM/SIGINT, drain, flush the index.
+//! Wiring: the parts built from the config ([`parts`]), bind the
+//! listeners, run until SIGTERM/SIGINT (reloading on SIGHUP, [`reload`]),
+//! drain, flush the index.
 
-use std::path::{Path, PathBuf};
+mod parts;
+mod reload;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::cache::{Cache, Pins, Policy};
+use crate::cache::Cache;
 use crate::config::Config;
-use crate::http::{serve, App, AuditLog, Listener, ServeOptions, Shutdown, Tls};
-use crate::metrics::Metrics;
-use crate::policy::ClientPolicy;
-use crate::upstream::Upstreams;
+use crate::http::{serve, App, AuditLog, Listener, ServeOptions, Shutdown};
+
+pub use parts::{check_config, eviction, BuildError, Live, Parts};
 
 /// How often batched access times are written to the index.
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Runs the mirror on `parts`, built from `config` by [`Parts::build`].
 /// `config_path` is what `--config` named, re-read on SIGHUP.
-pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
+pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let Parts {
+        metrics,
+        upstreams,
+        live,
+        tls,
+    } = parts;
     std::fs::create_dir_all(&config.cache_dir)
         .with_context(|| format!("creating cache_dir {}", config.cache_dir.display()))?;
     let cache = Cache::open(&config.cache_dir, metrics.clone())
         .with_context(|| format!("opening the cache in {}", config.cache_dir.display()))?;
-    let upstreams = Upstreams::from_config(&config, metrics.clone())?;
-    let tls = Tls::load(&config.tls).map_err(|e| anyhow::anyhow!(e))?;
-    cache.configure_eviction(
-        Policy::from_config(&config.cache),
-        Pins::from_config(&config, &upstreams),
-    );
+    cache.configure_eviction(live.eviction, live.pins);
     let registry_listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding listen address {}", config.listen))?;
@@ -38,7 +42,6 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         .await
         .with_context(|| format!("binding admin_listen address {}", config.admin_listen))?;
     let grace = config.shutdown_grace.get();
-    let policy = ClientPolicy::from_config(&config).map_err(|e| anyhow::anyhow!(e))?;
     let audit = match &config.audit.log {
         Some(target) => Some(
             AuditLog::open(target, metrics.audit_dropped.clone())
@@ -51,7 +54,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         upstreams,
         cache,
         metrics,
-        policy: parking_lot::RwLock::new(Arc::new(policy)),
+        policy: parking_lot::RwLock::new(Arc::new(live.policy)),
         audit,
     });
 
@@ -143,7 +146,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
         });
     }
 
-    wait_for_stop(&app, tls.as_deref(), config_path.as_deref()).await;
+    reload::wait_for_stop(&app, tls.as_deref(), config_path.as_deref()).await;
     notify_systemd(sd_notify::NotifyState::Stopping);
     tracing::info!(
         ?grace,
@@ -201,83 +204,4 @@ fn notify_systemd(state: sd_notify::NotifyState<'_>) {
     if let Err(e) = sd_notify::notify(&[state]) {
         tracing::warn!(error = %e, "telling systemd our state failed");
     }
-}
-
-/// Runs until SIGTERM or SIGINT, reloading the config on every SIGHUP.
-async fn wait_for_stop(app: &App, tls: Option<&Tls>, config_path: Option<&Path>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(h)) => (t, h),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(error = %e, "cannot listen for signals; stop with SIGKILL");
-            return std::future::pending().await;
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = tokio::signal::ctrl_c() => return,
-            _ = hup.recv() => reload(app, tls, config_path),
-        }
-    }
-}
-
-/// Applies what can change live; an invalid new config is refused whole and
-/// the running one kept.
-fn reload(app: &App, tls: Option<&Tls>, config_path: Option<&Path>) {
-    notify_systemd(sd_notify::NotifyState::Reloading);
-    match Config::load(config_path) {
-        Err(e) => {
-            tracing::error!(error = %e, "reload refused: the new config is invalid; keeping the running one")
-        }
-        Ok(new) => {
-            let mut needs_restart = app.upstreams.apply(&new);
-            match (tls, new.tls.enabled()) {
-                (Some(tls), true) => {
-                    if let Err(e) = tls.reload(&new.tls) {
-                        needs_restart.push(format!("TLS certificate not reloaded: {e}"));
-                    }
-                }
-                (None, false) => {}
-                _ => needs_restart.push("tls (turned on or off)".to_owned()),
-            }
-            match ClientPolicy::from_config(&new) {
-                Ok(policy) => *app.policy.write() = Arc::new(policy),
-                Err(e) => needs_restart.push(format!("client policy not applied: {e}")),
-            }
-            // Size bounds and pins apply at once (gc_interval at restart).
-            app.cache.configure_eviction(
-                Policy::from_config(&new.cache),
-                Pins::from_config(&new, &app.upstreams),
-            );
-            let old = &app.config;
-            for (key, changed) in [
-                ("listen", old.listen != new.listen),
-                ("admin_listen", old.admin_listen != new.admin_listen),
-                ("cache_dir", old.cache_dir != new.cache_dir),
-                (
-                    "default_upstream",
-                    old.default_upstream != new.default_upstream,
-                ),
-                (
-                    "timeouts",
-                    old.connect_timeout != new.connect_timeout
-                        || old.header_timeout != new.header_timeout
-                        || old.idle_timeout != new.idle_timeout,
-                ),
-            ] {
-                if changed {
-                    needs_restart.push(key.to_owned());
-                }
-            }
-            tracing::info!(offline = new.offline, "config reloaded");
-            if !needs_restart.is_empty() {
-                tracing::warn!(settings = ?needs_restart, "these changes take effect only after a restart");
-            }
-        }
-    }
-    notify_systemd(sd_notify::NotifyState::Ready);
 }

@@ -1,0 +1,69 @@
+//! `[cache]`: size bound, age limit, eviction.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ByteSize, HumanDuration};
+
+/// `[cache]`: how big the cache may grow and how long unused content stays.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// The bound on blob and manifest bytes ("50GiB", "512MiB", "1TB");
+    /// absent means unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<ByteSize>,
+    /// Content not accessed for this long is evicted ("90d"); absent means
+    /// no age limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<HumanDuration>,
+    /// Eviction starts when the cache is above this fraction of `max_size`…
+    #[serde(default = "default_high_water")]
+    pub high_water: f64,
+    /// …and removes least-recently-used content down to this fraction.
+    #[serde(default = "default_low_water")]
+    pub low_water: f64,
+    /// How often eviction runs besides when a fill crosses the high-water
+    /// mark (it also applies `max_age`).
+    #[serde(default = "default_gc_interval")]
+    pub gc_interval: HumanDuration,
+}
+
+fn default_high_water() -> f64 {
+    0.95
+}
+
+fn default_low_water() -> f64 {
+    0.90
+}
+
+fn default_gc_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_size: None,
+            max_age: None,
+            high_water: default_high_water(),
+            low_water: default_low_water(),
+            gc_interval: default_gc_interval(),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Bytes above which eviction starts, if the cache is bounded.
+    pub fn high_water_bytes(&self) -> Option<u64> {
+        self.max_size
+            .map(|m| (m.0 as f64 * self.high_water).floor() as u64)
+    }
+
+    /// Bytes eviction brings the cache down to, if it is bounded.
+    pub fn low_water_bytes(&self) -> Option<u64> {
+        self.max_size
+            .map(|m| (m.0 as f64 * self.low_water).floor() as u64)
+    }
+}

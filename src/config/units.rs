@@ -1,0 +1,180 @@
+//! Units written the way people write them: sizes and durations.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A size written as "50GiB", "512MiB", "1TB", "1.5GiB" (or a number of
+/// bytes). Binary units (KiB, MiB, GiB, TiB) are powers of 1024; decimal
+/// ones (KB, MB, GB, TB; K, M, G, T) powers of 1000.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+const SIZE_UNITS: [(&str, u64); 13] = [
+    ("tib", 1 << 40),
+    ("gib", 1 << 30),
+    ("mib", 1 << 20),
+    ("kib", 1 << 10),
+    ("tb", 1_000_000_000_000),
+    ("gb", 1_000_000_000),
+    ("mb", 1_000_000),
+    ("kb", 1_000),
+    ("t", 1_000_000_000_000),
+    ("g", 1_000_000_000),
+    ("m", 1_000_000),
+    ("k", 1_000),
+    ("b", 1),
+];
+
+/// Why a size does not parse; the text names the value as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("invalid size {input:?}: unknown unit {unit:?} (use e.g. 512MiB, 50GiB, 1TB)")]
+    UnknownUnit { input: String, unit: String },
+    #[error("invalid size {input:?}: expected a number and a unit, e.g. 50GiB")]
+    NotANumber { input: String },
+    #[error("invalid size {input:?}")]
+    OutOfRange { input: String },
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = SizeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim().to_ascii_lowercase();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let unit = unit.trim();
+        let multiplier = if unit.is_empty() {
+            1
+        } else {
+            SIZE_UNITS
+                .iter()
+                .find(|(u, _)| *u == unit)
+                .map(|(_, m)| *m)
+                .ok_or_else(|| SizeError::UnknownUnit {
+                    input: s.to_owned(),
+                    unit: unit.to_owned(),
+                })?
+        };
+        let value: f64 = number.parse().map_err(|_| SizeError::NotANumber {
+            input: s.to_owned(),
+        })?;
+        let bytes = value * multiplier as f64;
+        if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+            return Err(SizeError::OutOfRange {
+                input: s.to_owned(),
+            });
+        }
+        Ok(ByteSize(bytes.round() as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    /// The largest binary unit that states the size exactly, so that the
+    /// printed form reads back to the same number.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, m) in [
+            ("TiB", 1u64 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ] {
+            if self.0 >= m && self.0 % m == 0 {
+                return write!(f, "{}{unit}", self.0 / m);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl fmt::Debug for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Bytes(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(b) => Ok(ByteSize(b)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A duration written as "5m", "30s", "7d" (or a number of seconds).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl fmt::Debug for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Seconds(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Seconds(s) => Ok(HumanDuration(Duration::from_secs(s))),
+            Raw::Text(t) => humantime::parse_duration(t.trim())
+                .map(HumanDuration)
+                .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_print_back() {
+        let p = |s: &str| s.parse::<ByteSize>().map(|b| b.0);
+        assert_eq!(p("512MiB"), Ok(512 << 20));
+        assert_eq!(p("50GiB"), Ok(50 << 30));
+        assert_eq!(p("1TB"), Ok(1_000_000_000_000));
+        assert_eq!(p("1.5 GiB"), Ok(3 << 29));
+        assert_eq!(p("4096"), Ok(4096));
+        assert_eq!(p("10m"), Ok(10_000_000));
+        assert!(p("ten GiB").is_err());
+        assert!(p("5 parsecs").is_err());
+        for b in [ByteSize(50 << 30), ByteSize(12345), ByteSize(3 << 29)] {
+            assert_eq!(b.to_string().parse::<ByteSize>(), Ok(b));
+        }
+        assert_eq!(ByteSize(50 << 30).to_string(), "50GiB");
+    }
+}

@@ -1,0 +1,179 @@
+//! `[[upstreams]]`: one registry to mirror.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::HumanDuration;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// What clients name in `ns=` or as a repository prefix.
+    pub name: String,
+    /// Base URL of the upstream registry (`https://` or `http://`).
+    pub url: String,
+    /// Other names that mean this upstream.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// How long a tag lookup is answered from the cache without asking the
+    /// upstream.
+    #[serde(default = "default_tag_ttl")]
+    pub tag_ttl: HumanDuration,
+    /// How long past `tag_ttl` a cached tag may still be served when the
+    /// upstream fails (down, slow, 5xx, 429). "0s" disables.
+    #[serde(default = "default_stale_if_error")]
+    pub stale_if_error: HumanDuration,
+    /// An upstream 404 for a manifest is remembered this long.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl: HumanDuration,
+    /// Serve only what is cached from this upstream; never dial it.
+    #[serde(default)]
+    pub offline: bool,
+    /// Credentials for the upstream: `password`, or `password_file` (kept
+    /// out of the main file), or `REGCACHE_UPSTREAMS__<n>__PASSWORD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redact"
+    )]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) to trust for this upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate. Only for testing; logged as a warning.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Repository globs (on the upstream's names, e.g. `library/*`,
+    /// `myorg/**`) that may be pulled; empty allows all. `deny` wins.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Refuse manifests the upstream serves only with credentials.
+    #[serde(default)]
+    pub public_only: bool,
+    /// Blob fills running at once against this upstream; more wait.
+    #[serde(default = "default_max_concurrent_fills")]
+    pub max_concurrent_fills: usize,
+    /// Requests per second sent to this upstream; 0 is unlimited.
+    #[serde(default)]
+    pub max_requests_per_second: f64,
+    /// Consecutive failures that open the circuit breaker.
+    #[serde(default = "default_breaker_threshold")]
+    pub breaker_threshold: u32,
+    /// How long an open breaker answers from the cache before probing again.
+    #[serde(default = "default_breaker_cooldown")]
+    pub breaker_cooldown: HumanDuration,
+    /// Repositories whose cached tags (and everything they reference) are
+    /// never evicted: `"library/alpine"`, or a prefix ending in `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pin: Vec<String>,
+}
+
+/// Secrets never appear in `check-config` output.
+fn redact<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+/// Why an upstream's credentials cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("set password or password_file, not both")]
+    PasswordTwice,
+    #[error("password_file {}: {source}", path.display())]
+    PasswordFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("username is set without a password")]
+    NoPassword,
+    #[error("a password is set without a username")]
+    NoUsername,
+}
+
+impl UpstreamConfig {
+    /// The configured credentials, reading `password_file` now.
+    pub fn credentials(&self) -> Result<Option<(String, String)>, CredentialsError> {
+        let password = match (&self.password, &self.password_file) {
+            (Some(_), Some(_)) => return Err(CredentialsError::PasswordTwice),
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|source| {
+                    CredentialsError::PasswordFile {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                Some(text.trim_end_matches(['\r', '\n']).to_owned())
+            }
+            (None, None) => None,
+        };
+        match (&self.username, password) {
+            (Some(u), Some(p)) => Ok(Some((u.clone(), p))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(CredentialsError::NoPassword),
+            (None, Some(_)) => Err(CredentialsError::NoUsername),
+        }
+    }
+}
+
+fn default_max_concurrent_fills() -> usize {
+    64
+}
+
+fn default_stale_if_error() -> HumanDuration {
+    HumanDuration(Duration::from_secs(7 * 24 * 3600))
+}
+
+fn default_negative_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+fn default_breaker_threshold() -> u32 {
+    5
+}
+
+fn default_breaker_cooldown() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+impl UpstreamConfig {
+    /// An upstream with every optional setting at its default.
+    pub fn new(name: &str, url: &str) -> UpstreamConfig {
+        UpstreamConfig {
+            name: name.into(),
+            url: url.into(),
+            aliases: Vec::new(),
+            tag_ttl: default_tag_ttl(),
+            stale_if_error: default_stale_if_error(),
+            negative_ttl: default_negative_ttl(),
+            offline: false,
+            username: None,
+            password: None,
+            password_file: None,
+            ca_file: None,
+            insecure_skip_verify: false,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            public_only: false,
+            max_concurrent_fills: default_max_concurrent_fills(),
+            max_requests_per_second: 0.0,
+            breaker_threshold: default_breaker_threshold(),
+            breaker_cooldown: default_breaker_cooldown(),
+            pin: Vec::new(),
+        }
+    }
+}
+
+fn default_tag_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}

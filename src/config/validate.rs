@@ -1,0 +1,112 @@
+//! Checks on the config's own data, so a bad value stops startup (or a
+//! reload) naming its key. What another module compiles (globs, credential
+//! files, certificates) is checked where it is built, in `daemon`.
+
+use super::{Config, ConfigError};
+use crate::registry::RepoName;
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        let upstreams = self.upstreams();
+        if upstreams.is_empty() {
+            return invalid("upstreams".into(), "at least one upstream is needed".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, u) in upstreams.iter().enumerate() {
+            if u.name.trim().is_empty() {
+                return invalid(format!("upstreams[{i}].name"), "must not be empty".into());
+            }
+            for n in std::iter::once(&u.name).chain(&u.aliases) {
+                if !seen.insert(n.to_ascii_lowercase()) {
+                    return invalid(
+                        format!("upstreams[{i}]"),
+                        format!("the name or alias {n:?} is used twice"),
+                    );
+                }
+            }
+            if let Err(e) = u.credentials() {
+                return invalid(format!("upstreams[{i}] ({})", u.name), e.to_string());
+            }
+            if let Some(ca) = &u.ca_file {
+                if let Err(e) = std::fs::read(ca) {
+                    return invalid(
+                        format!("upstreams[{i}] ({}).ca_file", u.name),
+                        format!("{}: {e}", ca.display()),
+                    );
+                }
+            }
+            match url::Url::parse(&u.url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+                Ok(_) => {
+                    return invalid(
+                        format!("upstreams[{i}].url"),
+                        format!("{:?} must be an http:// or https:// URL with a host", u.url),
+                    )
+                }
+                Err(e) => {
+                    return invalid(format!("upstreams[{i}].url"), format!("{:?}: {e}", u.url))
+                }
+            }
+        }
+        let default_known = upstreams.iter().any(|u| {
+            u.name.eq_ignore_ascii_case(&self.default_upstream)
+                || u.aliases
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(&self.default_upstream))
+        });
+        if !default_known {
+            return invalid(
+                "default_upstream".into(),
+                format!("{:?} names no configured upstream", self.default_upstream),
+            );
+        }
+        if self.tls.enabled() && (self.tls.cert_file.is_none() || self.tls.key_file.is_none()) {
+            return invalid("tls".into(), "cert_file and key_file go together".into());
+        }
+        if self.limits.max_connections == 0 || self.limits.max_header_bytes < 8192 {
+            return invalid(
+                "limits".into(),
+                "max_connections must be positive and max_header_bytes at least 8192".into(),
+            );
+        }
+        let c = &self.cache;
+        let fraction = |x: f64| x > 0.0 && x <= 1.0;
+        if !fraction(c.high_water) || !fraction(c.low_water) || c.low_water >= c.high_water {
+            return invalid(
+                "cache.high_water, cache.low_water".into(),
+                "need 0 < low_water < high_water <= 1 (e.g. 0.90 and 0.95)".into(),
+            );
+        }
+        if c.max_size.is_some_and(|m| m.0 == 0) {
+            return invalid("cache.max_size".into(), "must be greater than zero".into());
+        }
+        if c.gc_interval.0.is_zero() {
+            return invalid(
+                "cache.gc_interval".into(),
+                "must be greater than zero".into(),
+            );
+        }
+        for (i, u) in upstreams.iter().enumerate() {
+            for p in &u.pin {
+                let name = p.strip_suffix('*').unwrap_or(p).trim_end_matches('/');
+                if p.is_empty() || (!name.is_empty() && RepoName::parse(name).is_err()) {
+                    return invalid(
+                        format!("upstreams[{i}] ({}).pin", u.name),
+                        format!("{p:?} is not a repository name (or a prefix ending in *)"),
+                    );
+                }
+            }
+        }
+        for (key, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("header_timeout", self.header_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if d.0.is_zero() {
+                return invalid(key.into(), "must be greater than zero".into());
+            }
+        }
+        Ok(())
+    }
+}
