@@ -21,9 +21,6 @@ use crate::upstream::Upstream;
 /// and the admin API streams.
 #[derive(Debug, thiserror::Error)]
 pub enum PrefetchError {
-    /// The upstream's allow and deny rules refuse the repository.
-    #[error("{0}")]
-    Denied(String),
     #[error("{0}")]
     Cache(#[from] CacheError),
     #[error("blob {digest}: {source}")]
