@@ -6,11 +6,11 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
+use super::app::{App, RequestLog};
 use super::body::{self, Body};
 use super::error::{ApiError, Code};
 use super::range::{parse_range, RangeRequest};
 use super::route::Route;
-use super::{App, RequestLog};
 use crate::cache::{BlobAnswer, UNKNOWN_SIZE};
 use crate::policy::ClientPolicy;
 use crate::registry::Digest;

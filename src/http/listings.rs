@@ -4,10 +4,11 @@
 
 use http::{HeaderValue, Response};
 
+use super::app::{App, RequestLog};
 use super::body::{self, Body};
 use super::error::{ApiError, Code};
+use super::headers::mark_stale;
 use super::route::Route;
-use super::{mark_stale, App, RequestLog};
 use crate::cache::Outcome;
 
 pub async fn listing(

@@ -4,10 +4,12 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
+use super::app::{App, RequestLog};
 use super::body::{self, Body};
 use super::error::{ApiError, Code};
+use super::headers::mark_stale;
+use super::passthrough;
 use super::route::Route;
-use super::{mark_stale, passthrough, App, RequestLog};
 use crate::cache::{Manifest, ManifestAnswer, Outcome};
 use crate::registry::{AcceptList, Digest, Reference};
 

@@ -16,9 +16,10 @@ use tokio::sync::watch;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use super::app::{App, RequestLog};
+use super::audit;
 use super::body::Body;
 use super::tls::Tls;
-use super::{audit, App, RequestLog};
 use crate::config::LimitsConfig;
 
 /// Told to every accept loop when the process is asked to stop.
@@ -208,10 +209,10 @@ async fn dispatch(
     let query = request.uri().query().unwrap_or("").to_owned();
     let mut log = RequestLog::new(peer.ip());
     let mut response = match kind {
-        Listener::Registry => super::handle(&app, peer.ip(), request, &mut log).await,
+        Listener::Registry => super::api::handle(&app, peer.ip(), request, &mut log).await,
         Listener::Admin => {
             log.route = "admin";
-            super::admin_service(app.clone(), request).await
+            super::admin::admin_service(app.clone(), request).await
         }
     };
     let status = response.status().as_u16();

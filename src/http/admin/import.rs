@@ -6,8 +6,8 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::respond::{error, json};
+use crate::http::app::App;
 use crate::http::body::Body;
-use crate::http::App;
 
 /// `POST /admin/import`: the body is a bundle (tar), verified and staged
 /// as it arrives and installed only once all of it checked out (see

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use super::app::App;
 use super::body::Body;
-use super::App;
 use crate::cache::manage;
 use respond::{blocking_json, error, method_not_allowed, text};
 

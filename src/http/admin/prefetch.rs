@@ -19,8 +19,8 @@ use tokio::task::JoinHandle;
 
 use super::respond::{error, text_stream};
 use crate::cache::prefetch::{self, Plan, PrefetchError, PrefetchProgress, Prefetched};
+use crate::http::app::App;
 use crate::http::body::Body;
-use crate::http::App;
 use crate::registry::{Reference, RepoName};
 
 /// How often the stream looks at the progress.

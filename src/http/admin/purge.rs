@@ -7,8 +7,8 @@ use http::{Response, StatusCode};
 
 use super::respond::{error, json};
 use crate::cache::manage;
+use crate::http::app::App;
 use crate::http::body::Body;
-use crate::http::App;
 use crate::registry::{Digest, RepoName};
 
 pub(super) async fn purge_manifest(
