@@ -786,6 +786,8 @@ impl<'de> Deserialize<'de> for HumanDuration {
 }
 
 #[cfg(test)]
+// figment::Jail closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;

@@ -173,6 +173,8 @@ fn blob_headers(digest: &Digest) -> HeaderMap {
 
 /// A blob answer for `size` bytes (unknown when the upstream streams
 /// without a length: then Range is ignored and the body is chunked).
+// Lint gate: until the cache hands http a whole blob answer (issue 11).
+#[allow(clippy::too_many_arguments)]
 fn respond(
     app: &App,
     digest: &Digest,

@@ -10,6 +10,8 @@ use super::route::Route;
 use super::{mark_stale, App, RequestLog};
 use crate::cache::Outcome;
 
+// Lint gate: until the cache hands http a whole answer (issue 11).
+#[allow(clippy::too_many_arguments)]
 pub async fn listing(
     app: &App,
     route: &Route,

@@ -159,6 +159,9 @@ pub async fn serve(
     }
 }
 
+// Lint gate: `async fn` is the fix, left to the http rework (issue 11)
+// to spare it a re-indented body.
+#[allow(clippy::manual_async_fn)]
 fn dispatch(
     app: Arc<App>,
     kind: Listener,
