@@ -40,7 +40,7 @@
 //!   all runs of that phase).
 
 #[path = "../tests/common/mod.rs"]
-mod common;
+pub mod common;
 
 use std::fmt::Write as _;
 use std::fs;
