@@ -40,7 +40,7 @@
 //!   all runs of that phase).
 
 #[path = "../tests/common/mod.rs"]
-mod common;
+pub mod common;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -861,9 +861,7 @@ impl Series {
 fn fmt_num(v: f64) -> String {
     if v.is_nan() {
         "—".into()
-    } else if v.fract() == 0.0 && v.abs() < 1e9 {
-        format!("{v:.0}")
-    } else if v.abs() >= 100.0 {
+    } else if (v.fract() == 0.0 && v.abs() < 1e9) || v.abs() >= 100.0 {
         format!("{v:.0}")
     } else if v.abs() >= 10.0 {
         format!("{v:.1}")

@@ -2,35 +2,13 @@
 //! running daemon and standalone, all platforms or chosen ones), export to
 //! an OCI-layout bundle, import into a cache with no upstream reachable.
 
-mod common;
+pub mod common;
 
 use std::collections::BTreeSet;
 
-use common::images::{self, read_dir_copy, skopeo_copy_all, Fixture};
+use common::images::{self, assert_pulls_from};
 use common::regcache::{Regcache, UpstreamEntry};
 use common::registry::{free_port, Registry};
-
-/// Pulls `fixture` by tag through `host` with skopeo; every digest must be
-/// the upstream's.
-async fn pull(fixture: &Fixture, host: String) {
-    let f = fixture.clone();
-    tokio::task::spawn_blocking(move || {
-        let out = tempfile::tempdir().unwrap();
-        let dest = out.path().join("image");
-        let reference = f.reference(&host);
-        skopeo_copy_all(&reference, &dest).unwrap_or_else(|e| panic!("{reference}: {e}"));
-        let got = read_dir_copy(&dest).unwrap();
-        assert_eq!(got.manifest_digest, f.digest, "{reference}");
-        let mut children = f.child_manifests.clone();
-        children.sort();
-        assert_eq!(got.instance_digests, children, "{reference}");
-        let mut blobs = f.blobs.clone();
-        blobs.sort();
-        assert_eq!(got.blob_digests, blobs, "{reference}");
-    })
-    .await
-    .unwrap();
-}
 
 fn set(items: &[String]) -> BTreeSet<String> {
     items.iter().cloned().collect()
@@ -103,9 +81,9 @@ async fn prefetch_chosen_or_all_platforms_then_serve_with_the_upstream_gone() {
     // The upstream goes away; both caches serve what was prefetched.
     upstream.stop();
     standalone.start_again();
-    pull(&index, daemon.host()).await;
-    pull(&fixtures.docker_list, standalone.host()).await;
-    pull(&fixtures.docker_schema2, standalone.host()).await;
+    assert_pulls_from(&index, &daemon.host()).await;
+    assert_pulls_from(&fixtures.docker_list, &standalone.host()).await;
+    assert_pulls_from(&fixtures.docker_schema2, &standalone.host()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +172,7 @@ async fn export_then_import_into_an_empty_cache_with_no_upstream() {
     assert!(out.stdout.contains("4 images, 4 tags"), "{}", out.stdout);
     target.start_again();
     for f in fixtures.all() {
-        pull(f, target.host()).await;
+        assert_pulls_from(f, &target.host()).await;
     }
 
     // Export from a stopped cache and import into a running mirror (the
@@ -218,7 +196,7 @@ async fn export_then_import_into_an_empty_cache_with_no_upstream() {
     );
     let out = running.cli(&["import", one.to_str().unwrap()]);
     assert!(out.success(), "{out:?}");
-    pull(&fixtures.oci_index, running.host()).await;
+    assert_pulls_from(&fixtures.oci_index, &running.host()).await;
     let ls = running.cli(&["ls"]);
     assert!(ls.stdout.contains("test/multiarch"), "{}", ls.stdout);
 }

@@ -1,28 +1,22 @@
 //! A cache that looks after itself: size-bounded LRU eviction with pins and
 //! open readers, purges through the admin API and the CLI, and `verify`.
 
-mod common;
+pub mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fake_upstream::{random_bytes, sha256_digest, FakeUpstream, OCI_MANIFEST};
-use common::images::{self, read_dir_copy, skopeo_copy_all, Fixture};
+use common::fake_upstream::{random_bytes, FakeUpstream};
+use common::http::{client, get};
+use common::images::{self, assert_pulls_from, sha256_digest, OCI_MANIFEST};
 use common::regcache::{Regcache, UpstreamEntry};
 use common::registry::Registry;
 
 const MIB: usize = 1024 * 1024;
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
-
 async fn get_all(url: &str) -> Vec<u8> {
-    let r = client().get(url).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{url}");
-    r.bytes().await.unwrap().to_vec()
+    let (status, body) = get(url).await.unwrap();
+    assert_eq!(status, 200, "{url}");
+    body.to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,31 +140,13 @@ async fn eviction_drops_to_low_water_in_lru_order_keeping_pinned_touched_and_ope
     assert_eq!(fake.count("GET", &format!("/blobs/{gone}")), before + 1);
 }
 
-/// Pulls with skopeo and checks every digest.
-async fn pull(fixture: &Fixture, host: String) {
-    let f = fixture.clone();
-    tokio::task::spawn_blocking(move || {
-        let out = tempfile::tempdir().unwrap();
-        let dest = out.path().join("image");
-        let reference = f.reference(&host);
-        skopeo_copy_all(&reference, &dest).unwrap_or_else(|e| panic!("{reference}: {e}"));
-        let got = read_dir_copy(&dest).unwrap();
-        assert_eq!(got.manifest_digest, f.digest);
-        let mut blobs = f.blobs.clone();
-        blobs.sort();
-        assert_eq!(got.blob_digests, blobs);
-    })
-    .await
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_through_the_admin_api_and_the_cli_refetches_from_the_upstream() {
     let upstream = Registry::start();
     let fixtures = images::load_fixtures_with_big_layer(&upstream, 256 * 1024);
     let rc = Regcache::start(&[UpstreamEntry::new("local", &upstream.url())]);
     let f = fixtures.docker_schema2.clone();
-    pull(&f, rc.host()).await;
+    assert_pulls_from(&f, &rc.host()).await;
     let manifest_gets = || upstream.request_count("GET", &format!("/manifests/{}", f.digest));
     let layer = f.blobs[1].clone();
     let layer_gets = || upstream.request_count("GET", &format!("/blobs/{layer}"));
@@ -204,7 +180,7 @@ async fn purge_through_the_admin_api_and_the_cli_refetches_from_the_upstream() {
     assert_eq!(status, 400, "a target without tag or digest is refused");
     assert_eq!(rc.metric("regcache_evictions_total{reason=\"purge\"}"), 2.0);
 
-    pull(&f, rc.host()).await;
+    assert_pulls_from(&f, &rc.host()).await;
     assert_eq!(
         (manifest_gets(), layer_gets()),
         (2, 2),
@@ -222,7 +198,7 @@ async fn purge_through_the_admin_api_and_the_cli_refetches_from_the_upstream() {
     let out = rc.cli(&["purge", "test/schema2:v1"]);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stdout.contains("not in the cache"), "{}", out.stdout);
-    pull(&f, rc.host()).await;
+    assert_pulls_from(&f, &rc.host()).await;
     assert_eq!(manifest_gets(), 3);
 
     // POST /admin/gc on an unbounded cache evicts nothing.
@@ -237,7 +213,7 @@ async fn verify_reports_corrupt_missing_and_orphaned_then_repairs() {
     let fixtures = images::load_fixtures_with_big_layer(&upstream, 256 * 1024);
     let mut rc = Regcache::start(&[UpstreamEntry::new("local", &upstream.url())]);
     let f = fixtures.docker_schema2.clone();
-    pull(&f, rc.host()).await;
+    assert_pulls_from(&f, &rc.host()).await;
 
     let out = rc.cli(&["verify"]);
     assert_eq!(out.code, Some(2), "refused while the daemon runs: {out:?}");
@@ -287,7 +263,7 @@ async fn verify_reports_corrupt_missing_and_orphaned_then_repairs() {
 
     // The daemon fetches the repaired blobs again on demand.
     rc.start_again();
-    pull(&f, rc.host()).await;
+    assert_pulls_from(&f, &rc.host()).await;
     for d in [&corrupt, &deleted] {
         assert_eq!(
             upstream.request_count("GET", &format!("/blobs/{d}")),

@@ -1,6 +1,6 @@
 //! The command line: version, config validation, and readiness signalling.
 
-mod common;
+pub mod common;
 
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};

@@ -1,30 +1,12 @@
 //! Smoke tests for the in-process fake upstream (tests/common/fake_upstream.rs).
 
-mod common;
+pub mod common;
 
 use std::time::{Duration, Instant};
 
 use common::fake_upstream::*;
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-}
-
-/// Read a body chunk by chunk; returns (bytes received, Some(error) if the read failed).
-async fn read_all(resp: reqwest::Response) -> (Vec<u8>, Option<reqwest::Error>) {
-    let mut resp = resp;
-    let mut out = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(c)) => out.extend_from_slice(&c),
-            Ok(None) => return (out, None),
-            Err(e) => return (out, Some(e)),
-        }
-    }
-}
+use common::http::{client, client_builder, read_body};
+use common::images::{sha256_digest, OCI_INDEX, OCI_MANIFEST};
 
 fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     r.headers().get(name).and_then(|v| v.to_str().ok())
@@ -245,7 +227,7 @@ async fn wrong_bytes() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "docker-content-digest"), Some(d.as_str()));
-    let (body, err) = read_all(r).await;
+    let (body, err) = read_body(r).await;
     assert!(err.is_none());
     assert_eq!(body.len(), data.len());
     assert_ne!(sha256_digest(&body), d);
@@ -264,7 +246,7 @@ async fn drop_after_is_a_body_error() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.content_length(), Some(200_000));
-    let (body, err) = read_all(r).await;
+    let (body, err) = read_body(r).await;
     let err = err.expect("truncated body must be an error, not a clean end");
     eprintln!("truncation error as seen by reqwest: {err:?}");
     assert!(
@@ -289,7 +271,7 @@ async fn drop_after_is_a_body_error() {
         .send()
         .await
         .unwrap();
-    let (body, err) = read_all(r).await;
+    let (body, err) = read_body(r).await;
     assert!(err.is_some());
     assert!(body.is_empty());
 
@@ -301,7 +283,7 @@ async fn drop_after_is_a_body_error() {
         .send()
         .await
         .unwrap();
-    assert!(read_all(r).await.1.is_some());
+    assert!(read_body(r).await.1.is_some());
     let r = c
         .get(format!("{}/v2/r/blobs/{d}", up.url()))
         .send()
@@ -321,7 +303,7 @@ async fn drop_at_fractions_with_resume() {
 
     let r = c.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let (mut got, err) = read_all(r).await;
+    let (mut got, err) = read_body(r).await;
     assert!(err.is_some());
     assert_eq!(got.len(), 300_000);
 
@@ -336,7 +318,7 @@ async fn drop_at_fractions_with_resume() {
         header(&r, "content-range"),
         Some("bytes 300000-999999/1000000")
     );
-    let (part, err) = read_all(r).await;
+    let (part, err) = read_body(r).await;
     assert!(err.is_some());
     assert_eq!(part.len(), 400_000);
     got.extend_from_slice(&part);
@@ -348,7 +330,7 @@ async fn drop_at_fractions_with_resume() {
         .await
         .unwrap();
     assert_eq!(r.status(), 206);
-    let (part, err) = read_all(r).await;
+    let (part, err) = read_body(r).await;
     assert!(err.is_none());
     got.extend_from_slice(&part);
     assert_eq!(sha256_digest(&got), d);
@@ -364,7 +346,7 @@ async fn drop_at_fractions_with_resume() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let (b, err) = read_all(r).await;
+    let (b, err) = read_body(r).await;
     assert!(err.is_some());
     assert_eq!(b.len(), 300_000);
     let r = c
@@ -374,11 +356,11 @@ async fn drop_at_fractions_with_resume() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let (b, err) = read_all(r).await;
+    let (b, err) = read_body(r).await;
     assert!(err.is_some());
     assert_eq!(b.len(), 700_000);
     let r = c.get(&url).send().await.unwrap();
-    let (b, err) = read_all(r).await;
+    let (b, err) = read_body(r).await;
     assert!(err.is_none());
     assert_eq!(sha256_digest(&b), d);
 }
@@ -412,7 +394,7 @@ async fn slow_stream() {
 async fn hang_times_out_and_drop_closes_connections() {
     let up = FakeUpstream::start_default().await;
     up.set_global_fault(Fault::Hang);
-    let c = reqwest::Client::builder()
+    let c = client_builder()
         .timeout(Duration::from_secs(1))
         .build()
         .unwrap();
@@ -422,7 +404,8 @@ async fn hang_times_out_and_drop_closes_connections() {
     assert!(t.elapsed() < Duration::from_secs(3));
     assert_eq!(up.count("GET", "/v2/"), 1);
 
-    // A hung request without client timeout fails once the upstream is dropped.
+    // A hung request without client timeout fails once the upstream is
+    // dropped (so not the common client, which has one).
     let url = up.url();
     let h = tokio::spawn(async move {
         reqwest::Client::new()
@@ -616,7 +599,7 @@ async fn down_and_restart() {
     assert!(up.is_down());
     let err = c.get(&url).send().await.unwrap_err();
     assert!(err.is_connect() || err.is_request(), "{err:?}");
-    let err = reqwest::Client::new().get(&url).send().await.unwrap_err();
+    let err = client().get(&url).send().await.unwrap_err();
     assert!(err.is_connect(), "{err:?}");
 
     up.restart().await.unwrap();
@@ -627,18 +610,10 @@ async fn down_and_restart() {
     up.refuse_after_requests(1);
     assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
     assert!(c.get(&url).send().await.is_err());
-    let err = reqwest::Client::new().get(&url).send().await.unwrap_err();
+    let err = client().get(&url).send().await.unwrap_err();
     assert!(err.is_connect(), "{err:?}");
     up.restart().await.unwrap();
-    assert_eq!(
-        reqwest::Client::new()
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
 }
 
 #[test]

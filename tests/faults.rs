@@ -1,13 +1,13 @@
 //! Fault handling against an in-process fake upstream: what a real registry
 //! cannot be made to do on demand.
 
-mod common;
+pub mod common;
 
 use std::time::Duration;
 
-use common::fake_upstream::{
-    random_bytes, sha256_digest, Behaviour, FakeUpstream, Fault, OCI_MANIFEST,
-};
+use common::fake_upstream::{random_bytes, Behaviour, FakeUpstream, Fault};
+use common::http::{client, get};
+use common::images::{sha256_digest, OCI_MANIFEST};
 use common::regcache::{Regcache, UpstreamEntry};
 
 const MIB: usize = 1024 * 1024;
@@ -16,13 +16,6 @@ async fn setup() -> (FakeUpstream, Regcache) {
     let fake = FakeUpstream::start(Behaviour::default()).await;
     let rc = Regcache::start(&[UpstreamEntry::new("fake", &fake.url()).alias(&fake.host())]);
     (fake, rc)
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
 }
 
 fn blob_url(rc: &Regcache, digest: &str) -> String {
@@ -40,11 +33,6 @@ fn tmp_is_empty(rc: &Regcache) -> bool {
         .unwrap_or(true)
 }
 
-async fn get_body(url: &str) -> Result<Vec<u8>, reqwest::Error> {
-    let r = client().get(url).send().await?;
-    Ok(r.bytes().await?.to_vec())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_bytes_fail_the_transfer_and_are_never_cached() {
     let (fake, rc) = setup().await;
@@ -52,7 +40,7 @@ async fn wrong_bytes_fail_the_transfer_and_are_never_cached() {
     let digest = fake.add_blob(data.clone());
     fake.set_blob_fault(&digest, Fault::WrongBytes);
 
-    let first = get_body(&blob_url(&rc, &digest)).await;
+    let first = get(&blob_url(&rc, &digest)).await;
     assert!(
         first.is_err(),
         "a body that fails verification must not end cleanly"
@@ -63,9 +51,7 @@ async fn wrong_bytes_fail_the_transfer_and_are_never_cached() {
 
     // The next request starts a fresh fill and, with the upstream fixed, succeeds.
     fake.clear_faults();
-    let body = get_body(&blob_url(&rc, &digest))
-        .await
-        .expect("refetch works");
+    let (_, body) = get(&blob_url(&rc, &digest)).await.expect("refetch works");
     assert_eq!(sha256_digest(&body), digest);
     assert!(cached(&rc, &digest));
     assert_eq!(fake.count("GET", &format!("/blobs/{digest}")), 2);
@@ -79,7 +65,7 @@ async fn a_dropped_upstream_connection_fails_clients_and_caches_nothing() {
     // Cut every attempt short: the fill resumes a few times, then gives up.
     fake.set_blob_fault(&digest, Fault::DropAfter(100_000));
 
-    let first = get_body(&blob_url(&rc, &digest)).await;
+    let first = get(&blob_url(&rc, &digest)).await;
     assert!(
         first.is_err(),
         "a truncated upstream must abort the client's transfer"
@@ -88,9 +74,7 @@ async fn a_dropped_upstream_connection_fails_clients_and_caches_nothing() {
     assert!(tmp_is_empty(&rc));
 
     fake.clear_faults();
-    let body = get_body(&blob_url(&rc, &digest))
-        .await
-        .expect("refetch works");
+    let (_, body) = get(&blob_url(&rc, &digest)).await.expect("refetch works");
     assert_eq!(body, data);
     assert!(cached(&rc, &digest));
 }
@@ -122,7 +106,7 @@ async fn a_client_that_hangs_up_does_not_stop_the_fill() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let body = get_body(&blob_url(&rc, &digest)).await.unwrap();
+    let (_, body) = get(&blob_url(&rc, &digest)).await.unwrap();
     assert_eq!(body, data);
     assert_eq!(
         fake.count("GET", &format!("/blobs/{digest}")),
@@ -152,11 +136,11 @@ async fn concurrent_cold_requests_share_one_upstream_fetch_including_late_joiner
             if i >= 10 {
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
-            get_body(&url).await
+            get(&url).await
         }));
     }
     for t in tasks {
-        let body = t.await.unwrap().expect("every client gets the blob");
+        let (_, body) = t.await.unwrap().expect("every client gets the blob");
         assert_eq!(sha256_digest(&body), digest);
     }
     assert_eq!(fake.count("GET", &format!("/blobs/{digest}")), 1);
@@ -175,7 +159,7 @@ async fn ranges_on_cached_blobs() {
     let data = random_bytes(1000, 5);
     let digest = fake.add_blob(data.clone());
     let url = blob_url(&rc, &digest);
-    assert_eq!(get_body(&url).await.unwrap(), data);
+    assert_eq!(get(&url).await.unwrap().1, data);
     let c = client();
 
     let r = c

@@ -2,10 +2,11 @@
 //! push, skopeo pulls them back with the same digests, and the registry's
 //! request log counts exactly.
 
-mod common;
+pub mod common;
 
 use common::images::{self, read_dir_copy, skopeo_copy_all};
 use common::registry::{http_get, Registry};
+use common::token_server::b64_std;
 use std::time::Instant;
 
 #[test]
@@ -108,29 +109,13 @@ fn htpasswd_registry_needs_credentials() {
         .header("WWW-Authenticate")
         .unwrap()
         .starts_with("Basic realm="));
-    let basic = format!("Basic {}", base64(&format!("{TEST_USER}:{TEST_PASSWORD}")));
+    let basic = format!(
+        "Basic {}",
+        b64_std(format!("{TEST_USER}:{TEST_PASSWORD}").as_bytes())
+    );
     let r = http_request(reg.addr, "GET", "/v2/", &[("Authorization", &basic)], None).unwrap();
     assert_eq!(r.status, 200, "{}", reg.logs());
     let reqs = reg.requests();
     let statuses: Vec<_> = reqs.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [Some(401), Some(200)]);
-}
-
-fn base64(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in s.as_bytes().chunks(3) {
-        let n = c
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }

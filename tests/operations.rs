@@ -2,27 +2,19 @@
 //! only query exported metrics, the systemd unit and the Dockerfile hold up,
 //! reload and drain behave.
 
-mod common;
+pub mod common;
 
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use common::fake_upstream::{
-    random_bytes, sha256_digest, Behaviour, FakeUpstream, Fault, OCI_MANIFEST,
-};
-use common::images::{self, skopeo_copy_all};
+use common::fake_upstream::{random_bytes, Behaviour, FakeUpstream, Fault};
+use common::http::{client, get};
+use common::images::{self, sha256_digest, skopeo_copy_all, OCI_MANIFEST};
 use common::regcache::{Regcache, UpstreamEntry};
 use common::registry::Registry;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
 
 fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     metrics
@@ -51,17 +43,9 @@ async fn counters_move_with_real_pulls() {
     let mut tasks = Vec::new();
     for _ in 0..5 {
         let url = url.clone();
-        tasks.push(tokio::spawn(async move {
-            client()
-                .get(&url)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap()
-                .len()
-        }));
+        tasks.push(tokio::spawn(
+            async move { get(&url).await.unwrap().1.len() },
+        ));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap() as u64, fixtures.big_layer_size);
@@ -443,14 +427,7 @@ async fn sigterm_lets_a_large_download_finish_then_exits_cleanly() {
 
     // The index is consistent: the blob is served from the cache.
     rc.restart();
-    let body = client()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get(&url).await.unwrap().1;
     assert_eq!(body, data);
     assert_eq!(fake.count("GET", &format!("/blobs/{digest}")), 1);
 }

@@ -2,31 +2,15 @@
 //! CNCF distribution 2.8) and a real client (skopeo) pulling through the
 //! regcache binary.
 
-mod common;
+pub mod common;
 
 use std::time::Duration;
 
-use common::images::{self, read_dir_copy, skopeo_copy_all, Fixture};
+use common::http::client;
+use common::images::{self, assert_pulls};
 use common::ns_shim::NsShim;
 use common::regcache::{Regcache, UpstreamEntry};
 use common::registry::Registry;
-
-/// Pulls `reference` with `skopeo copy --all` and checks every digest
-/// against what the upstream has.
-fn pull_and_compare(fixture: &Fixture, reference: &str) {
-    let out = tempfile::tempdir().unwrap();
-    let dest = out.path().join("image");
-    skopeo_copy_all(reference, &dest).unwrap_or_else(|e| panic!("skopeo copy {reference}: {e}"));
-    let got = read_dir_copy(&dest).unwrap();
-    assert_eq!(got.manifest_digest, fixture.digest, "{reference}");
-    assert_eq!(got.media_type, fixture.media_type, "{reference}");
-    let mut children = fixture.child_manifests.clone();
-    children.sort();
-    assert_eq!(got.instance_digests, children, "{reference}");
-    let mut blobs = fixture.blobs.clone();
-    blobs.sort();
-    assert_eq!(got.blob_digests, blobs, "{reference}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_pulls_every_image_kind_through_every_routing_style() {
@@ -46,7 +30,7 @@ async fn skopeo_pulls_every_image_kind_through_every_routing_style() {
         let prefix_ref = format!("{}/local/{name_tag}", rc.host());
         for reference in [default_ref, ns_ref, prefix_ref] {
             let f = fixture.clone();
-            tokio::task::spawn_blocking(move || pull_and_compare(&f, &reference))
+            tokio::task::spawn_blocking(move || assert_pulls(&f, &reference))
                 .await
                 .unwrap();
         }
@@ -67,7 +51,7 @@ async fn twenty_concurrent_cold_gets_of_a_large_blob_cost_one_upstream_get() {
     let rc = Regcache::start(&[UpstreamEntry::new("local", &upstream.url())]);
     let digest = fixtures.big_layer_digest.clone();
     let url = format!("{}/v2/test/big/blobs/{digest}", rc.url());
-    let client = reqwest::Client::new();
+    let client = client();
     let mut tasks = Vec::new();
     for i in 0..20u64 {
         let (client, url) = (client.clone(), url.clone());
@@ -112,7 +96,7 @@ async fn a_deleted_index_is_rebuilt_and_cached_images_served_by_digest_and_tag_w
     let fixture = fixtures.oci_index.clone();
     let by_tag = format!("{}/{}:{}", rc.host(), fixture.repo, fixture.tag);
     let f = fixture.clone();
-    tokio::task::spawn_blocking(move || pull_and_compare(&f, &by_tag))
+    tokio::task::spawn_blocking(move || assert_pulls(&f, &by_tag))
         .await
         .unwrap();
 
@@ -128,7 +112,7 @@ async fn a_deleted_index_is_rebuilt_and_cached_images_served_by_digest_and_tag_w
     let by_tag = format!("{}/{}:{}", rc.host(), fixture.repo, fixture.tag);
     for reference in [by_digest, by_tag] {
         let f = fixture.clone();
-        tokio::task::spawn_blocking(move || pull_and_compare(&f, &reference))
+        tokio::task::spawn_blocking(move || assert_pulls(&f, &reference))
             .await
             .unwrap();
     }

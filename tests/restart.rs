@@ -1,11 +1,12 @@
 //! Crash safety: a daemon killed mid-fill leaves nothing half-written that a
 //! restart would serve.
 
-mod common;
+pub mod common;
 
 use std::time::Duration;
 
-use common::fake_upstream::{random_bytes, sha256_digest, Behaviour, FakeUpstream, Fault};
+use common::fake_upstream::{random_bytes, Behaviour, FakeUpstream, Fault};
+use common::images::sha256_digest;
 use common::regcache::{Regcache, UpstreamEntry};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

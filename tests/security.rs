@@ -1,24 +1,18 @@
 //! Safe to expose: allow/deny lists, client authentication, rate limits,
 //! TLS, slow clients, and logs without secrets.
 
-mod common;
+pub mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::fake_upstream::{Behaviour, FakeUpstream, OCI_MANIFEST};
-use common::images::{self, read_dir_copy, skopeo, skopeo_copy_all, SKOPEO_TIMEOUT};
+use common::fake_upstream::{Behaviour, FakeUpstream};
+use common::http::{client, client_builder};
+use common::images::{self, read_dir_copy, skopeo, skopeo_copy_all, OCI_MANIFEST, SKOPEO_TIMEOUT};
 use common::regcache::{Regcache, UpstreamEntry};
 use common::registry::Registry;
 use common::tls::TestCa;
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
 
 async fn error_code(r: reqwest::Response) -> String {
     let v: serde_json::Value = r.json().await.unwrap();
@@ -329,7 +323,7 @@ async fn https_with_a_private_ca_and_a_certificate_swapped_on_sighup() {
     let presented = |rc_addr: std::net::SocketAddr| {
         let ca_pem = ca.cert_pem();
         async move {
-            let client = reqwest::Client::builder()
+            let client = client_builder()
                 .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
                 .tls_info(true)
                 .build()

@@ -2,14 +2,13 @@
 //! rate-limiting; a circuit breaker; offline mode; negative caching;
 //! resumed fills.
 
-mod common;
+pub mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fake_upstream::{
-    random_bytes, sha256_digest, Behaviour, FakeUpstream, Fault, Scope, OCI_MANIFEST,
-};
-use common::images::{self, read_dir_copy, skopeo_copy_all};
+use common::fake_upstream::{random_bytes, Behaviour, FakeUpstream, Fault, Scope};
+use common::http::{client, get};
+use common::images::{self, read_dir_copy, sha256_digest, skopeo_copy_all, OCI_MANIFEST};
 use common::regcache::{Regcache, UpstreamEntry};
 use common::registry::Registry;
 
@@ -17,13 +16,6 @@ use common::registry::Registry;
 /// "answered within the header timeout" checks that nothing hangs, not how
 /// fast the machine is.
 const NO_HANG: Duration = Duration::from_secs(8);
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
 
 fn manifest(n: u32) -> String {
     format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","layers":[],"n":{n}}}"#)
@@ -333,14 +325,10 @@ async fn a_fill_resumes_after_the_upstream_cuts_the_connection_twice() {
     let data = random_bytes(8 * 1024 * 1024, 31);
     let digest = fake.add_blob(data.clone());
     fake.set_blob_fault(&digest, Fault::DropAtFractions(vec![0.3, 0.7]));
-    let body = client()
-        .get(format!("{}/v2/test/app/blobs/{digest}", rc.url()))
-        .send()
+    let body = get(&format!("{}/v2/test/app/blobs/{digest}", rc.url()))
         .await
-        .unwrap()
-        .bytes()
-        .await
-        .expect("the client sees a whole transfer, not a failure");
+        .expect("the client sees a whole transfer, not a failure")
+        .1;
     assert_eq!(sha256_digest(&body), digest);
     assert_eq!(
         fake.count("GET", &format!("/blobs/{digest}")),
@@ -367,14 +355,10 @@ async fn a_fill_restarts_cleanly_when_the_upstream_ignores_range() {
         Scope::Digest(digest.clone()),
         Fault::DropAtFractions(vec![0.3, 0.7]),
     );
-    let body = client()
-        .get(format!("{}/v2/test/app/blobs/{digest}", rc.url()))
-        .send()
+    let body = get(&format!("{}/v2/test/app/blobs/{digest}", rc.url()))
         .await
         .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .1;
     assert_eq!(body, data);
     assert!(rc.blob_path(&digest).is_file());
 }

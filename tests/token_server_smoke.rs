@@ -3,7 +3,7 @@
 //! garbage, expired, wrong-audience and wrong-scope tokens, skopeo does the
 //! token dance by itself, and pushes need Basic credentials.
 
-mod common;
+pub mod common;
 
 use std::time::{Duration, Instant};
 

@@ -2,23 +2,15 @@
 //! credentials against a real htpasswd registry, redirects to another host,
 //! rate-limit headers, auth errors.
 
-mod common;
-
-use std::time::Duration;
+pub mod common;
 
 use bytes::Bytes;
-use common::fake_upstream::{random_bytes, sha256_digest, Behaviour, FakeUpstream, OCI_MANIFEST};
-use common::images::{self, read_dir_copy, skopeo_copy_all};
+use common::fake_upstream::{random_bytes, Behaviour, FakeUpstream};
+use common::http::{client, get};
+use common::images::{self, read_dir_copy, sha256_digest, skopeo_copy_all, OCI_MANIFEST};
 use common::regcache::{Regcache, UpstreamEntry};
 use common::registry::{Registry, TEST_PASSWORD, TEST_USER};
 use common::token_server::TokenServer;
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
 
 fn response(status: u16, headers: &[(&str, &str)], body: &str) -> http::Response<Bytes> {
     let mut b = http::Response::builder().status(status);
@@ -140,14 +132,10 @@ async fn blob_redirects_are_followed_without_carrying_credentials_to_the_other_h
     let rc = Regcache::start(&[UpstreamEntry::new("origin", &origin.url())
         .set("username", "\"bot\"")
         .set("password", "\"s3cret\"")]);
-    let body = client()
-        .get(format!("{}/v2/org/app/blobs/{digest}", rc.url()))
-        .send()
+    let body = get(&format!("{}/v2/org/app/blobs/{digest}", rc.url()))
         .await
         .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .1;
     assert_eq!(sha256_digest(&body), digest);
     assert!(rc.blob_path(&digest).is_file(), "verified and cached");
     for r in cdn.requests() {
@@ -380,14 +368,10 @@ async fn a_redirect_target_that_asks_for_nothing_gets_no_authorization_at_all() 
         None
     });
     let rc = Regcache::start(&[UpstreamEntry::new("origin", &origin.url())]);
-    let body = client()
-        .get(format!("{}/v2/org/app/blobs/{digest}", rc.url()))
-        .send()
+    let body = get(&format!("{}/v2/org/app/blobs/{digest}", rc.url()))
         .await
         .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .1;
     assert_eq!(body, data);
     assert!(!storage.requests().is_empty());
     assert!(

@@ -61,12 +61,14 @@ async fn serving(body: &'static [u8]) -> (Arc<Upstream>, Arc<AtomicUsize>) {
             });
         }
     });
-    let mut config = Config::default();
-    config.upstreams = Some(vec![UpstreamConfig::new(
-        "up",
-        &format!("http://127.0.0.1:{port}"),
-    )]);
-    config.default_upstream = "up".into();
+    let config = Config {
+        upstreams: Some(vec![UpstreamConfig::new(
+            "up",
+            &format!("http://127.0.0.1:{port}"),
+        )]),
+        default_upstream: "up".into(),
+        ..Config::default()
+    };
     let upstreams = Upstreams::from_config(&config, Arc::new(Metrics::new())).unwrap();
     (upstreams.get("up").unwrap(), requests)
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::registry::{Digest, Reference, RepoName, Tag};
+use crate::registry::{Digest, DigestError, NameError, Reference, RepoName, Tag, TagError};
 use crate::upstream::{Upstream, Upstreams};
 
 #[derive(Clone)]
@@ -34,43 +34,73 @@ impl std::fmt::Debug for ImageRef {
     }
 }
 
+/// A reference that does not parse: what the user wrote, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{original}: {problem}")]
+pub struct ImageRefError {
+    /// What the user wrote (trimmed).
+    pub original: String,
+    problem: Problem,
+}
+
+impl ImageRefError {
+    /// Why it does not parse, without the reference in front.
+    pub fn reason(&self) -> String {
+        self.problem.to_string()
+    }
+}
+
+/// Kept out of the `source()` chain on purpose: the message already holds
+/// it, and `anyhow`'s `{:#}` would print it twice.
+#[derive(Debug, thiserror::Error)]
+enum Problem {
+    #[error("{0}")]
+    Digest(DigestError),
+    #[error("{0}")]
+    Tag(TagError),
+    #[error("{0}")]
+    Name(NameError),
+    #[error("{0:?} names no upstream configured on this mirror")]
+    UnknownRegistry(String),
+}
+
 /// Parses `s` against the configured upstreams: a first component that
 /// names one (by name or alias) selects it; one that looks like a registry
 /// host but is not configured is refused; anything else is on the default
 /// upstream.
-pub fn parse(s: &str, upstreams: &Upstreams) -> Result<ImageRef, String> {
+pub fn parse(s: &str, upstreams: &Upstreams) -> Result<ImageRef, ImageRefError> {
     let original = s.trim().to_owned();
+    let fail = |problem| ImageRefError {
+        original: original.clone(),
+        problem,
+    };
     let s = original.strip_prefix("docker://").unwrap_or(&original);
     let (name, reference) = if let Some((name, digest)) = s.split_once('@') {
-        let digest: Digest = digest.parse().map_err(|e| format!("{original}: {e}"))?;
+        let digest: Digest = digest.parse().map_err(|e| fail(Problem::Digest(e)))?;
         (name, Reference::Digest(digest))
     } else {
         let last_slash = s.rfind('/').map_or(0, |i| i + 1);
-        match s[last_slash..].rfind(':') {
+        let (name, tag) = match s[last_slash..].rfind(':') {
             Some(i) => {
                 let at = last_slash + i;
-                let tag = Tag::parse(&s[at + 1..]).map_err(|e| format!("{original}: {e}"))?;
-                (&s[..at], Reference::Tag(tag))
+                (&s[..at], &s[at + 1..])
             }
-            None => (
-                s,
-                Reference::Tag(Tag::parse("latest").map_err(|e| e.to_string())?),
-            ),
-        }
+            None => (s, "latest"),
+        };
+        let tag = Tag::parse(tag).map_err(|e| fail(Problem::Tag(e)))?;
+        (name, Reference::Tag(tag))
     };
     let (upstream, name) = match name.split_once('/') {
         Some((first, rest)) => match upstreams.get(first) {
             Some(u) => (u, rest),
             None if first.contains('.') || first.contains(':') || first == "localhost" => {
-                return Err(format!(
-                    "{original}: {first:?} names no upstream configured on this mirror"
-                ))
+                return Err(fail(Problem::UnknownRegistry(first.to_owned())))
             }
             None => (upstreams.default_upstream(), name),
         },
         None => (upstreams.default_upstream(), name),
     };
-    let repo = RepoName::parse(name).map_err(|e| format!("{original}: {e}"))?;
+    let repo = RepoName::parse(name).map_err(|e| fail(Problem::Name(e)))?;
     Ok(ImageRef {
         repo: upstream.upstream_repo(&repo),
         upstream,
@@ -114,5 +144,25 @@ mod tests {
         assert!(c("evil.example.com/x:1").is_err());
         assert!(c("Alpine").is_err());
         assert!(c("alpine@sha256:zz").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_reference_then_the_reason() {
+        let u = upstreams();
+        let e = parse(" evil.example.com/x:1", &u).unwrap_err();
+        assert_eq!(e.original, "evil.example.com/x:1");
+        assert_eq!(
+            e.to_string(),
+            "evil.example.com/x:1: \"evil.example.com\" names no upstream configured on this mirror"
+        );
+        assert_eq!(
+            e.reason(),
+            "\"evil.example.com\" names no upstream configured on this mirror"
+        );
+        let e = parse("Alpine", &u).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Alpine: repository name component \"Alpine\" is invalid"
+        );
     }
 }

@@ -19,10 +19,12 @@ use indicatif::{MultiProgress, ProgressBar};
 
 use super::image::{self, ImageRef};
 use super::{human_bytes, interactive, open_ready, upstreams, Daemon};
-use crate::cache::prefetch::{prefetch_image, Plan, PrefetchProgress, Prefetched};
+use crate::cache::prefetch::{
+    self as cache_prefetch, prefetch_image, Plan, PrefetchProgress, Prefetched,
+};
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::policy::UpstreamRules;
+use crate::policy::{Refused, UpstreamRules};
 use crate::registry::Reference;
 
 /// Images prefetched at once.
@@ -67,6 +69,36 @@ impl PrefetchProgress for Reporter {
     }
 }
 
+/// Why one image was not prefetched; its message ends the `FAILED` line.
+#[derive(Debug, thiserror::Error)]
+enum PrefetchError {
+    /// The reference does not parse (the reason only: the line names it).
+    #[error("{0}")]
+    Reference(String),
+    /// The upstream's allow and deny rules refuse the repository.
+    #[error("{0}")]
+    Rules(#[from] Refused),
+    /// From the in-process prefetch, as it words it.
+    #[error("{0}")]
+    Local(#[from] cache_prefetch::PrefetchError),
+    #[error("asking the daemon: {0}")]
+    Ask(#[source] reqwest::Error),
+    #[error("the daemon answered {status}: {message}")]
+    Refused {
+        status: reqwest::StatusCode,
+        message: String,
+    },
+    #[error("reading the daemon's answer: {0}")]
+    Read(#[source] reqwest::Error),
+    #[error("the daemon's answer is not understood: {0}")]
+    Garbled(#[source] serde_json::Error),
+    /// The daemon's own `error` event.
+    #[error("{0}")]
+    Daemon(String),
+    #[error("the daemon's answer ended without a result")]
+    Truncated,
+}
+
 /// One line of the daemon's answer to `POST /admin/prefetch`.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -83,13 +115,11 @@ impl Source {
         image: &ImageRef,
         platforms: &[String],
         reporter: &Reporter,
-    ) -> Result<Prefetched, String> {
+    ) -> Result<Prefetched, PrefetchError> {
         match self {
             Source::Local(cache, rules) => {
-                rules
-                    .check(&image.upstream.name, &image.repo)
-                    .map_err(|rule| rule.to_string())?;
-                prefetch_image(
+                rules.check(&image.upstream.name, &image.repo)?;
+                Ok(prefetch_image(
                     cache,
                     &image.upstream,
                     &image.repo,
@@ -97,8 +127,7 @@ impl Source {
                     platforms,
                     reporter,
                 )
-                .await
-                .map_err(|e| e.to_string())
+                .await?)
             }
             Source::Daemon(d) => through_daemon(d, image, platforms, reporter).await,
         }
@@ -110,7 +139,7 @@ async fn through_daemon(
     image: &ImageRef,
     platforms: &[String],
     reporter: &Reporter,
-) -> Result<Prefetched, String> {
+) -> Result<Prefetched, PrefetchError> {
     let reference = match &image.reference {
         Reference::Tag(t) => t.as_str().to_owned(),
         Reference::Digest(d) => d.to_string(),
@@ -125,24 +154,23 @@ async fn through_daemon(
         .admin(reqwest::Method::POST, &format!("/admin/prefetch?{query}"))
         .send()
         .await
-        .map_err(|e| format!("asking the daemon: {e}"))?;
+        .map_err(PrefetchError::Ask)?;
     let status = response.status();
     if !status.is_success() {
         let bytes = response.bytes().await.unwrap_or_default();
         let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        let message = body["error"].as_str().unwrap_or("no message");
-        return Err(format!("the daemon answered {status}: {message}"));
+        let message = body["error"].as_str().unwrap_or("no message").to_owned();
+        return Err(PrefetchError::Refused { status, message });
     }
     let mut stream = response.bytes_stream();
     let mut pending: Vec<u8> = Vec::new();
     let mut reported = 0u64;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| format!("reading the daemon's answer: {e}"))?;
+        let chunk = chunk.map_err(PrefetchError::Read)?;
         pending.extend_from_slice(&chunk);
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
-            let event: Event = serde_json::from_slice(&line)
-                .map_err(|e| format!("the daemon's answer is not understood: {e}"))?;
+            let event: Event = serde_json::from_slice(&line).map_err(PrefetchError::Garbled)?;
             match event {
                 Event::Plan(plan) => reporter.planned(&plan),
                 Event::CachedBytes(n) => {
@@ -150,11 +178,11 @@ async fn through_daemon(
                     reported = reported.max(n);
                 }
                 Event::Done(done) => return Ok(done),
-                Event::Error(e) => return Err(e),
+                Event::Error(e) => return Err(PrefetchError::Daemon(e)),
             }
         }
     }
-    Err("the daemon's answer ended without a result".into())
+    Err(PrefetchError::Truncated)
 }
 
 /// `FILE` arguments hold one image per line (blank lines and `#` comments
@@ -187,18 +215,19 @@ pub fn prefetch(
     if names.is_empty() {
         anyhow::bail!("no images to prefetch");
     }
-    let mut failed: Vec<(String, String)> = Vec::new();
+    let mut failed: Vec<(String, PrefetchError)> = Vec::new();
     let mut images = Vec::new();
     for n in &names {
         match image::parse(n, &ups) {
             Ok(i) => images.push(i),
             Err(e) => {
-                // The parser's message already starts with the reference.
-                let e = e
-                    .strip_prefix(&format!("{n}: "))
-                    .map(str::to_owned)
-                    .unwrap_or(e);
-                failed.push((n.clone(), e))
+                // The line names the reference already.
+                let e = if e.original == *n {
+                    e.reason()
+                } else {
+                    e.to_string()
+                };
+                failed.push((n.clone(), PrefetchError::Reference(e)))
             }
         }
     }
@@ -218,7 +247,7 @@ pub fn prefetch(
     if !tty {
         eprintln!("prefetching {} images {mode}", images.len());
     }
-    let results: Vec<(String, Result<Prefetched, String>)> = runtime.block_on(async {
+    let results: Vec<(String, Result<Prefetched, PrefetchError>)> = runtime.block_on(async {
         futures_util::stream::iter(images.iter())
             .map(|image| {
                 let bar = if tty {

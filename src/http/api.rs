@@ -6,6 +6,7 @@ use http::{HeaderValue, Method, Request, Response};
 use super::app::{App, RequestLog};
 use super::body::{self, Body};
 use super::error::{ApiError, Code};
+use super::listings::Listed;
 use super::route::{self, Endpoint, Parsed};
 use super::{blobs, listings, manifests};
 use crate::policy::{client_address, AuthError, ClientPolicy};
@@ -187,32 +188,11 @@ async fn route_and_answer<B>(
         }
         Endpoint::TagsList => {
             log.route = "tags";
-            listings::listing(
-                app,
-                &route,
-                "tags/list",
-                uri.path(),
-                uri.query(),
-                head,
-                Code::NameUnknown,
-                log,
-            )
-            .await?
+            listings::listing(app, &route, Listed::Tags, uri, head, log).await?
         }
         Endpoint::Referrers(digest) => {
             log.route = "referrers";
-            let suffix = format!("referrers/{digest}");
-            listings::listing(
-                app,
-                &route,
-                &suffix,
-                uri.path(),
-                uri.query(),
-                head,
-                Code::ManifestUnknown,
-                log,
-            )
-            .await?
+            listings::listing(app, &route, Listed::Referrers(digest), uri, head, log).await?
         }
     };
     // The OCI spec asks proxies to echo the namespace they served.

@@ -10,19 +10,31 @@ use super::error::{ApiError, Code};
 use super::headers::mark_stale;
 use super::route::Route;
 use crate::cache::Outcome;
+use crate::registry::Digest;
+
+/// What a listing endpoint asks the upstream for, and the error code of a
+/// repository (or subject) the upstream does not know.
+pub enum Listed<'a> {
+    Tags,
+    Referrers(&'a Digest),
+}
 
 pub async fn listing(
     app: &App,
     route: &Route,
-    suffix: &str,
-    client_path: &str,
-    client_query: Option<&str>,
+    listed: Listed<'_>,
+    uri: &http::Uri,
     head: bool,
-    unknown: Code,
     log: &mut RequestLog,
 ) -> Result<Response<Body>, ApiError> {
+    let (suffix, unknown) = match listed {
+        Listed::Tags => ("tags/list".to_owned(), Code::NameUnknown),
+        Listed::Referrers(d) => (format!("referrers/{d}"), Code::ManifestUnknown),
+    };
+    let client_path = uri.path();
     // `ns` is ours; everything else (n, last, artifactType) is the upstream's.
-    let query = client_query
+    let query = uri
+        .query()
         .map(|q| {
             form_urlencoded::Serializer::new(String::new())
                 .extend_pairs(form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k != "ns"))
@@ -31,7 +43,7 @@ pub async fn listing(
         .filter(|q| !q.is_empty());
     let (listing, outcome) = app
         .cache
-        .listing(&route.upstream, &route.repo, suffix, query.as_deref())
+        .listing(&route.upstream, &route.repo, &suffix, query.as_deref())
         .await
         .map_err(|e| ApiError::from_cache(&e, unknown))?;
     log.outcome = outcome.label();

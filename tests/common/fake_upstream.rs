@@ -27,8 +27,6 @@
 //!   listener) and every live connection task (closing their sockets), so a
 //!   request stuck on `Fault::Hang` fails instead of hanging forever.
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::io;
@@ -47,15 +45,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use parking_lot::Mutex;
-use sha2::{Digest as _, Sha256};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::{AbortHandle, JoinHandle};
 
-/// Media types commonly needed by tests.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const DOCKER_MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+use super::images::{sha256_digest, OCI_INDEX};
 
 /// Pause between the last byte of a truncated body and the injected body
 /// error, so hyper flushes the bytes before it kills the connection.
@@ -66,11 +59,6 @@ const DEFAULT_CHUNK: usize = 64 * 1024;
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// `"sha256:<lowercase hex>"` of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
 
 /// `len` deterministic, incompressible bytes derived from `seed` (xorshift64*).
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
@@ -213,13 +201,6 @@ impl RecordedRequest {
     pub fn has_header(&self, name: &str) -> bool {
         self.headers.contains_key(name)
     }
-    /// `path` plus `?query` when there is one.
-    pub fn path_and_query(&self) -> String {
-        match &self.query {
-            Some(q) => format!("{}?{}", self.path, q),
-            None => self.path.clone(),
-        }
-    }
 }
 
 /// Hook installed with [`FakeUpstream::set_on_request`]: return `Some` to
@@ -310,11 +291,6 @@ impl FakeUpstream {
         Self::start(Behaviour::default()).await
     }
 
-    /// The bound socket address.
-    pub fn addr(&self) -> SocketAddr {
-        self.shared.addr
-    }
-
     /// `"http://127.0.0.1:<port>"`.
     pub fn url(&self) -> String {
         format!("http://{}", self.shared.addr)
@@ -333,11 +309,6 @@ impl FakeUpstream {
         let digest = sha256_digest(&bytes);
         self.shared.state.lock().blobs.insert(digest.clone(), bytes);
         digest
-    }
-
-    /// Forget a blob (subsequent requests get 404 BLOB_UNKNOWN).
-    pub fn remove_blob(&self, digest: &str) {
-        self.shared.state.lock().blobs.remove(digest);
     }
 
     /// Register a manifest in `repo`, optionally tagging it; returns its digest.
@@ -364,15 +335,6 @@ impl FakeUpstream {
         digest
     }
 
-    /// Forget a manifest (tags pointing at it then resolve to 404).
-    pub fn remove_manifest(&self, repo: &str, digest: &str) {
-        self.shared
-            .state
-            .lock()
-            .manifests
-            .remove(&(repo.to_string(), digest.to_string()));
-    }
-
     /// Point (or move) `repo:tag` at `digest`.
     pub fn set_tag(&self, repo: &str, tag: &str, digest: &str) {
         self.shared
@@ -382,13 +344,6 @@ impl FakeUpstream {
             .entry(repo.to_string())
             .or_default()
             .insert(tag.to_string(), digest.to_string());
-    }
-
-    /// Delete `repo:tag`.
-    pub fn remove_tag(&self, repo: &str, tag: &str) {
-        if let Some(t) = self.shared.state.lock().tags.get_mut(repo) {
-            t.remove(tag);
-        }
     }
 
     /// Set (or clear with `None`) the `Link` header sent on `repo`'s tags list.
@@ -420,14 +375,6 @@ impl FakeUpstream {
     /// Turn `Range` support on/off (off: Range ignored, 200 with full body).
     pub fn set_honour_range(&self, on: bool) {
         self.shared.state.lock().honour_range = on;
-    }
-
-    /// Replace the headers added to every response (fault responses included).
-    pub fn set_extra_headers(&self, headers: &[(&str, &str)]) {
-        self.shared.state.lock().extra_headers = headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
     }
 
     /// Install the request hook (replaces any previous one). It runs after the
@@ -545,11 +492,6 @@ impl FakeUpstream {
     /// Number of TCP connections accepted (since start / last `reset_counts`).
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
-    }
-
-    /// Number of connections currently open.
-    pub fn live_connections(&self) -> usize {
-        self.shared.conns.lock().len()
     }
 
     /// Snapshot of all recorded requests, in arrival order.
@@ -683,10 +625,21 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 #[derive(Debug)]
 enum Route {
     Base,
-    Manifest { name: String, reference: String },
-    Blob { name: String, digest: String },
-    TagsList { name: String },
-    Referrers { name: String, digest: String },
+    Manifest {
+        name: String,
+        reference: String,
+    },
+    /// Blobs are global here: the repository in the path is not checked.
+    Blob {
+        digest: String,
+    },
+    TagsList {
+        name: String,
+    },
+    Referrers {
+        name: String,
+        digest: String,
+    },
     Other,
 }
 
@@ -719,7 +672,6 @@ fn parse_route(path: &str) -> Route {
             reference: tail.to_string(),
         },
         "/blobs/" if !tail.is_empty() && !tail.starts_with("uploads") => Route::Blob {
-            name,
             digest: tail.to_string(),
         },
         "/tags/list" if tail.is_empty() => Route::TagsList { name },
@@ -800,7 +752,7 @@ async fn handle(
     let (fault, extra, honour_range) = {
         let mut st = shared.state.lock();
         let resolved: Option<String> = match &route {
-            Route::Blob { digest, .. } => Some(digest.clone()),
+            Route::Blob { digest } => Some(digest.clone()),
             Route::Manifest { name, reference } => {
                 if reference.contains(':') {
                     Some(reference.clone())
@@ -957,7 +909,7 @@ fn route_request(
                 ),
             }
         }
-        Route::Blob { digest, .. } => {
+        Route::Blob { digest } => {
             let bytes = shared.state.lock().blobs.get(&digest).cloned();
             match bytes {
                 None => oci_error(

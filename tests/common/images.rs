@@ -108,23 +108,9 @@ impl std::fmt::Debug for Fixture {
 }
 
 impl Fixture {
-    /// `repo:tag`
-    pub fn name_tag(&self) -> String {
-        format!("{}:{}", self.repo, self.tag)
-    }
-
     /// `<host>/repo:tag`, e.g. for `skopeo_copy_all(&f.reference(&proxy_host), ..)`.
     pub fn reference(&self, host: &str) -> String {
         format!("{host}/{}:{}", self.repo, self.tag)
-    }
-
-    /// `<host>/repo@digest`
-    pub fn reference_by_digest(&self, host: &str) -> String {
-        format!("{host}/{}@{}", self.repo, self.digest)
-    }
-
-    pub fn is_list(&self) -> bool {
-        !self.child_manifests.is_empty()
     }
 }
 
@@ -153,10 +139,6 @@ impl Fixtures {
             &self.docker_schema2,
             &self.oci_image,
         ]
-    }
-
-    pub fn by_name(&self, name: &str) -> Option<&Fixture> {
-        self.all().into_iter().find(|f| f.name == name)
     }
 }
 
@@ -507,19 +489,6 @@ pub fn skopeo_copy_all(src_ref: &str, dest_dir: &Path) -> Result<(), String> {
     .map(|_| ())
 }
 
-/// `skopeo copy --all --src-tls-verify=false docker://<src_ref> oci:<dest_dir>:latest`.
-/// Beware: this converts Docker manifests to OCI and so changes their
-/// digests; compare digests with [`skopeo_copy_all`] instead.
-pub fn skopeo_copy_all_oci(src_ref: &str, dest_dir: &Path) -> Result<(), String> {
-    let src = docker_ref(src_ref);
-    let dst = format!("oci:{}:latest", dest_dir.display());
-    skopeo(
-        &["copy", "--all", "--src-tls-verify=false", &src, &dst],
-        SKOPEO_TIMEOUT,
-    )
-    .map(|_| ())
-}
-
 /// Raw top-level manifest via `skopeo inspect --raw --tls-verify=false`.
 pub fn skopeo_inspect_raw(image_ref: &str) -> Result<Vec<u8>, String> {
     skopeo(
@@ -537,6 +506,32 @@ pub fn skopeo_inspect_raw(image_ref: &str) -> Result<Vec<u8>, String> {
 /// Digest of the raw top-level manifest as skopeo sees it.
 pub fn skopeo_inspect_digest(image_ref: &str) -> Result<String, String> {
     skopeo_inspect_raw(image_ref).map(|b| sha256_digest(&b))
+}
+
+/// Copies `reference` (every platform) with skopeo and asserts that what
+/// arrived is `fixture`: the top-level manifest's digest and media type,
+/// the platform manifests and the blobs.
+pub fn assert_pulls(fixture: &Fixture, reference: &str) {
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("image");
+    skopeo_copy_all(reference, &dest).unwrap_or_else(|e| panic!("skopeo copy {reference}: {e}"));
+    let got = read_dir_copy(&dest).unwrap();
+    assert_eq!(got.manifest_digest, fixture.digest, "{reference}");
+    assert_eq!(got.media_type, fixture.media_type, "{reference}");
+    let mut children = fixture.child_manifests.clone();
+    children.sort();
+    assert_eq!(got.instance_digests, children, "{reference}");
+    let mut blobs = fixture.blobs.clone();
+    blobs.sort();
+    assert_eq!(got.blob_digests, blobs, "{reference}");
+}
+
+/// [`assert_pulls`] of `fixture` from `host`, off the async runtime.
+pub async fn assert_pulls_from(fixture: &Fixture, host: &str) {
+    let (f, reference) = (fixture.clone(), fixture.reference(host));
+    tokio::task::spawn_blocking(move || assert_pulls(&f, &reference))
+        .await
+        .unwrap();
 }
 
 /// What a `dir:` copy (from [`skopeo_copy_all`]) holds.
@@ -593,21 +588,10 @@ pub fn read_dir_copy(dir: &Path) -> Result<DirCopy, String> {
     })
 }
 
-/// Digests of the manifests listed in an OCI layout's `index.json`.
-pub fn read_oci_layout(dir: &Path) -> Result<Vec<String>, String> {
-    let index = fs::read(dir.join("index.json")).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let doc: Value = serde_json::from_slice(&index).map_err(|e| e.to_string())?;
-    doc["manifests"]
-        .as_array()
-        .ok_or("index.json without manifests")?
-        .iter()
-        .map(|m| str_field(m, "digest"))
-        .collect()
-}
-
 // ---------------------------------------------------------------------------
 // Hashing
 
+/// `"sha256:<lowercase hex>"` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }

@@ -135,10 +135,6 @@ impl Regcache {
             .unwrap_or(0)
     }
 
-    pub fn config_path(&self) -> &std::path::Path {
-        &self.config_path
-    }
-
     /// Runs `regcache <args> --config <this config>` to completion (bounded
     /// at two minutes); the CLI talks to this daemon when it runs, else to
     /// its cache directory.
@@ -181,11 +177,6 @@ impl Regcache {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
-    }
-
-    /// Whether the daemon process is running.
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
     }
 
     /// Starts the daemon again after [`Regcache::terminate`].

@@ -84,12 +84,6 @@ fn find_executable(p: &Path) -> Option<PathBuf> {
         .find(|c| c.is_file())
 }
 
-/// Whether both `docker-registry` and `skopeo` can be found. Tests must not
-/// skip on `false`: use [`require_binaries`] to fail with a clear message.
-pub fn available() -> bool {
-    find_executable(&registry_bin()).is_some() && find_executable(&skopeo_bin()).is_some()
-}
-
 /// Panics with an actionable message when the external binaries are missing.
 pub fn require_binaries() {
     for bin in [registry_bin(), skopeo_bin()] {
@@ -338,12 +332,6 @@ impl Registry {
         Self::builder().start()
     }
 
-    /// Starts a registry whose config has `yaml_fragment` appended at top
-    /// level (see [`RegistryBuilder`] for `{dir}` substitution).
-    pub fn start_with_config_extra(yaml_fragment: &str) -> Registry {
-        Self::builder().extra_config(yaml_fragment).start()
-    }
-
     pub fn builder() -> RegistryBuilder {
         RegistryBuilder::default()
     }
@@ -381,13 +369,6 @@ impl Registry {
         read_logs(self.dir.path())
     }
 
-    pub fn is_running(&mut self) -> bool {
-        match &mut self.child {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
-    }
-
     /// The access log as it is (see the module docs for why counts do
     /// not come from it).
     pub fn access_log(&self) -> String {
@@ -416,26 +397,6 @@ impl Registry {
             .iter()
             .filter(|r| r.method.eq_ignore_ascii_case(method) && r.uri.contains(path_contains))
             .count()
-    }
-
-    /// Polls [`Self::request_count`] until it reaches `at_least` or the
-    /// timeout passes; returns the last count. Useful when the request is
-    /// made by a server in the background (e.g. a prefetch).
-    pub fn wait_for_request_count(
-        &self,
-        method: &str,
-        path_contains: &str,
-        at_least: usize,
-        timeout: Duration,
-    ) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let n = self.request_count(method, path_contains);
-            if n >= at_least || Instant::now() >= deadline {
-                return n;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// Kills the registry process (SIGKILL) and waits for it. Connections

@@ -40,7 +40,7 @@ use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::fs;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -63,9 +63,6 @@ use super::registry::{http_request, Registry};
 
 /// Default `expires_in` (seconds) of issued tokens, also their `exp - iat`.
 pub const DEFAULT_EXPIRES_IN: u64 = 300;
-/// Issuer and service used by [`TokenServer::start_default`].
-pub const DEFAULT_ISSUER: &str = "regcache-test-token-issuer";
-pub const DEFAULT_SERVICE: &str = "regcache-test-registry";
 
 /// How the JWS header names the signing key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,27 +175,9 @@ impl TokenServerBuilder {
         self
     }
 
-    /// Answer 401 to requests without valid Basic credentials.
-    pub fn require_auth(mut self, yes: bool) -> Self {
-        self.policy.require_auth = yes;
-        self
-    }
-
-    /// Grant every requested action to anonymous requests too (default:
-    /// anonymous requests get `pull` only; authenticated ones get all).
-    pub fn grant_all_anonymous(mut self, yes: bool) -> Self {
-        self.policy.grant_all_anonymous = yes;
-        self
-    }
-
     /// `expires_in` of the answers and `exp - iat` of the tokens.
     pub fn expires_in(mut self, secs: u64) -> Self {
         self.policy.expires_in = secs;
-        self
-    }
-
-    pub fn key_ref(mut self, key_ref: KeyRef) -> Self {
-        self.policy.key_ref = key_ref;
         self
     }
 
@@ -297,11 +276,6 @@ impl TokenServer {
         Self::builder(issuer, service).start().await
     }
 
-    /// [`Self::start`] with [`DEFAULT_ISSUER`] / [`DEFAULT_SERVICE`].
-    pub async fn start_default() -> TokenServer {
-        Self::start(DEFAULT_ISSUER, DEFAULT_SERVICE).await
-    }
-
     pub fn builder(issuer: &str, service: &str) -> TokenServerBuilder {
         TokenServerBuilder {
             issuer: issuer.to_string(),
@@ -323,23 +297,12 @@ impl TokenServer {
         format!("http://{}/token", self.addr)
     }
 
-    /// `http://127.0.0.1:<port>`
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
     pub fn issuer(&self) -> &str {
         &self.shared.issuer
     }
 
     pub fn service(&self) -> &str {
         &self.shared.service
-    }
-
-    /// PEM of the self-signed signing certificate (the registry's
-    /// `rootcertbundle`).
-    pub fn cert_pem_path(&self) -> &Path {
-        &self.cert_pem_path
     }
 
     /// libtrust key ID of the signing key (what a [`KeyRef::Kid`] header carries).
@@ -366,14 +329,6 @@ impl TokenServer {
         self.shared.policy.lock().require_auth = yes;
     }
 
-    pub fn set_grant_all_anonymous(&self, yes: bool) {
-        self.shared.policy.lock().grant_all_anonymous = yes;
-    }
-
-    pub fn set_expires_in(&self, secs: u64) {
-        self.shared.policy.lock().expires_in = secs;
-    }
-
     pub fn set_key_ref(&self, key_ref: KeyRef) {
         self.shared.policy.lock().key_ref = key_ref;
     }
@@ -382,11 +337,6 @@ impl TokenServer {
     /// of a token; `None` restores normal service. Still recorded.
     pub fn set_status_override(&self, status: Option<u16>) {
         self.shared.policy.lock().status_override = status;
-    }
-
-    /// Wait this long before answering each request.
-    pub fn set_delay(&self, delay: Duration) {
-        self.shared.policy.lock().delay = delay;
     }
 
     // --- accounting --------------------------------------------------------
