@@ -1,9 +1,12 @@
 //! regcache: a pull-through caching proxy for container registries.
 //!
-//! Dependencies point one way: `http` (routing, the OCI error format) →
-//! `registry` (names, references, digests, media types) → `cache` (blob
-//! store, fills, index) → `upstream` (client, token auth); `config` and
-//! `metrics` sit beside them, and `daemon` wires them together.
+//! Dependencies point one way: `http` (routing, the OCI error format,
+//! translating answers) → `cache` (the service: storage backends behind a
+//! trait, fills, freshness, operations) → `upstream` (client, token auth,
+//! failure classification), with `registry` (names, references, digests,
+//! media types, descriptors) at the bottom. `config` is plain data,
+//! `policy` and `metrics` sit beside; `daemon` builds the runtime parts
+//! from the config once and wires them; `cli` is the management edge.
 
 pub mod cache;
 pub mod cli;

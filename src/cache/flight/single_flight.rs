@@ -146,21 +146,31 @@ mod tests {
     async fn flights_are_tracked_until_they_end() {
         let tasks = TaskTracker::new();
         let flights: Arc<SingleFlight<u8, u8>> = Arc::new(SingleFlight::new(tasks.clone()));
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
         let f = flights.clone();
         let waiter = tokio::spawn(async move {
             f.run(
                 1,
-                || async {
-                    tokio::time::sleep(Duration::from_millis(30)).await;
+                move || async move {
+                    let _ = started_tx.send(());
+                    let _ = released.await;
                     1
                 },
                 || 0,
             )
             .await
         });
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        started.await.unwrap();
         tasks.close();
-        assert_eq!(tasks.len(), 1);
+        assert_eq!(tasks.len(), 1, "the running flight is tracked");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), tasks.wait())
+                .await
+                .is_err(),
+            "the tracker waits for it"
+        );
+        release.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(5), tasks.wait())
             .await
             .unwrap();

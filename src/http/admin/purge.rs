@@ -6,7 +6,8 @@ use std::sync::Arc;
 use http::{Response, StatusCode};
 
 use super::respond::{error, json};
-use crate::cache::manage;
+use crate::cache::manage::{self, PurgeReport};
+use crate::cache::CacheError;
 use crate::http::app::App;
 use crate::http::body::Body;
 use crate::registry::{Digest, RepoName};
@@ -35,19 +36,7 @@ pub(super) async fn purge_manifest(
         manage::purge_image(&a.cache, &upstream, &repo, &target, with_blobs)
     })
     .await;
-    match result {
-        Ok(Ok(report)) => {
-            tracing::warn!(tags = ?report.tags, manifests = report.manifests.len(), blobs = report.blobs.len(), "purged through the admin API");
-            let status = if report.is_empty() {
-                StatusCode::NOT_FOUND
-            } else {
-                StatusCode::OK
-            };
-            json(status, &report)
-        }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    answer(result)
 }
 
 pub(super) async fn purge_blob(app: &Arc<App>, digest: &str) -> Response<Body> {
@@ -57,9 +46,16 @@ pub(super) async fn purge_blob(app: &Arc<App>, digest: &str) -> Response<Body> {
     };
     let a = app.clone();
     let result = tokio::task::spawn_blocking(move || manage::purge_blob(&a.cache, &digest)).await;
+    answer(result)
+}
+
+/// A purge's report: 404 when it found nothing to remove.
+fn answer(
+    result: Result<Result<PurgeReport, CacheError>, tokio::task::JoinError>,
+) -> Response<Body> {
     match result {
         Ok(Ok(report)) => {
-            tracing::warn!(blobs = ?report.blobs, "purged through the admin API");
+            tracing::warn!(tags = ?report.tags, manifests = report.manifests.len(), blobs = ?report.blobs, "purged through the admin API");
             let status = if report.is_empty() {
                 StatusCode::NOT_FOUND
             } else {
