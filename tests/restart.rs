@@ -1,12 +1,12 @@
 //! Crash safety: a daemon killed mid-fill leaves nothing half-written that a
-//! restart would serve.
+//! restart would serve, and loses no tag it had recorded.
 
 pub mod common;
 
 use std::time::Duration;
 
 use common::fake_upstream::{random_bytes, Behaviour, FakeUpstream, Fault};
-use common::images::sha256_digest;
+use common::images::{sha256_digest, OCI_MANIFEST};
 use common::regcache::{Regcache, UpstreamEntry};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,4 +115,54 @@ async fn a_corrupt_index_is_moved_aside_and_rebuilt() {
         rc.log()
     );
     rc.wait_for_log_count("index reconciled", rebuilt).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_pulled_just_before_a_kill_are_served_after_the_restart() {
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    let mut rc = Regcache::start(&[UpstreamEntry::new("fake", &fake.url()).tag_ttl("1h")]);
+    let mut digests = Vec::new();
+    for tag in ["v1", "v2"] {
+        let config = fake.add_blob(format!("{{\"tag\":\"{tag}\"}}").into_bytes());
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":12}},"layers":[]}}"#
+        );
+        digests.push(fake.add_manifest("team/app", Some(tag), OCI_MANIFEST, manifest));
+    }
+    let client = common::http::client();
+    // Built anew each time: a restart may move to other ports.
+    let tag_url = |base: String, tag: &str| format!("{base}/v2/team/app/manifests/{tag}");
+    for tag in ["v1", "v2"] {
+        let r = client
+            .get(tag_url(rc.url(), tag))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{tag}");
+    }
+    // At once: the index's next flush (every second) has not come.
+    rc.kill();
+    fake.go_down().await;
+    let reconciled = rc.log_count("index reconciled") + 1;
+    rc.restart();
+    rc.wait_for_log_count("index reconciled", reconciled).await;
+    for (tag, digest) in ["v1", "v2"].into_iter().zip(&digests) {
+        let r = client
+            .get(tag_url(rc.url(), tag))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "{tag} with the upstream gone:\n{}",
+            rc.log()
+        );
+        assert_eq!(
+            r.headers()["docker-content-digest"].to_str().unwrap(),
+            digest.as_str()
+        );
+    }
 }

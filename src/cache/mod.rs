@@ -154,26 +154,29 @@ impl Cache {
     }
 
     /// Brings the index in line with the store: content entries with the
-    /// objects, and, for a new or rebuilt index, the tags from the tag
-    /// records. Blocks: call it on the blocking pool.
+    /// objects, and tags with the tag records — every start, since a
+    /// record can be newer than the index when the process died before the
+    /// index's next flush (kill -9 a second after a pull). Blocks: call it
+    /// on the blocking pool.
     pub fn reconcile(&self) -> Result<ReconcileReport, CacheError> {
         let mut report = self.index.reconcile(self.storage.content.as_ref())?;
+        report.tags_restored = self.restore_tags()?;
         if !self.index.tags_restored()? {
-            report.tags_restored = self.restore_tags()?;
+            // A cache from before tag records: its tags get theirs, once.
+            self.record_index_only_tags()?;
             self.index.mark_tags_restored()?;
-            self.index.flush()?;
         }
+        self.index.flush()?;
         Ok(report)
     }
 
-    /// Takes the tag records into the index (the newer check wins) and
-    /// links each restored tag's image to its repository, as the pull that
-    /// cached it did: the upstream said the repository holds that manifest,
-    /// and a registry holds a manifest only with its blobs. Tags only the
-    /// index knows (a cache from before tag files) get their records.
+    /// Takes the tag records that are newer than the index's (or unknown
+    /// to it) into the index, and links each restored tag's image to its
+    /// repository, as the pull that cached it did: the upstream said the
+    /// repository holds that manifest, and a registry holds a manifest only
+    /// with its blobs.
     fn restore_tags(&self) -> Result<usize, CacheError> {
         let mut restored = 0;
-        let mut on_file = std::collections::HashSet::new();
         for r in self.storage.tags.tag_records()? {
             let known = self.index.tag(&r.upstream, &r.repo, &r.tag)?;
             if known.map_or(true, |e| r.entry.checked_at > e.checked_at) {
@@ -187,14 +190,25 @@ impl Cache {
                 }
                 restored += 1;
             }
-            on_file.insert((r.upstream, r.repo, r.tag));
         }
+        Ok(restored)
+    }
+
+    /// Writes a record for every tag only the index knows.
+    fn record_index_only_tags(&self) -> Result<(), CacheError> {
+        let on_file: std::collections::HashSet<_> = self
+            .storage
+            .tags
+            .tag_records()?
+            .into_iter()
+            .map(|r| (r.upstream, r.repo, r.tag))
+            .collect();
         for t in self.index.all_tags()? {
             if !on_file.contains(&(t.upstream.clone(), t.repo.clone(), t.tag.clone())) {
                 self.storage.tags.put_tag(&t)?;
             }
         }
-        Ok(restored)
+        Ok(())
     }
 
     // === Eviction ===

@@ -204,13 +204,25 @@ fn a_rebuilt_index_gets_its_tags_and_their_links_back_from_the_tag_records() {
             2,
             "the legacy tag got its record"
         );
-        // Only once per index: a later startup does not walk the records.
+        // The legacy write-back happens once per index: deleted records
+        // do not come back from it.
         for t in ["v1", "old"] {
             store.delete_tag("up", "team/app", t).unwrap();
         }
         assert_eq!(cache.reconcile().unwrap().tags_restored, 0);
+        assert!(store.tag_records().unwrap().is_empty());
         store.put_tag(&pulled).unwrap();
         store.put_tag(&legacy).unwrap();
+        // A record newer than the index (the process died before the index
+        // was flushed) is taken in at the next start, whatever the index.
+        let moved = tag("v1", &layer, 9);
+        store.put_tag(&moved).unwrap();
+        assert_eq!(cache.reconcile().unwrap().tags_restored, 1);
+        assert_eq!(
+            cache.index.tag("up", "team/app", "v1").unwrap(),
+            Some(moved.entry)
+        );
+        store.put_tag(&pulled).unwrap();
     }
 
     // A new index (the old one lost) over the same store.

@@ -153,6 +153,11 @@ fn not_configured(what: &str, host: &str) -> ApiError {
     )
 }
 
+/// Shaped like a registry host: it has a dot or a port, or is `localhost`.
+fn looks_like_host(segment: &str) -> bool {
+    segment.contains('.') || segment.contains(':') || segment == "localhost"
+}
+
 fn choose_upstream(
     upstreams: &Upstreams,
     prefix: &str,
@@ -163,8 +168,16 @@ fn choose_upstream(
         let upstream = upstreams.get(ns).ok_or_else(|| not_configured("ns", ns))?;
         return Ok((upstream, name));
     }
-    if let Some(upstream) = prefix.rsplit('/').next().and_then(|p| upstreams.get(p)) {
-        return Ok((upstream, name));
+    if let Some(last) = prefix.rsplit('/').next().filter(|p| !p.is_empty()) {
+        if let Some(upstream) = upstreams.get(last) {
+            return Ok((upstream, name));
+        }
+        // A mirror path naming a registry this mirror does not configure
+        // (`/quay.io/v2/...`) would otherwise get the default upstream's
+        // image of the same name.
+        if looks_like_host(last) {
+            return Err(not_configured("the path prefix", last));
+        }
     }
     if let Some(rest) = name.without_first_component() {
         let first = name.components().next().unwrap_or_default();
@@ -174,7 +187,7 @@ fn choose_upstream(
         // A first component shaped like a registry host that is not
         // configured is refused rather than sent to the default upstream
         // (Docker Hub namespaces cannot contain dots).
-        if first.contains('.') || first == "localhost" {
+        if looks_like_host(first) {
             return Err(not_configured("the repository prefix", first));
         }
     }
@@ -256,6 +269,17 @@ mod tests {
         let r = route(Method::GET, "/some/path/v2/org/app/manifests/1", None).unwrap();
         assert_eq!(&*r.upstream.name, "docker.io");
         assert_eq!(r.client_prefix, "/some/path");
+        // A path prefix naming a registry that is not configured is refused,
+        // never answered by the default upstream.
+        for path in [
+            "/unknown.example/v2/team/app/manifests/v1",
+            "/mirror/registry.internal:5000/v2/team/app/manifests/v1",
+            "/localhost/v2/team/app/manifests/v1",
+        ] {
+            let e = route(Method::GET, path, None).err().unwrap();
+            assert_eq!(e.code, Code::NameUnknown, "{path}");
+            assert_eq!(e.status, StatusCode::NOT_FOUND, "{path}");
+        }
     }
 
     #[test]

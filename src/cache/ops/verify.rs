@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::storage::index::Index;
-use crate::cache::storage::{for_each_chunk, ContentStore, Kind, Listed, Object};
+use crate::cache::storage::{for_each_chunk, ContentStore, ContentStoreExt, Kind, Listed, Object};
 use crate::cache::CacheError;
-use crate::registry::{Digest, Sha256Hasher};
+use crate::registry::{sniff_manifest_media_type, Digest, Sha256Hasher};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "problem", rename_all = "snake_case")]
@@ -89,8 +89,11 @@ pub fn hash_object(object: &Object) -> io::Result<Digest> {
 
 /// What a repair does about one problem.
 enum Fix {
-    /// Drop the entry and the object (corrupt, or valid but unknown).
+    /// Drop the entry and the object: its bytes are not its digest's.
     Remove(Kind, Digest),
+    /// Index a valid object the index does not know (a crash between the
+    /// commit and the index's flush): valid content is never deleted.
+    Reindex(Kind, Digest, u64),
     /// Drop the entry: its object is gone.
     Unindex(Kind, Digest),
     /// Remove something that is not named by a digest.
@@ -100,8 +103,8 @@ enum Fix {
 }
 
 /// Checks every object and every index entry; with `repair`, removes
-/// corrupt and orphaned objects and dangling entries and corrects wrong
-/// sizes. `progress` is told the size of each object as it is hashed.
+/// corrupt objects, strays and dangling entries, indexes valid objects the
+/// index lost, and corrects wrong sizes. `progress` is told the size of each object as it is hashed.
 pub fn verify(
     store: &dyn ContentStore,
     index: &Index,
@@ -153,7 +156,7 @@ pub fn verify(
                         path: PathBuf::from(location),
                         reason: format!("a valid {} the index does not know", kind.label()),
                     });
-                    fixes.push(Fix::Remove(kind, digest));
+                    fixes.push(Fix::Reindex(kind, digest, size));
                 }
                 Some(e) if e.size != size => {
                     report.problems.push(Problem::WrongSize {
@@ -195,6 +198,15 @@ fn apply(store: &dyn ContentStore, index: &Index, fix: Fix) -> Result<(), CacheE
         }
         Fix::Unindex(kind, d) => {
             index.remove(kind, &d)?;
+        }
+        Fix::Reindex(kind, d, size) => {
+            let media_type = match kind {
+                Kind::Blob => None,
+                Kind::Manifest => store
+                    .read_whole(kind, &d)?
+                    .and_then(|b| sniff_manifest_media_type(&b)),
+            };
+            index.record(kind, &d, size, media_type.as_deref())?;
         }
         Fix::Stray(location) => store.remove_stray(&location)?,
         Fix::Resize(kind, d, actual) => {
@@ -257,11 +269,13 @@ mod tests {
         assert!(!store.contains(Kind::Blob, &corrupt).unwrap());
         assert!(index.get(Kind::Blob, &corrupt).unwrap().is_none());
         assert!(index.get(Kind::Blob, &gone).unwrap().is_none());
-        assert!(!store.contains(Kind::Blob, &orphan).unwrap());
+        // Valid content is indexed again, never deleted.
+        assert!(store.contains(Kind::Blob, &orphan).unwrap());
+        assert_eq!(index.get(Kind::Blob, &orphan).unwrap().unwrap().size, 6);
         assert!(store.contains(Kind::Blob, &good).unwrap());
         let report = verify(&store, &index, false, &mut |_| {}).unwrap();
         assert!(report.problems.is_empty(), "{:#?}", report.problems);
-        assert_eq!(report.files_checked, 1);
+        assert_eq!(report.files_checked, 2);
     }
 
     #[test]
