@@ -78,8 +78,51 @@ pub struct Authenticator {
     tokens: Vec<([u8; 32], String)>,
     pub access: UserAccess,
     verified: moka::sync::Cache<[u8; 32], String>,
-    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// Failed logins in the current minute, per (address, user), per user
+    /// and per address: one misconfigured job behind a NAT locks out its
+    /// own user at that address, not everyone there.
+    failures: Mutex<HashMap<FailureKey, (Instant, u32)>>,
     failures_per_minute: u32,
+}
+
+/// What failed logins are counted against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum FailureKey {
+    /// The user a request claimed (Basic), at one address; a bearer token
+    /// claims no user, so it counts as `None`.
+    Pair(IpAddr, Option<String>),
+    /// One user, from anywhere.
+    User(String),
+    /// Everything from one address (many users behind a NAT).
+    Address(IpAddr),
+}
+
+/// Per user and per address, a ceiling this many times the per-pair limit.
+const SHARED_CEILING: u32 = 10;
+
+/// What one request's failure counts against.
+fn failure_keys(client: IpAddr, user: Option<String>) -> Vec<FailureKey> {
+    let mut keys = vec![
+        FailureKey::Pair(client, user.clone()),
+        FailureKey::Address(client),
+    ];
+    keys.extend(user.map(FailureKey::User));
+    keys
+}
+
+/// The user name a Basic header claims, before checking it.
+fn claimed_user(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine;
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    text.split_once(':').map(|(user, _)| user.to_owned())
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -152,7 +195,8 @@ impl Authenticator {
     /// The user the request authenticates as. bcrypt is slow on purpose,
     /// so call this off the async runtime's worker threads.
     pub fn authenticate(&self, headers: &HeaderMap, client: IpAddr) -> Result<String, AuthError> {
-        if let Some(retry_after) = self.locked(client) {
+        let keys = failure_keys(client, claimed_user(headers));
+        if let Some(retry_after) = self.locked(&keys) {
             return Err(AuthError::Locked { retry_after });
         }
         let header = headers
@@ -166,7 +210,7 @@ impl Authenticator {
             _ => Err(AuthError::Invalid),
         };
         if result.is_err() {
-            self.count_failure(client);
+            self.count_failure(&keys);
         }
         result
     }
@@ -210,25 +254,41 @@ impl Authenticator {
         found
     }
 
-    fn locked(&self, client: IpAddr) -> Option<Duration> {
-        let failures = self.failures.lock();
-        let (since, count) = failures.get(&client)?;
-        let window = Duration::from_secs(60);
-        (*count >= self.failures_per_minute && since.elapsed() < window)
-            .then(|| window - since.elapsed())
+    fn limit(&self, key: &FailureKey) -> u32 {
+        match key {
+            FailureKey::Pair(..) => self.failures_per_minute,
+            FailureKey::User(_) | FailureKey::Address(_) => {
+                self.failures_per_minute.saturating_mul(SHARED_CEILING)
+            }
+        }
     }
 
-    fn count_failure(&self, client: IpAddr) {
+    /// How long until the longest of the locks on `keys` ends, if any holds.
+    fn locked(&self, keys: &[FailureKey]) -> Option<Duration> {
+        let failures = self.failures.lock();
+        let window = Duration::from_secs(60);
+        keys.iter()
+            .filter_map(|key| {
+                let (since, count) = failures.get(key)?;
+                (*count >= self.limit(key) && since.elapsed() < window)
+                    .then(|| window - since.elapsed())
+            })
+            .max()
+    }
+
+    fn count_failure(&self, keys: &[FailureKey]) {
         let mut failures = self.failures.lock();
         if failures.len() > 100_000 {
             // Bounded memory under a scan from many addresses.
             failures.retain(|_, (since, _)| since.elapsed() < Duration::from_secs(60));
         }
-        let entry = failures.entry(client).or_insert((Instant::now(), 0));
-        if entry.0.elapsed() >= Duration::from_secs(60) {
-            *entry = (Instant::now(), 0);
+        for key in keys {
+            let entry = failures.entry(key.clone()).or_insert((Instant::now(), 0));
+            if entry.0.elapsed() >= Duration::from_secs(60) {
+                *entry = (Instant::now(), 0);
+            }
+            entry.1 += 1;
         }
-        entry.1 += 1;
     }
 }
 
@@ -319,6 +379,40 @@ mod tests {
             a.authenticate(&basic("alice", "pw"), other),
             Ok("alice".into())
         );
+    }
+
+    #[test]
+    fn one_users_failures_do_not_lock_out_others_at_the_same_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = authenticator(dir.path());
+        let nat: IpAddr = "192.0.2.9".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(
+                a.authenticate(&basic("alice", "wrong"), nat),
+                Err(AuthError::Invalid)
+            );
+        }
+        assert!(matches!(
+            a.authenticate(&basic("alice", "pw"), nat),
+            Err(AuthError::Locked { .. })
+        ));
+        // Another user behind the same NAT still gets in.
+        assert_eq!(
+            a.authenticate(&basic("ci", "s3cr3t-token"), nat),
+            Ok("ci".into())
+        );
+        // The address as a whole has a much higher ceiling (10x).
+        for i in 0..27 {
+            let user = format!("guess{i}");
+            assert_eq!(
+                a.authenticate(&basic(&user, "wrong"), nat),
+                Err(AuthError::Invalid)
+            );
+        }
+        assert!(matches!(
+            a.authenticate(&basic("ci", "s3cr3t-token"), nat),
+            Err(AuthError::Locked { .. })
+        ));
     }
 
     #[test]
