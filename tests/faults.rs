@@ -511,3 +511,50 @@ async fn manifests_over_four_mebibytes_are_refused() {
         .join(&digest[7..])
         .exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_past_max_blob_size_is_refused_with_or_without_a_length() {
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    let rc =
+        Regcache::start(
+            &[UpstreamEntry::new("fake", &fake.url()).set("max_blob_size", "\"1MiB\"")],
+        );
+    // Streamed without a length: the fill stops at the bound, not at the
+    // end of whatever the upstream sends.
+    let endless = random_bytes(3 * MIB, 11);
+    let digest = fake.add_blob(endless);
+    fake.set_blob_fault(&digest, Fault::NoLength);
+    let answer = get(&blob_url(&rc, &digest)).await;
+    assert!(
+        answer.is_err() || answer.as_ref().is_ok_and(|(s, _)| *s == 502),
+        "an unbounded blob must not be served: {answer:?}"
+    );
+    rc.wait_for_fills();
+    assert!(!cached(&rc, &digest));
+    assert!(tmp_is_empty(&rc));
+    assert!(
+        rc.log().contains("larger than max_blob_size"),
+        "{}",
+        rc.log()
+    );
+
+    // Announced larger than the bound: refused before anything is staged.
+    let big = random_bytes(2 * MIB, 12);
+    let digest = fake.add_blob(big);
+    let (status, body) = get(&blob_url(&rc, &digest)).await.unwrap();
+    assert_eq!(status, 502);
+    assert!(
+        String::from_utf8_lossy(&body).contains("max_blob_size"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(!cached(&rc, &digest));
+
+    // Within the bound, all is as usual.
+    let small = random_bytes(MIB / 2, 13);
+    let digest = fake.add_blob(small);
+    fake.set_blob_fault(&digest, Fault::NoLength);
+    let (status, body) = get(&blob_url(&rc, &digest)).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(sha256_digest(&body), digest);
+}

@@ -21,6 +21,10 @@ pub enum CacheError {
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("upstream content is {actual} bytes, not the announced {expected}")]
     SizeMismatch { expected: u64, actual: u64 },
+    /// A blob past its upstream's `max_blob_size`: announced so, or
+    /// streamed past it without a length.
+    #[error("the blob is larger than max_blob_size ({limit} bytes) of upstream {upstream}")]
+    BlobTooLarge { upstream: String, limit: u64 },
     #[error("manifest is larger than {MAX_MANIFEST_SIZE} bytes")]
     ManifestTooLarge,
     #[error("upstream manifest answer has no usable digest or media type")]
@@ -87,6 +91,7 @@ impl CacheError {
         match self {
             CacheError::DigestMismatch { .. } => "digest_mismatch",
             CacheError::SizeMismatch { .. } => "size_mismatch",
+            CacheError::BlobTooLarge { .. } => "too_large",
             CacheError::Upstream(UpstreamError::Status { .. }) => "upstream_status",
             CacheError::Upstream(UpstreamError::Stalled(_)) => "stalled",
             CacheError::Storage(_)

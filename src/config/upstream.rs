@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::HumanDuration;
+use super::{ByteSize, HumanDuration};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +64,11 @@ pub struct UpstreamConfig {
     /// Requests per second sent to this upstream; 0 is unlimited.
     #[serde(default)]
     pub max_requests_per_second: f64,
+    /// The largest blob a fill takes from this upstream: one announced
+    /// larger is refused, and one streamed without a length fails when it
+    /// passes the bound (a hostile upstream cannot fill the disk).
+    #[serde(default = "default_max_blob_size")]
+    pub max_blob_size: ByteSize,
     /// Consecutive failures that open the circuit breaker.
     #[serde(default = "default_breaker_threshold")]
     pub breaker_threshold: u32,
@@ -126,6 +131,10 @@ impl UpstreamConfig {
     }
 }
 
+fn default_max_blob_size() -> ByteSize {
+    ByteSize(64 << 30)
+}
+
 fn default_max_concurrent_fills() -> usize {
     64
 }
@@ -167,6 +176,7 @@ impl UpstreamConfig {
             public_only: false,
             max_concurrent_fills: default_max_concurrent_fills(),
             max_requests_per_second: 0.0,
+            max_blob_size: default_max_blob_size(),
             breaker_threshold: default_breaker_threshold(),
             breaker_cooldown: default_breaker_cooldown(),
             pin: Vec::new(),

@@ -148,6 +148,7 @@ impl ApiError {
             }
             CacheError::DigestMismatch { .. }
             | CacheError::SizeMismatch { .. }
+            | CacheError::BlobTooLarge { .. }
             | CacheError::BadManifestAnswer => {
                 ApiError::new(StatusCode::BAD_GATEWAY, Code::Unavailable, e.to_string())
             }

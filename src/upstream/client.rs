@@ -37,6 +37,8 @@ pub struct UpstreamSettings {
     pub offline: bool,
     pub credentials: Option<Credentials>,
     pub public_only: bool,
+    /// Bytes one blob may have (`max_blob_size`).
+    pub max_blob_size: u64,
 }
 
 /// Why an upstream's settings could not be taken from its config.
@@ -65,6 +67,7 @@ impl UpstreamSettings {
                 .map(|(u, p)| Credentials::new(u, p))
                 .transpose()?,
             public_only: c.public_only,
+            max_blob_size: c.max_blob_size.0,
         })
     }
 }

@@ -132,6 +132,9 @@ pub enum Fault {
     Hang,
     /// Read the request, then close the connection without any response.
     CloseConnection,
+    /// Stream the body without a `Content-Length` (chunked), as a hostile
+    /// or careless upstream may.
+    NoLength,
 }
 
 impl Fault {
@@ -158,6 +161,7 @@ impl Fault {
                 | Fault::DropAfter(_)
                 | Fault::DropAtFractions(_)
                 | Fault::Slow { .. }
+                | Fault::NoLength
         )
     }
 }
@@ -691,6 +695,7 @@ struct BodyPlan {
     /// Absolute cut position as a fraction of the full content.
     cut_fraction: Option<f64>,
     slow: Option<(usize, Duration)>,
+    no_length: bool,
 }
 
 async fn handle(
@@ -848,6 +853,7 @@ async fn handle(
         Some(Fault::DropAfter(n)) => plan.drop_after = Some(n),
         Some(Fault::DropAtFractions(f)) => plan.cut_fraction = f.first().copied(),
         Some(Fault::Slow { chunk, delay }) => plan.slow = Some((chunk, delay)),
+        Some(Fault::NoLength) => plan.no_length = true,
         None => {}
     }
 
@@ -1073,9 +1079,12 @@ fn serve_content(
                 .unwrap();
         }
     };
-    let builder = builder
-        .status(status)
-        .header("content-length", (end - start).to_string());
+    let builder = builder.status(status);
+    let builder = if plan.no_length {
+        builder
+    } else {
+        builder.header("content-length", (end - start).to_string())
+    };
     if head {
         return builder.body(empty()).unwrap();
     }
@@ -1094,7 +1103,7 @@ fn serve_content(
         }
         (None, None) => None,
     };
-    if cut.is_none() && plan.slow.is_none() {
+    if cut.is_none() && plan.slow.is_none() && !plan.no_length {
         return builder.body(full(slice)).unwrap();
     }
     let (chunk, delay) = match plan.slow {

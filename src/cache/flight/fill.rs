@@ -206,6 +206,15 @@ impl Fills {
             .await?
             .require_ok("blob")?;
         let size = response.content_length();
+        let max_blob_size = upstream.settings().max_blob_size;
+        let too_large = || CacheError::BlobTooLarge {
+            upstream: upstream.name.to_string(),
+            limit: max_blob_size,
+        };
+        // Refused before anything is staged when the upstream says so.
+        if size.is_some_and(|s| s > max_blob_size) {
+            return Err(too_large());
+        }
         let store = self.store.clone();
         let staged = tokio::task::spawn_blocking(move || store.begin()).await??;
         let reader = staged.reader().filter(|_| self.store.reads_while_staged());
@@ -242,6 +251,11 @@ impl Fills {
                     let chunk = chunk.split_off(dropped as usize);
                     if !chunk.is_empty() {
                         upstream.count_received(chunk.len());
+                        // With a length, the sink holds the upstream to it;
+                        // without one, only the bound does.
+                        if size.is_none() && sink.total_with(chunk.len()) > max_blob_size {
+                            return Err(too_large());
+                        }
                         sink.push(&chunk, tx).await?;
                     }
                 }
@@ -359,8 +373,13 @@ struct Sink {
 }
 
 impl Sink {
+    /// What would be staged with `more` bytes.
+    fn total_with(&self, more: usize) -> u64 {
+        self.written + (self.pending.len() + more) as u64
+    }
+
     async fn push(&mut self, chunk: &[u8], tx: &watch::Sender<Progress>) -> Result<(), CacheError> {
-        let total = self.written + (self.pending.len() + chunk.len()) as u64;
+        let total = self.total_with(chunk.len());
         if let Some(expected) = self.size.filter(|&s| total > s) {
             return Err(CacheError::SizeMismatch {
                 expected,
