@@ -174,8 +174,8 @@ impl Metrics {
             cache_bytes: gauges("cache_size_bytes", "Bytes in the cache, by kind (blob, manifest).", &["kind"]),
             cache_objects: gauges("cache_objects", "Objects in the cache, by kind (blob, manifest).", &["kind"]),
             cache_max_bytes: gauge("cache_max_size_bytes", "The configured cache max_size in bytes (0: unbounded)."),
-            evictions: counters("evictions_total", "Objects removed from the cache, by reason (size, age, purge).", &["reason"]),
-            evicted_bytes: counters("evicted_bytes_total", "Bytes removed from the cache, by reason (size, age, purge).", &["reason"]),
+            evictions: counters("evictions_total", "Objects removed from the cache, by reason (size, age, purge, corrupt).", &["reason"]),
+            evicted_bytes: counters("evicted_bytes_total", "Bytes removed from the cache, by reason (size, age, purge, corrupt).", &["reason"]),
             open_readers: gauge("cache_open_readers", "Blobs being streamed to clients from the cache now (never evicted)."),
             fills_in_progress: gauge("fills_in_progress", "Blob fills running now."),
             fill_waiters: gauge("fill_waiters", "Client responses streaming from a running fill."),
@@ -211,7 +211,7 @@ impl Metrics {
     /// Every eviction reason appears from the start (at 0), so rates and
     /// alerts work before the first eviction.
     fn init_labels(&self) {
-        for reason in ["size", "age", "purge"] {
+        for reason in ["size", "age", "purge", "corrupt"] {
             self.evictions.with_label_values(&[reason]);
             self.evicted_bytes.with_label_values(&[reason]);
         }

@@ -558,3 +558,28 @@ async fn a_blob_past_max_blob_size_is_refused_with_or_without_a_length() {
     assert_eq!(status, 200);
     assert_eq!(sha256_digest(&body), digest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_cached_blob_is_fetched_again_not_served_short() {
+    let (fake, rc) = setup().await;
+    let data = random_bytes(MIB, 14);
+    let digest = fake.add_blob(data.clone());
+    let (_, body) = get(&blob_url(&rc, &digest)).await.unwrap();
+    assert_eq!(body, data);
+    rc.wait_for_fills();
+    // Cut short behind the cache's back (a disk or an operator did it).
+    let path = rc.blob_path(&digest);
+    std::fs::write(&path, &data[..500]).unwrap();
+
+    let (status, body) = get(&blob_url(&rc, &digest)).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), data.len(), "never the short file");
+    assert_eq!(sha256_digest(&body), digest);
+    assert_eq!(fake.count("GET", &format!("/blobs/{digest}")), 2);
+    assert_eq!(
+        rc.metric("regcache_evictions_total{reason=\"corrupt\"}"),
+        1.0
+    );
+    rc.wait_for_fills();
+    assert_eq!(std::fs::read(&path).unwrap(), data, "refilled whole");
+}

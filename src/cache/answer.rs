@@ -11,7 +11,7 @@ use http::{HeaderMap, Method};
 
 use super::flight::{body_stream, wait_for_headers, Attached, BodySource, ReaderGuard};
 use super::storage::{Kind, Object};
-use super::{Cache, CacheError, Listing, Manifest, Outcome};
+use super::{Cache, CacheError, Listing, Manifest, Outcome, Reason};
 use crate::metrics::Metrics;
 use crate::registry::{AcceptList, Digest, Reference, RepoName};
 use crate::upstream::Upstream;
@@ -111,7 +111,7 @@ impl Cache {
         // Two passes at most: a fill may commit between our look and our
         // attach.
         for _ in 0..2 {
-            if let Some(object) = self.open_blob(digest).await? {
+            if let Some(object) = self.open_intact_blob(digest).await? {
                 self.authorize_cached(upstream, repo, Kind::Blob, digest)
                     .await
                     .with(Outcome::Hit)?;
@@ -183,6 +183,28 @@ impl Cache {
         let store = self.storage.content.clone();
         let d = digest.clone();
         Ok(tokio::task::spawn_blocking(move || store.open(Kind::Blob, &d)).await??)
+    }
+
+    /// The committed blob, if it is whole: one whose size is not the
+    /// index's (a file truncated behind the cache's back) is corrupt, and is
+    /// removed rather than served, so this request fills it again.
+    async fn open_intact_blob(&self, digest: &Digest) -> Result<Option<Object>, CacheError> {
+        let Some(object) = self.open_blob(digest).await? else {
+            return Ok(None);
+        };
+        match self.index.get(Kind::Blob, digest)? {
+            Some(entry) if entry.size != object.size => {
+                tracing::warn!(%digest, indexed = entry.size, on_disk = object.size, "cached blob has the wrong size; removed, fetching it again");
+                let evictor = self.evictor.clone();
+                let d = digest.clone();
+                tokio::task::spawn_blocking(move || {
+                    evictor.remove(Kind::Blob, &d, Reason::Corrupt)
+                })
+                .await??;
+                Ok(None)
+            }
+            _ => Ok(Some(object)),
+        }
     }
 
     /// The upstream's size of a blob, from a HEAD.

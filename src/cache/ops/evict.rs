@@ -40,6 +40,9 @@ pub enum Reason {
     Size,
     Age,
     Purge,
+    /// The object on disk is not what the index recorded (a truncated
+    /// file): removed so the next request fills it again.
+    Corrupt,
 }
 
 impl Reason {
@@ -48,6 +51,7 @@ impl Reason {
             Reason::Size => "size",
             Reason::Age => "age",
             Reason::Purge => "purge",
+            Reason::Corrupt => "corrupt",
         }
     }
 }
