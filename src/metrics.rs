@@ -50,6 +50,8 @@ pub struct Metrics {
     pub denied: IntCounterVec,
     /// Requests slowed or refused by a rate limit, by reason.
     throttled: IntCounterVec,
+    /// Connections closed at accept, by reason (per_client).
+    pub connections_refused: IntCounterVec,
     /// What the cache holds, by kind (blob, manifest).
     pub cache_bytes: IntGaugeVec,
     pub cache_objects: IntGaugeVec,
@@ -171,6 +173,11 @@ impl Metrics {
                 "Requests slowed or refused by a limit, by reason (manifests, blob_bytes, failed_logins, upstream_fills, upstream_rate).",
                 &["reason"],
             ),
+            connections_refused: counters(
+                "connections_refused_total",
+                "Connections closed at accept, by reason (per_client: the address already holds max_connections_per_client).",
+                &["reason"],
+            ),
             cache_bytes: gauges("cache_size_bytes", "Bytes in the cache, by kind (blob, manifest).", &["kind"]),
             cache_objects: gauges("cache_objects", "Objects in the cache, by kind (blob, manifest).", &["kind"]),
             cache_max_bytes: gauge("cache_max_size_bytes", "The configured cache max_size in bytes (0: unbounded)."),
@@ -208,13 +215,14 @@ impl Metrics {
         metrics
     }
 
-    /// Every eviction reason appears from the start (at 0), so rates and
-    /// alerts work before the first eviction.
+    /// Every eviction reason and connection refusal appears from the start
+    /// (at 0), so rates and alerts work before the first one.
     fn init_labels(&self) {
         for reason in ["size", "age", "purge", "corrupt"] {
             self.evictions.with_label_values(&[reason]);
             self.evicted_bytes.with_label_values(&[reason]);
         }
+        self.connections_refused.with_label_values(&["per_client"]);
     }
 
     /// Counts one cache lookup outcome.
@@ -266,6 +274,10 @@ mod tests {
         assert!(text.contains("regcache_fills_resumed_total 1"), "{text}");
         assert!(
             text.contains("regcache_evictions_total{reason=\"purge\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("regcache_connections_refused_total{reason=\"per_client\"} 0"),
             "{text}"
         );
         assert!(

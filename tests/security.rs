@@ -433,6 +433,120 @@ async fn a_slowloris_client_is_cut_off_while_others_are_served() {
     );
 }
 
+/// Reads from `s` until the server hangs up (0 bytes or an error), at most
+/// `limit`; how long that took, or `None` if it never did.
+fn wait_for_hang_up(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    while started.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sends_a_byte_is_closed_after_header_read_timeout() {
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    let rc = Regcache::start_with(
+        &[UpstreamEntry::new("fake", &fake.url())],
+        "[limits]\nheader_read_timeout = \"1s\"\n",
+    );
+    let addr = rc.addr;
+    let closed_after = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        wait_for_hang_up(&mut s, Duration::from_secs(10))
+    })
+    .await
+    .unwrap();
+    let closed_after = closed_after.expect("a silent connection was still open after 10 s");
+    assert!(
+        closed_after < Duration::from_secs(5),
+        "closed after {closed_after:?}"
+    );
+    // The server still serves afterwards.
+    let r = client()
+        .get(format!("{}/v2/", rc.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_address_cannot_take_every_connection() {
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    let rc = Regcache::start_with(
+        &[UpstreamEntry::new("fake", &fake.url())],
+        "[limits]\nmax_connections = 20\nmax_connections_per_client = 5\nheader_read_timeout = \"30s\"\n",
+    );
+    let addr = rc.addr;
+    let url = rc.url();
+    // A request first, so the daemon is known to be serving.
+    let r = client().get(format!("{url}/v2/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (held, sixth) = tokio::task::spawn_blocking(move || {
+        let held: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        // Let the server accept and count them all.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut s = TcpStream::connect(addr).unwrap();
+        let started = Instant::now();
+        // The write may already fail if the server hung up.
+        let _ = s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut response = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    response.extend_from_slice(&buf[..n]);
+                    if response.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            }
+        }
+        (held, (response, started.elapsed()))
+    })
+    .await
+    .unwrap();
+    let (response, took) = sixth;
+    assert!(
+        response.is_empty(),
+        "a sixth connection from one address was answered: {:?}",
+        String::from_utf8_lossy(&response)
+    );
+    assert!(took < Duration::from_secs(3), "refused only after {took:?}");
+    // Those five are still open (the server holds them within its 30 s)...
+    assert_eq!(
+        rc.metric("regcache_connections_refused_total{reason=\"per_client\"}"),
+        1.0
+    );
+    // ...and once they close, the address gets in again.
+    drop(held);
+    let started = Instant::now();
+    loop {
+        let r = client().get(format!("{url}/v2/")).send().await;
+        if matches!(&r, Ok(r) if r.status() == 200) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still refused after the five closed: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_content_is_served_per_repository_and_public_only_refuses_it() {
     use common::registry::{TEST_PASSWORD, TEST_USER};

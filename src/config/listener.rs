@@ -31,7 +31,12 @@ impl TlsConfig {
 pub struct LimitsConfig {
     /// Open client connections; more wait in the kernel's backlog.
     pub max_connections: usize,
-    /// A client must send its request headers within this time (slowloris).
+    /// Open connections from one client address (the TCP peer), so one
+    /// host cannot take every slot; more are closed at once.
+    pub max_connections_per_client: usize,
+    /// A client must send its request headers within this time (slowloris);
+    /// a new connection must complete its first request head within it
+    /// from accept.
     pub header_read_timeout: HumanDuration,
     /// Request line plus headers, in bytes.
     pub max_header_bytes: usize,
@@ -41,6 +46,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_connections: 4096,
+            max_connections_per_client: 256,
             header_read_timeout: HumanDuration(Duration::from_secs(10)),
             max_header_bytes: 64 * 1024,
         }

@@ -70,6 +70,12 @@ impl Config {
                 "max_connections must be positive and max_header_bytes at least 8192".into(),
             );
         }
+        if self.limits.max_connections_per_client == 0 {
+            return invalid(
+                "limits.max_connections_per_client".into(),
+                "must be greater than zero".into(),
+            );
+        }
         let c = &self.cache;
         let fraction = |x: f64| x > 0.0 && x <= 1.0;
         if !fraction(c.high_water) || !fraction(c.low_water) || c.low_water >= c.high_water {
@@ -108,5 +114,19 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_connections_per_client_must_be_positive() {
+        let mut c = Config::default();
+        assert!(c.validate().is_ok());
+        c.limits.max_connections_per_client = 0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("max_connections_per_client"), "{e}");
     }
 }

@@ -1,9 +1,12 @@
 //! Accept loops for both listeners, with graceful shutdown: stop
 //! accepting, let in-flight responses finish within the grace period.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -13,7 +16,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::app::{App, RequestLog};
@@ -79,6 +83,89 @@ impl Default for AcceptBackoff {
     }
 }
 
+/// Open connections per client address, so one host cannot take every
+/// slot of `max_connections`. An address is in the map only while it has a
+/// connection open, so the map is bounded by `max_connections`.
+struct PerClient {
+    limit: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerClient {
+    fn new(limit: usize) -> PerClient {
+        PerClient {
+            limit,
+            open: Arc::default(),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or `None` when it already
+    /// holds `limit`.
+    fn try_acquire(&self, ip: IpAddr) -> Option<ClientSlot> {
+        // An IPv4 client on a dual-stack socket is the same host either way.
+        let ip = ip.to_canonical();
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.limit {
+            if *count == 0 {
+                open.remove(&ip);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            open: self.open.clone(),
+            ip,
+        })
+    }
+
+    #[cfg(test)]
+    fn addresses(&self) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// One open connection counted against its address; released on drop,
+/// however the connection ends.
+struct ClientSlot {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Entry::Occupied(mut count) = open.entry(self.ip) {
+            *count.get_mut() = count.get().saturating_sub(1);
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+    }
+}
+
+/// Runs `conn` but drops it (closing the socket) unless `first` is notified
+/// by `deadline`. hyper's header timeout starts only once the protocol is
+/// known, which takes a first byte, so a silent connection would otherwise
+/// hold its slot for ever.
+async fn first_request_by<F: Future>(
+    conn: F,
+    first: &Notify,
+    deadline: Instant,
+) -> Option<F::Output> {
+    tokio::pin!(conn);
+    tokio::select! {
+        biased;
+        out = &mut conn => return Some(out),
+        _ = first.notified() => {}
+        _ = tokio::time::sleep_until(deadline) => return None,
+    }
+    Some(conn.await)
+}
+
 /// Serves `listener` until shutdown, then waits up to `grace` for open
 /// connections to finish.
 pub async fn serve(
@@ -105,6 +192,7 @@ pub async fn serve(
     // Taken before accept: past the limit, clients wait in the kernel's
     // backlog instead of costing us memory.
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let per_client = PerClient::new(limits.max_connections_per_client);
     let graceful = GracefulShutdown::new();
     let mut backoff = AcceptBackoff::default();
     loop {
@@ -134,12 +222,28 @@ pub async fn serve(
                 continue;
             }
         };
+        // From accept: a TLS handshake and the first request head share it.
+        let deadline = Instant::now() + limits.header_read_timeout.get();
+        let Some(slot) = per_client.try_acquire(peer.ip()) else {
+            app.metrics
+                .connections_refused
+                .with_label_values(&["per_client"])
+                .inc();
+            tracing::debug!(%peer, limit = limits.max_connections_per_client, "too many connections from this address; closing");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let first = Arc::new(Notify::new());
         let app = app.clone();
-        let service = service_fn(move |request: hyper::Request<Incoming>| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(dispatch(app, kind, peer, request).await) }
-        });
+        let service = {
+            let first = first.clone();
+            service_fn(move |request: hyper::Request<Incoming>| {
+                // Called once a request head is complete.
+                first.notify_one();
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(dispatch(app, kind, peer, request).await) }
+            })
+        };
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = options.tls.as_ref().map(|t| t.acceptor());
@@ -147,41 +251,51 @@ pub async fn serve(
         tokio::spawn(
             async move {
                 let _permit = permit;
-                let result = match tls {
-                    None => {
-                        watcher
-                            .watch(
-                                builder
-                                    .serve_connection(TokioIo::new(stream), service)
-                                    .into_owned(),
-                            )
-                            .await
-                    }
-                    Some(acceptor) => {
-                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
-                        {
-                            Ok(Ok(tls_stream)) => {
-                                watcher
-                                    .watch(
-                                        builder
-                                            .serve_connection(TokioIo::new(tls_stream), service)
-                                            .into_owned(),
-                                    )
-                                    .await
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!("TLS handshake timed out");
-                                return;
+                let _slot = slot;
+                let served = async move {
+                    match tls {
+                        None => Some(
+                            watcher
+                                .watch(
+                                    builder
+                                        .serve_connection(TokioIo::new(stream), service)
+                                        .into_owned(),
+                                )
+                                .await,
+                        ),
+                        Some(acceptor) => {
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(tls_stream)) => Some(
+                                    watcher
+                                        .watch(
+                                            builder
+                                                .serve_connection(TokioIo::new(tls_stream), service)
+                                                .into_owned(),
+                                        )
+                                        .await,
+                                ),
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "TLS handshake failed");
+                                    None
+                                }
+                                Err(_) => {
+                                    tracing::debug!("TLS handshake timed out");
+                                    None
+                                }
                             }
                         }
                     }
                 };
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
+                match first_request_by(served, &first, deadline).await {
+                    None => tracing::debug!(
+                        "no request head within header_read_timeout of accept; closing"
+                    ),
+                    Some(Some(Err(e))) => {
+                        tracing::debug!(error = %e, "connection ended with an error")
+                    }
+                    Some(_) => {}
                 }
             }
             .instrument(tracing::debug_span!("conn", %peer)),
@@ -284,5 +398,47 @@ mod tests {
         assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
         b.reset();
         assert_eq!(b.next(), Duration::from_millis(10));
+    }
+
+    #[test]
+    fn per_client_slots_cap_an_address_and_are_released_on_drop() {
+        let per_client = PerClient::new(2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = per_client.try_acquire(a).unwrap();
+        let second = per_client.try_acquire(mapped).unwrap();
+        assert!(per_client.try_acquire(a).is_none(), "a third from one host");
+        let other = per_client.try_acquire(b).unwrap();
+        drop(first);
+        let again = per_client.try_acquire(a).unwrap();
+        drop((second, again, other));
+        assert_eq!(
+            per_client.addresses(),
+            0,
+            "no entry outlives its connections"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_request_by_the_deadline_is_dropped() {
+        let first = Notify::new();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let silent = first_request_by(std::future::pending::<()>(), &first, deadline);
+        assert_eq!(silent.await, None);
+
+        // Once a request arrived, the deadline no longer applies.
+        let first = Notify::new();
+        first.notify_one();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let slow = first_request_by(
+            async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                7
+            },
+            &first,
+            deadline,
+        );
+        assert_eq!(slow.await, Some(7));
     }
 }
