@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -14,6 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::sync::{Notify, Semaphore};
@@ -104,7 +105,7 @@ impl PerClient {
     fn try_acquire(&self, ip: IpAddr) -> Option<ClientSlot> {
         // An IPv4 client on a dual-stack socket is the same host either way.
         let ip = ip.to_canonical();
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = self.open.lock();
         let count = open.entry(ip).or_insert(0);
         if *count >= self.limit {
             if *count == 0 {
@@ -121,10 +122,7 @@ impl PerClient {
 
     #[cfg(test)]
     fn addresses(&self) -> usize {
-        self.open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.open.lock().len()
     }
 }
 
@@ -137,7 +135,7 @@ struct ClientSlot {
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = self.open.lock();
         if let Entry::Occupied(mut count) = open.entry(self.ip) {
             *count.get_mut() = count.get().saturating_sub(1);
             if *count.get() == 0 {
