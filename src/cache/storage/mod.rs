@@ -9,8 +9,11 @@
 //! valid for as long as it is held, even if the object is removed meanwhile.
 //!
 //! Every method blocks (file or memory I/O). The cache calls them on the
-//! blocking pool (`tokio::task::spawn_blocking`); only [`TagStore`] and the
-//! small-object helpers are called inline where a caller is already on it.
+//! blocking pool (`tokio::task::spawn_blocking`), or from operations that
+//! run there whole (eviction, verify, import). One exception, on purpose:
+//! a fill's attach calls [`ContentStore::stat`] under the fill table's lock,
+//! so that "not committed" and "fill registered" are one step; it is one
+//! metadata lookup.
 
 pub mod fs;
 mod fs_tags;
