@@ -41,7 +41,6 @@ pub use storage::{FsStore, Kind, MemoryStore, Storage, TagEntry, TagRecord};
 use flight::{Fills, Readers};
 use freshness::{ListingCache, ManifestCache};
 use ops::evict::Evictor;
-use storage::ContentStoreExt;
 
 use crate::metrics::Metrics;
 use crate::registry::{Digest, RepoName};
@@ -267,17 +266,9 @@ impl Cache {
         self.fills.in_progress()
     }
 
-    /// Runs a background job of the cache (eviction, reconcile, access-time
-    /// flushes) under the same tracker as fills, so shutdown waits for it.
-    pub fn spawn<F>(&self, job: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.tasks.spawn(job)
-    }
-
-    /// As [`Cache::spawn`], for blocking work.
+    /// Runs a blocking job of the cache (an eviction run, the reconcile)
+    /// under the same tracker as fills, so shutdown waits for it. Jobs must
+    /// end by themselves: a loop around them stays outside.
     pub fn spawn_blocking<F, T>(&self, job: F) -> tokio::task::JoinHandle<T>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -295,8 +286,10 @@ impl Cache {
         self.tasks.len()
     }
 
-    /// Whether a committed blob is here (for tests and tools).
+    /// Whether a committed blob is here.
+    #[cfg(test)]
     pub fn has_blob(&self, digest: &Digest) -> Result<bool, CacheError> {
+        use storage::ContentStoreExt;
         Ok(self.storage.content.contains(Kind::Blob, digest)?)
     }
 }
