@@ -386,3 +386,37 @@ async fn skopeo_pulls_cached_images_with_the_real_upstream_stopped_and_after_a_r
     tokio::task::block_in_place(|| pull(rc.host()));
     assert!(rc.log().contains("serving stale"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_upstream_costs_a_stale_tag_stale_timeout_not_the_header_timeout() {
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    let upstream = UpstreamEntry::new("fake", &fake.url())
+        .tag_ttl("1s")
+        .set("stale_timeout", "\"500ms\"")
+        .set("breaker_threshold", "100");
+    // A header timeout far above the stale timeout: before stale_timeout
+    // existed, each stale answer waited for all of it.
+    let rc = Regcache::start_with(&[upstream], "header_timeout = \"20s\"\n");
+    let digest = fake.add_manifest(
+        "test/app",
+        Some("v1"),
+        OCI_MANIFEST,
+        manifest(1).into_bytes(),
+    );
+    let url = format!("{}/v2/test/app/manifests/v1", rc.url());
+    let c = client();
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    fake.set_global_fault(Fault::Hang);
+    let started = Instant::now();
+    let r = c.get(&url).send().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["warning"], "110 - \"response is stale\"");
+    assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+    assert!(
+        took < Duration::from_secs(10),
+        "answered stale after {took:?}: the header timeout (20 s), not stale_timeout (0.5 s)"
+    );
+}

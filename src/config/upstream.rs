@@ -64,6 +64,12 @@ pub struct UpstreamConfig {
     /// Requests per second sent to this upstream; 0 is unlimited.
     #[serde(default)]
     pub max_requests_per_second: f64,
+    /// How long a request for a stale tag waits for its revalidation
+    /// before it is answered stale; the revalidation goes on in the
+    /// background, and the next request gets its answer
+    /// (stale-while-revalidate). Never longer than `header_timeout`.
+    #[serde(default = "default_stale_timeout")]
+    pub stale_timeout: HumanDuration,
     /// The largest blob a fill takes from this upstream: one announced
     /// larger is refused, and one streamed without a length fails when it
     /// passes the bound (a hostile upstream cannot fill the disk).
@@ -131,6 +137,10 @@ impl UpstreamConfig {
     }
 }
 
+fn default_stale_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+
 fn default_max_blob_size() -> ByteSize {
     ByteSize(64 << 30)
 }
@@ -177,6 +187,7 @@ impl UpstreamConfig {
             max_concurrent_fills: default_max_concurrent_fills(),
             max_requests_per_second: 0.0,
             max_blob_size: default_max_blob_size(),
+            stale_timeout: default_stale_timeout(),
             breaker_threshold: default_breaker_threshold(),
             breaker_cooldown: default_breaker_cooldown(),
             pin: Vec::new(),

@@ -39,6 +39,8 @@ pub struct UpstreamSettings {
     pub public_only: bool,
     /// Bytes one blob may have (`max_blob_size`).
     pub max_blob_size: u64,
+    /// How long a stale answer waits for its revalidation.
+    pub stale_timeout: Duration,
 }
 
 /// Why an upstream's settings could not be taken from its config.
@@ -68,6 +70,7 @@ impl UpstreamSettings {
                 .transpose()?,
             public_only: c.public_only,
             max_blob_size: c.max_blob_size.0,
+            stale_timeout: c.stale_timeout.get(),
         })
     }
 }

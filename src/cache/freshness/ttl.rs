@@ -2,7 +2,8 @@
 //! from the cache while younger than the upstream's `tag_ttl`; then
 //! refreshed; and, when the refresh fails because the upstream is down,
 //! slow or rate-limiting, answered stale for up to `stale_if_error` more —
-//! without ever waiting longer than the header timeout for the upstream.
+//! without ever waiting longer than `stale_timeout` (at most the header
+//! timeout) for the upstream before doing so.
 
 use std::future::Future;
 use std::time::Duration;
@@ -47,9 +48,12 @@ where
         let (result, joined) = refresh().await;
         return result.map(|v| (v, fresh_outcome(joined)));
     };
-    // With something to fall back on, wait no longer than a client would
-    // want to; the refresh itself goes on in the background.
-    match tokio::time::timeout(upstream.header_timeout(), refresh()).await {
+    // With something to fall back on, wait no longer than `stale_timeout`
+    // (a client should not pay for a hung upstream); the refresh is a
+    // flight of its own and goes on in the background, so the next
+    // request gets its answer.
+    let wait = settings.stale_timeout.min(upstream.header_timeout());
+    match tokio::time::timeout(wait, refresh()).await {
         Ok((Ok(value), joined)) => Ok((value, fresh_outcome(joined))),
         Ok((Err(e), _)) if e.is_upstream_failure() => {
             tracing::warn!(upstream = %upstream.name, error = %e, age_s = age(*checked_at).as_secs(), "upstream failed; serving stale");
