@@ -62,6 +62,10 @@ pub struct Metrics {
     pub evicted_bytes: IntCounterVec,
     /// Blobs being streamed to clients from committed files.
     pub open_readers: IntGauge,
+    /// Free bytes on the cache's filesystem, as last read.
+    pub cache_free_bytes: IntGauge,
+    /// 1 while storage writes succeed, 0 while they fail (not ready).
+    pub storage_ready: IntGauge,
 }
 
 /// Registers a metric built from constant names; a failure here is a bug in
@@ -184,6 +188,8 @@ impl Metrics {
             evictions: counters("evictions_total", "Objects removed from the cache, by reason (size, age, purge, corrupt).", &["reason"]),
             evicted_bytes: counters("evicted_bytes_total", "Bytes removed from the cache, by reason (size, age, purge, corrupt).", &["reason"]),
             open_readers: gauge("cache_open_readers", "Blobs being streamed to clients from the cache now (never evicted)."),
+            cache_free_bytes: gauge("cache_free_bytes", "Free bytes on the cache's filesystem, as last read (before fills and every few seconds)."),
+            storage_ready: gauge("storage_ready", "1 while storage writes succeed, 0 while they fail and /readyz answers 503."),
             fills_in_progress: gauge("fills_in_progress", "Blob fills running now."),
             fill_waiters: gauge("fill_waiters", "Client responses streaming from a running fill."),
             fills: counters("fills_total", "Blob fills that ended, by result.", &["result"]),
@@ -212,6 +218,7 @@ impl Metrics {
             registry,
         };
         metrics.init_labels();
+        metrics.storage_ready.set(1);
         metrics
     }
 

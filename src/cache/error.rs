@@ -35,6 +35,13 @@ pub enum CacheError {
     Storage(#[source] Arc<io::Error>),
     #[error("cache storage: {0}")]
     Index(#[source] Arc<IndexError>),
+    /// New content would take the store below its free-space floor
+    /// (`[cache] min_free`): refused before anything is fetched.
+    #[error("no room for new content: {available} bytes free, below the free-space floor of {floor} bytes (cached content is still served)")]
+    NoRoom { available: u64, floor: u64 },
+    /// Storage cannot take writes now (a failed index waiting to reopen).
+    #[error("cache storage is not accepting writes: {0}")]
+    Unwritable(String),
     /// The index belongs to another process.
     #[error("{0}")]
     Locked(String),
@@ -92,10 +99,12 @@ impl CacheError {
             CacheError::DigestMismatch { .. } => "digest_mismatch",
             CacheError::SizeMismatch { .. } => "size_mismatch",
             CacheError::BlobTooLarge { .. } => "too_large",
+            CacheError::NoRoom { .. } => "no_room",
             CacheError::Upstream(UpstreamError::Status { .. }) => "upstream_status",
             CacheError::Upstream(UpstreamError::Stalled(_)) => "stalled",
             CacheError::Storage(_)
             | CacheError::Index(_)
+            | CacheError::Unwritable(_)
             | CacheError::Locked(_)
             | CacheError::Internal(_) => "storage_error",
             _ => "upstream_error",

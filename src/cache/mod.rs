@@ -15,6 +15,7 @@ mod answer;
 mod error;
 pub mod flight;
 pub mod freshness;
+mod health;
 mod ops;
 mod outcome;
 pub mod storage;
@@ -29,6 +30,7 @@ pub use answer::{AnswerError, BlobAnswer, BlobBody, ManifestAnswer};
 pub use error::CacheError;
 pub use flight::{IO_CHUNK, UNKNOWN_SIZE};
 pub use freshness::{Listing, Manifest, MAX_MANIFEST_SIZE};
+pub use health::Floor;
 pub use ops::bundle;
 pub use ops::evict::{GcReport, Pins, Policy, Reason};
 pub use ops::manage;
@@ -40,6 +42,7 @@ pub use storage::{FsStore, Kind, MemoryStore, Storage, TagEntry, TagRecord};
 
 use flight::{Fills, Readers};
 use freshness::{ListingCache, ManifestCache};
+use health::Health;
 use ops::evict::Evictor;
 
 use crate::metrics::Metrics;
@@ -62,6 +65,8 @@ pub struct Cache {
     /// Blobs being served from committed objects (never evicted meanwhile).
     readers: Arc<Readers>,
     evictor: Arc<Evictor>,
+    /// Room above the free-space floor, and whether writes succeed.
+    health: Arc<Health>,
     metrics: Arc<Metrics>,
     /// Every fill, flight and background job of the cache, so shutdown
     /// waits for them instead of polling.
@@ -85,15 +90,22 @@ impl Cache {
     /// A cache over any storage backend.
     pub fn with_storage(storage: Storage, index: Arc<Index>, metrics: Arc<Metrics>) -> Cache {
         let tasks = TaskTracker::new();
+        let health = Arc::new(Health::new(
+            storage.content.clone(),
+            index.clone(),
+            metrics.clone(),
+        ));
         let fills = Arc::new(Fills::new(
             storage.content.clone(),
             index.clone(),
+            health.clone(),
             metrics.clone(),
             tasks.clone(),
         ));
         let manifests = ManifestCache::new(
             storage.clone(),
             index.clone(),
+            health.clone(),
             metrics.clone(),
             tasks.clone(),
         );
@@ -103,6 +115,7 @@ impl Cache {
             storage.clone(),
             index.clone(),
             readers.clone(),
+            health.clone(),
             metrics.clone(),
         ));
         Cache {
@@ -113,6 +126,7 @@ impl Cache {
             listings,
             readers,
             evictor,
+            health,
             metrics,
             tasks,
         }
@@ -214,6 +228,7 @@ impl Cache {
 
     /// Sets the size and age bounds and the pins (at startup and reload).
     pub fn configure_eviction(&self, policy: Policy, pins: Pins) {
+        self.health.set_floor(policy.min_free);
         self.evictor.configure(policy, pins);
     }
 
@@ -226,9 +241,49 @@ impl Cache {
         Ok(self.evictor.run()?)
     }
 
-    /// Resolves when a new entry pushed the cache past its high-water mark.
+    /// Resolves when a new entry pushed the cache past its high-water
+    /// mark, or a fill found the store below its free-space floor.
     pub async fn over_high_water(&self) {
-        self.index.wait_over_high_water().await
+        tokio::select! {
+            _ = self.index.wait_over_high_water() => {}
+            _ = self.health.low_space() => {}
+        }
+    }
+
+    // === Storage health ===
+
+    /// `Err(why)` while storage writes fail: `/readyz` answers 503.
+    pub fn ready(&self) -> Result<(), String> {
+        self.health.ready()
+    }
+
+    /// Brings storage back after failed writes, once they can succeed
+    /// (blocking: the daemon calls it every few seconds on the blocking
+    /// pool). A failed index is reopened and reconciled with the store —
+    /// what sled lost in the failure is taken back from the files and tag
+    /// records — and a noted write failure is cleared by a probe write.
+    pub fn heal(&self) -> Result<(), CacheError> {
+        // sled notes a failed write in its own flusher thread; the index
+        // learns of it from the next call that returns it, which this
+        // flush is, so the failure is seen even while nothing else writes.
+        if let Err(e) = self.index.flush() {
+            tracing::debug!(error = %e, "index flush failed");
+        }
+        if self.index.recover()? {
+            let report = self.reconcile()?;
+            tracing::warn!(
+                added = report.added,
+                dropped = report.dropped,
+                tags_restored = report.tags_restored,
+                "index reconciled after its reopen"
+            );
+        }
+        self.health.probe();
+        // Refreshes the free-space gauge, and wakes eviction below the floor.
+        if self.health.room_for(None).is_err() {
+            tracing::debug!("below the free-space floor or not writable");
+        }
+        Ok(())
     }
 
     // === Bookkeeping ===

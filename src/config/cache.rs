@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ByteSize, HumanDuration};
+use super::{ByteSize, FreeSpace, HumanDuration};
 
 /// `[cache]`: how big the cache may grow and how long unused content stays.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -28,6 +28,15 @@ pub struct CacheConfig {
     /// mark (it also applies `max_age`).
     #[serde(default = "default_gc_interval")]
     pub gc_interval: HumanDuration,
+    /// Free space kept on the cache's filesystem ("1GiB", or "5%" of it):
+    /// a fill that would go below it is refused before it starts, and
+    /// eviction frees the difference. Hits are served regardless.
+    #[serde(default = "default_min_free")]
+    pub min_free: FreeSpace,
+}
+
+fn default_min_free() -> FreeSpace {
+    FreeSpace::Bytes(ByteSize(1 << 30))
 }
 
 fn default_high_water() -> f64 {
@@ -50,6 +59,7 @@ impl Default for CacheConfig {
             high_water: default_high_water(),
             low_water: default_low_water(),
             gc_interval: default_gc_interval(),
+            min_free: default_min_free(),
         }
     }
 }

@@ -27,7 +27,7 @@ pub use cache::CacheConfig;
 pub use clients::{AuthConfig, RateLimitConfig};
 pub use listener::{AuditConfig, LimitsConfig, LogFormat, TlsConfig};
 pub use presets::builtin_upstreams;
-pub use units::{ByteSize, HumanDuration, SizeError};
+pub use units::{ByteSize, FreeSpace, HumanDuration, SizeError};
 pub use upstream::{CredentialsError, UpstreamConfig};
 
 /// Where the config is looked for when `--config` is not given.

@@ -118,6 +118,64 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// Free space to keep: a size ("1GiB") or a share of the filesystem
+/// ("5%").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FreeSpace {
+    Bytes(ByteSize),
+    /// Percent of the filesystem's size, 0 to 100.
+    Percent(f64),
+}
+
+impl std::str::FromStr for FreeSpace {
+    type Err = SizeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().strip_suffix('%') {
+            Some(number) => match number.trim().parse::<f64>() {
+                Ok(p) if (0.0..=100.0).contains(&p) => Ok(FreeSpace::Percent(p)),
+                Ok(_) => Err(SizeError::OutOfRange {
+                    input: s.to_owned(),
+                }),
+                Err(_) => Err(SizeError::NotANumber {
+                    input: s.to_owned(),
+                }),
+            },
+            None => s.parse().map(FreeSpace::Bytes),
+        }
+    }
+}
+
+impl fmt::Display for FreeSpace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FreeSpace::Bytes(b) => b.fmt(f),
+            FreeSpace::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl Serialize for FreeSpace {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for FreeSpace {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Bytes(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(b) => Ok(FreeSpace::Bytes(ByteSize(b))),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// A duration written as "5m", "30s", "7d" (or a number of seconds).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
@@ -176,5 +234,18 @@ mod tests {
             assert_eq!(b.to_string().parse::<ByteSize>(), Ok(b));
         }
         assert_eq!(ByteSize(50 << 30).to_string(), "50GiB");
+    }
+
+    #[test]
+    fn free_space_is_a_size_or_a_percentage() {
+        let p = |s: &str| s.parse::<FreeSpace>();
+        assert_eq!(p("1GiB"), Ok(FreeSpace::Bytes(ByteSize(1 << 30))));
+        assert_eq!(p("5%"), Ok(FreeSpace::Percent(5.0)));
+        assert_eq!(p(" 2.5 %"), Ok(FreeSpace::Percent(2.5)));
+        assert!(p("150%").is_err());
+        assert!(p("lots%").is_err());
+        for v in [FreeSpace::Percent(5.0), FreeSpace::Bytes(ByteSize(1 << 30))] {
+            assert_eq!(v.to_string().parse::<FreeSpace>(), Ok(v));
+        }
     }
 }

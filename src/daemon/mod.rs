@@ -21,6 +21,11 @@ pub use parts::{check_config, eviction, BuildError, Live, Parts};
 /// How often batched access times are written to the index.
 const ACCESS_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How often storage health is checked: a failed index reopened, a failed
+/// write retried, the free space read. It is also how long a cleared full
+/// disk can take to be noticed.
+const HEAL_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Runs the mirror on `parts`, built from `config` by [`Parts::build`].
 /// `config_path` is what `--config` named, re-read on SIGHUP.
 pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> anyhow::Result<()> {
@@ -89,6 +94,22 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
             let _ = tokio::task::spawn_blocking(move || {
                 if let Err(e) = app.cache.flush_access_times() {
                     tracing::warn!(error = %e, "flushing access times failed");
+                }
+            })
+            .await;
+        }
+    });
+
+    let healing = app.clone();
+    let healer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEAL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let app = healing.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = app.cache.heal() {
+                    tracing::debug!(error = %e, "storage not healed yet");
                 }
             })
             .await;
@@ -170,6 +191,7 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
     }
     flusher.abort();
     evicting.abort();
+    healer.abort();
     let app_for_flush = app.clone();
     tokio::task::spawn_blocking(move || app_for_flush.cache.flush_access_times())
         .await?

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use crate::cache::{Pins, Policy};
-use crate::config::Config;
+use crate::cache::{Floor, Pins, Policy};
+use crate::config::{Config, FreeSpace};
 use crate::http::{Tls, TlsError};
 use crate::metrics::Metrics;
 use crate::policy::{ClientPolicy, PolicyError};
@@ -85,6 +85,10 @@ pub fn eviction(config: &Config, upstreams: &Upstreams) -> (Policy, Pins) {
         high_water: c.high_water_bytes(),
         low_water: c.low_water_bytes(),
         max_age: c.max_age.map(|d| d.get()),
+        min_free: Some(match c.min_free {
+            FreeSpace::Bytes(b) => Floor::Bytes(b.0),
+            FreeSpace::Percent(p) => Floor::Fraction(p / 100.0),
+        }),
     };
     let pins = Pins::new(config.upstreams().into_iter().filter_map(|u| {
         let upstream = upstreams.get(&u.name)?;

@@ -164,6 +164,16 @@ impl ApiError {
                 Code::Unavailable,
                 format!("the mirror's cache storage is full ({e})"),
             ),
+            CacheError::NoRoom { .. } => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                Code::Unavailable,
+                e.to_string(),
+            ),
+            CacheError::Unwritable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::Unavailable,
+                e.to_string(),
+            ),
             CacheError::Storage(_)
             | CacheError::Index(_)
             | CacheError::Locked(_)

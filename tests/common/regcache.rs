@@ -51,6 +51,8 @@ pub struct Regcache {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub dir: PathBuf,
+    /// `cache_dir`: under `dir` unless a test put it elsewhere.
+    cache: PathBuf,
     config_path: PathBuf,
     log_path: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -64,8 +66,19 @@ impl Regcache {
 
     /// `extra` is appended to the top-level keys of the config.
     pub fn start_with(upstreams: &[UpstreamEntry], extra: &str) -> Regcache {
+        Self::start_with_cache_in(upstreams, extra, None)
+    }
+
+    /// As [`Regcache::start_with`], with `cache_dir` at `cache` (a small
+    /// filesystem, say) when given.
+    pub fn start_with_cache_in(
+        upstreams: &[UpstreamEntry],
+        extra: &str,
+        cache: Option<PathBuf>,
+    ) -> Regcache {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_owned();
+        let cache = cache.unwrap_or_else(|| dir.join("cache"));
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config_path = dir.join("regcache.toml");
@@ -76,6 +89,7 @@ impl Regcache {
             log_path: dir.join("regcache.log"),
             config_path,
             dir,
+            cache,
             _tmp: Some(tmp),
         };
         // The ports were free when picked, but another test's process can
@@ -224,7 +238,7 @@ impl Regcache {
     }
 
     pub fn cache_dir(&self) -> PathBuf {
-        self.dir.join("cache")
+        self.cache.clone()
     }
 
     fn spawn(&mut self) {

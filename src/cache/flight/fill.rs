@@ -27,6 +27,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use crate::cache::health::Health;
 use crate::cache::storage::index::Index;
 use crate::cache::storage::{ContentStore, Kind, ReadAt, Staged};
 use crate::cache::CacheError;
@@ -37,6 +38,10 @@ use crate::upstream::{self, Upstream, UpstreamError};
 /// Store I/O happens in chunks this large: one blocking-pool hop and one
 /// syscall per 256 KiB, not per network packet.
 pub const IO_CHUNK: usize = 256 * 1024;
+
+/// A fill re-reads the free space each time it has staged this much more,
+/// so one without a length (or longer than the room) stops at the floor.
+const ROOM_CHECK_EVERY: u64 = 64 * 1024 * 1024;
 
 #[derive(Clone)]
 pub enum Phase {
@@ -69,6 +74,8 @@ pub struct Fills {
     table: Mutex<HashMap<Digest, watch::Receiver<Progress>>>,
     store: Arc<dyn ContentStore>,
     index: Arc<Index>,
+    /// Room above the free-space floor; told how each fill's writes went.
+    health: Arc<Health>,
     metrics: Arc<Metrics>,
     /// Every fill task, so shutdown can wait for them.
     tasks: TaskTracker,
@@ -103,6 +110,7 @@ impl Fills {
     pub fn new(
         store: Arc<dyn ContentStore>,
         index: Arc<Index>,
+        health: Arc<Health>,
         metrics: Arc<Metrics>,
         tasks: TaskTracker,
     ) -> Fills {
@@ -110,6 +118,7 @@ impl Fills {
             table: Mutex::new(HashMap::new()),
             store,
             index,
+            health,
             metrics,
             tasks,
         }
@@ -164,6 +173,7 @@ impl Entry {
         let digest = &self.digest;
         let started = tokio::time::Instant::now();
         let result = fills.fill(&tx, &upstream, &repo, digest).await;
+        fills.health.note_write(&result);
         let label = match &result {
             Ok(size) => {
                 fills
@@ -197,6 +207,8 @@ impl Fills {
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<u64, CacheError> {
+        // Below the floor, nothing is fetched at all.
+        self.health.room_for(None)?;
         // Held for the whole fill: at most max_concurrent_fills per upstream.
         let _slot = upstream.fill_slot().await;
         let mut headers = HeaderMap::new();
@@ -215,6 +227,9 @@ impl Fills {
         if size.is_some_and(|s| s > max_blob_size) {
             return Err(too_large());
         }
+        // And so is a blob the store has no room for: the client gets the
+        // error, not a 200 that breaks off when the disk fills.
+        self.health.room_for(size)?;
         let store = self.store.clone();
         let staged = tokio::task::spawn_blocking(move || store.begin()).await??;
         let reader = staged.reader().filter(|_| self.store.reads_while_staged());
@@ -232,6 +247,8 @@ impl Fills {
             written: 0,
             pending: BytesMut::with_capacity(IO_CHUNK),
             size,
+            health: self.health.clone(),
+            next_room_check: ROOM_CHECK_EVERY,
         };
         let mut body = response.bytes_stream();
         // Bytes at the start of a restarted (200) stream that are staged already.
@@ -370,6 +387,9 @@ struct Sink {
     written: u64,
     pending: BytesMut,
     size: Option<u64>,
+    health: Arc<Health>,
+    /// Staged bytes at which the free space is read again.
+    next_room_check: u64,
 }
 
 impl Sink {
@@ -401,7 +421,14 @@ impl Sink {
         let data = self.pending.split().freeze();
         let mut hasher = std::mem::take(&mut self.hasher);
         let mut staged = self.staged.take().ok_or_else(lost)?;
+        let room = (self.written >= self.next_room_check).then(|| {
+            self.next_room_check = self.written + ROOM_CHECK_EVERY;
+            self.health.clone()
+        });
         let (staged, hasher) = tokio::task::spawn_blocking(move || -> Result<_, CacheError> {
+            if let Some(room) = room {
+                room.room_for(None)?;
+            }
             hasher.update(&data);
             staged.append(&data)?;
             Ok((staged, hasher))

@@ -16,6 +16,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use super::negative::NegativeCache;
 use super::ttl;
 use crate::cache::flight::SingleFlight;
+use crate::cache::health::Health;
 use crate::cache::storage::index::{now_millis, Index};
 use crate::cache::storage::{ContentStoreExt, Kind, Storage, TagEntry, TagRecord};
 use crate::cache::{CacheError, Outcome};
@@ -43,6 +44,8 @@ type TagKey = (Arc<str>, RepoName, Tag);
 pub struct ManifestCache {
     storage: Storage,
     index: Arc<Index>,
+    /// Told when a tag file cannot be written (a full disk).
+    health: Arc<Health>,
     metrics: Arc<Metrics>,
     /// Synchronous moka: its calls take a short lock and never wait on
     /// I/O, and a purge on the blocking pool can drop entries directly.
@@ -79,12 +82,14 @@ impl ManifestCache {
     pub fn new(
         storage: Storage,
         index: Arc<Index>,
+        health: Arc<Health>,
         metrics: Arc<Metrics>,
         tasks: TaskTracker,
     ) -> ManifestCache {
         ManifestCache {
             storage,
             index,
+            health,
             metrics,
             hot: moka::sync::Cache::builder()
                 .weigher(|_: &Digest, m: &Arc<Manifest>| {
@@ -201,6 +206,7 @@ impl ManifestCache {
                 let tag = tag.clone();
                 let store = self.storage.clone();
                 let index = self.index.clone();
+                let health = self.health.clone();
                 let negative = self.negative.clone();
                 let negative_key = negative_key.clone();
                 let ttl = upstream.settings().negative_ttl;
@@ -213,7 +219,7 @@ impl ManifestCache {
                     if let Some(entry) = answered {
                         return Ok(entry);
                     }
-                    let work = revalidate_tag(&upstream, &repo, &tag, &store, &index);
+                    let work = revalidate_tag(&upstream, &repo, &tag, &store, &index, &health);
                     negative.remembering(negative_key, ttl, work).await
                 }
             };
@@ -234,6 +240,7 @@ async fn revalidate_tag(
     tag: &Tag,
     store: &Storage,
     index: &Index,
+    health: &Health,
 ) -> Result<TagEntry, CacheError> {
     let response = ask_manifest(upstream, Method::HEAD, repo, tag.as_str()).await?;
     let headers = response.headers();
@@ -279,12 +286,22 @@ async fn revalidate_tag(
     let writer = store.tags.clone();
     // The answer stands without its file (the index still has it); a tag
     // that cannot be recorded is only one a rebuilt index will miss.
-    if let Err(e) = tokio::task::spawn_blocking(move || writer.put_tag(&record)).await? {
-        tracing::warn!(upstream = %upstream.name, repo = %repo, tag = %tag, error = %e, "writing the tag file failed");
+    let written = tokio::task::spawn_blocking(move || writer.put_tag(&record)).await?;
+    if let Err(e) = &written {
+        tracing::debug!(upstream = %upstream.name, repo = %repo, tag = %tag, error = %e, "writing the tag file failed");
     }
-    index.set_tag(&upstream.name, repo.as_str(), tag.as_str(), &entry)?;
-    // The upstream just said this repository holds that manifest.
-    index.link(&upstream.name, repo.as_str(), &entry.digest)?;
+    // A failed tag write is a failing disk: readiness says so (at WARN, once).
+    health.note_write(&written.map_err(CacheError::from));
+    // Nor does the answer wait on the index: while it fails writes (a full
+    // disk) tags still resolve, and the tag file above restores the record
+    // into the reopened index.
+    let recorded = index
+        .set_tag(&upstream.name, repo.as_str(), tag.as_str(), &entry)
+        // The upstream just said this repository holds that manifest.
+        .and_then(|()| index.link(&upstream.name, repo.as_str(), &entry.digest));
+    if let Err(e) = recorded {
+        tracing::debug!(upstream = %upstream.name, repo = %repo, tag = %tag, error = %e, "recording the tag in the index failed");
+    }
     Ok(entry)
 }
 

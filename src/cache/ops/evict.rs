@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::reachable::{reachable, Reachable};
 use crate::cache::flight::Readers;
+use crate::cache::health::{Floor, Health};
 use crate::cache::storage::index::{now_millis, Index, IndexError};
 use crate::cache::storage::{ContentStoreExt, Kind, Storage};
 use crate::metrics::Metrics;
@@ -40,6 +41,8 @@ pub enum Reason {
     Size,
     Age,
     Purge,
+    /// The store's filesystem was below the free-space floor.
+    Space,
     /// The object on disk is not what the index recorded (a truncated
     /// file): removed so the next request fills it again.
     Corrupt,
@@ -51,6 +54,7 @@ impl Reason {
             Reason::Size => "size",
             Reason::Age => "age",
             Reason::Purge => "purge",
+            Reason::Space => "free_space",
             Reason::Corrupt => "corrupt",
         }
     }
@@ -63,6 +67,9 @@ pub struct Policy {
     pub high_water: Option<u64>,
     pub low_water: Option<u64>,
     pub max_age: Option<Duration>,
+    /// The free space fills keep on the store's filesystem; below it,
+    /// eviction frees the difference whatever the size bound says.
+    pub min_free: Option<Floor>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +123,15 @@ impl Pins {
     }
 }
 
+/// One object [`Evictor::remove_all`] took out of the cache.
+struct Removed {
+    kind: Kind,
+    digest: Digest,
+    reason: Reason,
+    /// The bytes its index entry recorded.
+    size: u64,
+}
+
 /// What one run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GcReport {
@@ -123,6 +139,9 @@ pub struct GcReport {
     pub total_after: u64,
     pub evicted_size: u64,
     pub evicted_age: u64,
+    /// Removed to bring the filesystem back above `min_free`.
+    #[serde(default)]
+    pub evicted_space: u64,
     pub bytes_freed: u64,
     /// Candidates left alone because a pinned repository references them.
     pub pinned_skipped: u64,
@@ -138,6 +157,8 @@ pub struct Evictor {
     store: Storage,
     index: Arc<Index>,
     readers: Arc<Readers>,
+    /// How far the store is below its free-space floor.
+    health: Arc<Health>,
     metrics: Arc<Metrics>,
     settings: RwLock<(Policy, Pins)>,
     /// One run at a time (the periodic one, a fill's trigger, the admin API).
@@ -149,12 +170,14 @@ impl Evictor {
         store: Storage,
         index: Arc<Index>,
         readers: Arc<Readers>,
+        health: Arc<Health>,
         metrics: Arc<Metrics>,
     ) -> Evictor {
         Evictor {
             store,
             index,
             readers,
+            health,
             metrics,
             settings: RwLock::new((Policy::default(), Pins::default())),
             running: Mutex::new(()),
@@ -177,33 +200,64 @@ impl Evictor {
         self.settings.read().1.clone()
     }
 
-    /// Removes one object: index entry first, then the file (see the
-    /// module docs), and counts it. Returns the bytes it held.
+    /// Removes one object: index entry first, durably, then the file (see
+    /// the module docs), and counts it. Returns the bytes it held.
     pub fn remove(
         &self,
         kind: Kind,
         digest: &Digest,
         reason: Reason,
     ) -> Result<Option<u64>, IndexError> {
-        let entry = self.index.remove(kind, digest)?;
-        let on_disk = self.store.content.contains(kind, digest).unwrap_or(true);
-        if let Err(e) = self.store.content.remove(kind, digest) {
-            tracing::warn!(%digest, kind = kind.label(), error = %e, "removing the file failed; startup reconcile will index it again");
+        let removed = self.remove_all(vec![(kind, digest.clone(), reason)])?;
+        Ok(removed.into_iter().next().map(|r| r.size))
+    }
+
+    /// Removes objects: every index entry first, then one flush that makes
+    /// those removals durable, then the files. A crash at any point leaves
+    /// at worst files without entries (which startup reconcile indexes
+    /// again), never an entry without its file. Returns what was removed
+    /// (present in the index or on disk) with the bytes each held.
+    fn remove_all(&self, victims: Vec<(Kind, Digest, Reason)>) -> Result<Vec<Removed>, IndexError> {
+        let mut entries = Vec::with_capacity(victims.len());
+        for (kind, digest, reason) in victims {
+            let entry = self.index.remove(kind, &digest)?;
+            entries.push((kind, digest, reason, entry));
         }
-        if entry.is_none() && !on_disk {
-            return Ok(None);
+        if entries.is_empty() {
+            return Ok(Vec::new());
         }
-        let size = entry.map_or(0, |e| e.size);
-        self.metrics
-            .evictions
-            .with_label_values(&[reason.label()])
-            .inc();
-        self.metrics
-            .evicted_bytes
-            .with_label_values(&[reason.label()])
-            .inc_by(size);
-        tracing::info!(%digest, kind = kind.label(), size, reason = reason.label(), "removed from the cache");
-        Ok(Some(size))
+        self.index.flush()?;
+        let mut removed = Vec::with_capacity(entries.len());
+        for (kind, digest, reason, entry) in entries {
+            // Filled again since its entry went: the new file stays.
+            if entry.is_some() && self.index.get(kind, &digest)?.is_some() {
+                continue;
+            }
+            let on_disk = self.store.content.contains(kind, &digest).unwrap_or(true);
+            if let Err(e) = self.store.content.remove(kind, &digest) {
+                tracing::warn!(%digest, kind = kind.label(), error = %e, "removing the file failed; startup reconcile will index it again");
+            }
+            if entry.is_none() && !on_disk {
+                continue;
+            }
+            let size = entry.map_or(0, |e| e.size);
+            self.metrics
+                .evictions
+                .with_label_values(&[reason.label()])
+                .inc();
+            self.metrics
+                .evicted_bytes
+                .with_label_values(&[reason.label()])
+                .inc_by(size);
+            tracing::info!(%digest, kind = kind.label(), size, reason = reason.label(), "removed from the cache");
+            removed.push(Removed {
+                kind,
+                digest,
+                reason,
+                size,
+            });
+        }
+        Ok(removed)
     }
 
     /// Content that pinned repositories' cached tags reach.
@@ -243,7 +297,9 @@ impl Evictor {
         let age_cutoff = policy
             .max_age
             .map(|age| now_millis().saturating_sub(age.as_millis() as u64));
-        if !over_high && age_cutoff.is_none() {
+        // Bytes to free for the free-space floor, whatever the size bound.
+        let mut short = self.health.shortfall().unwrap_or(0);
+        if !over_high && age_cutoff.is_none() && short == 0 {
             report.total_after = total;
             return Ok(report);
         }
@@ -251,11 +307,11 @@ impl Evictor {
         // Least recently used first; ties by digest, so runs are repeatable.
         candidates.sort();
         let mut skipped_pins = HashSet::new();
-        let mut evicted_manifests = HashSet::new();
+        let mut victims = Vec::new();
         for (last_accessed, kind, digest, size) in candidates {
             let expired = age_cutoff.is_some_and(|cutoff| last_accessed < cutoff);
             let over = over_high && total > target;
-            if !expired && !over {
+            if !expired && !over && short == 0 {
                 // Sorted oldest first: nothing after this is due either.
                 break;
             }
@@ -271,19 +327,28 @@ impl Evictor {
                 report.open_skipped += 1;
                 continue;
             }
-            let reason = if expired { Reason::Age } else { Reason::Size };
-            if self.remove(kind, &digest, reason)?.is_some() {
-                if kind == Kind::Manifest {
-                    evicted_manifests.insert(digest);
-                }
-                total = total.saturating_sub(size);
-                report.bytes_freed += size;
-                match reason {
-                    Reason::Age => report.evicted_age += 1,
-                    _ => report.evicted_size += 1,
-                }
+            let reason = match (expired, over) {
+                (true, _) => Reason::Age,
+                (false, true) => Reason::Size,
+                (false, false) => Reason::Space,
+            };
+            total = total.saturating_sub(size);
+            short = short.saturating_sub(size);
+            victims.push((kind, digest, reason));
+        }
+        let mut evicted_manifests = HashSet::new();
+        for removed in self.remove_all(victims)? {
+            report.bytes_freed += removed.size;
+            if removed.kind == Kind::Manifest {
+                evicted_manifests.insert(removed.digest);
+            }
+            match removed.reason {
+                Reason::Age => report.evicted_age += 1,
+                Reason::Space => report.evicted_space += 1,
+                _ => report.evicted_size += 1,
             }
         }
+        total = report.total_before.saturating_sub(report.bytes_freed);
         report.pinned_skipped = skipped_pins.len() as u64;
         report.total_after = total;
         if !evicted_manifests.is_empty() {
@@ -305,10 +370,11 @@ impl Evictor {
                 "cache still above the low-water mark: the rest is pinned or being served"
             );
         }
-        if report.evicted_size + report.evicted_age > 0 {
+        if report.evicted_size + report.evicted_age + report.evicted_space > 0 {
             tracing::info!(
                 evicted_size = report.evicted_size,
                 evicted_age = report.evicted_age,
+                evicted_space = report.evicted_space,
                 tags_dropped = report.tags_dropped,
                 bytes_freed = report.bytes_freed,
                 total_after = report.total_after,
@@ -330,6 +396,7 @@ mod tests {
         store: Arc<MemoryStore>,
         index: Arc<Index>,
         readers: Arc<Readers>,
+        health: Arc<Health>,
         evictor: Evictor,
     }
 
@@ -338,17 +405,21 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let index = Arc::new(Index::open(&dir.path().join("index")).unwrap());
         let readers = Arc::new(Readers::default());
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::new(store.clone(), index.clone(), metrics.clone()));
         let evictor = Evictor::new(
             Storage::new(store.clone()),
             index.clone(),
             readers.clone(),
-            Arc::new(Metrics::new()),
+            health.clone(),
+            metrics,
         );
         Fixture {
             _dir: dir,
             store,
             index,
             readers,
+            health,
             evictor,
         }
     }
@@ -366,20 +437,81 @@ mod tests {
             high_water: Some(max * 95 / 100),
             low_water: Some(max * 90 / 100),
             max_age: None,
+            min_free: None,
         }
+    }
+
+    /// Ten 100-byte blobs, oldest first.
+    fn ten_blobs(f: &Fixture) -> Vec<Digest> {
+        (0..10u8)
+            .map(|i| {
+                let d = put(f, Kind::Blob, &[i; 100]);
+                // Distinct access times, oldest first.
+                std::thread::sleep(Duration::from_millis(3));
+                d
+            })
+            .collect()
+    }
+
+    #[test]
+    fn below_the_free_space_floor_the_oldest_go_until_the_shortfall_is_freed() {
+        let f = fixture();
+        let blobs = ten_blobs(&f);
+        f.store.set_space(Some(crate::cache::storage::Space {
+            available: 800,
+            total: 10_000,
+        }));
+        let policy = Policy {
+            min_free: Some(Floor::Bytes(1000)),
+            ..Policy::default()
+        };
+        f.health.set_floor(policy.min_free);
+        f.evictor.configure(policy, Pins::default());
+        let report = f.evictor.run().unwrap();
+        // 1000 + 10% margin - 800 free = 300 bytes: the three oldest.
+        assert_eq!(report.evicted_space, 3);
+        assert_eq!(report.bytes_freed, 300);
+        for (i, d) in blobs.iter().enumerate() {
+            assert_eq!(f.store.contains(Kind::Blob, d).unwrap(), i >= 3, "blob {i}");
+        }
+        // Back above the floor: nothing more goes.
+        f.store.set_space(Some(crate::cache::storage::Space {
+            available: 1200,
+            total: 10_000,
+        }));
+        assert_eq!(f.evictor.run().unwrap().evicted_space, 0);
+    }
+
+    /// kill -9 between an index removal and its flush must not leave an
+    /// entry whose file is gone: every file goes only after the removals of
+    /// its run are durable.
+    #[test]
+    fn index_removals_are_durable_before_any_file_is_removed() {
+        let f = fixture();
+        let blobs = ten_blobs(&f);
+        let unflushed_at_removal = Arc::new(Mutex::new(Vec::new()));
+        let (index, seen) = (f.index.clone(), unflushed_at_removal.clone());
+        f.store.on_remove(move |_, _| {
+            seen.lock().push(
+                index
+                    .unflushed_removals
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+        });
+        f.evictor.configure(bounded(700), Pins::default());
+        assert_eq!(f.evictor.run().unwrap().evicted_size, 4);
+        assert_eq!(*unflushed_at_removal.lock(), vec![0; 4]);
+        // One object (a purge) too.
+        f.evictor
+            .remove(Kind::Blob, &blobs[9], Reason::Purge)
+            .unwrap();
+        assert_eq!(unflushed_at_removal.lock().last(), Some(&0));
     }
 
     #[test]
     fn lru_down_to_the_low_water_mark_skipping_open_blobs() {
         let f = fixture();
-        let blobs: Vec<Digest> = (0..10u8)
-            .map(|i| {
-                let d = put(&f, Kind::Blob, &[i; 100]);
-                // Distinct access times, oldest first.
-                std::thread::sleep(Duration::from_millis(3));
-                d
-            })
-            .collect();
+        let blobs = ten_blobs(&f);
         // Blob 0 is touched: now the most recent. Blob 1 is being served.
         f.index.touch(Kind::Blob, &blobs[0]);
         let _serving = f.readers.acquire(&blobs[1]);

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{ContentStore, Kind, Listed, Object, ReadAt, Staged};
+use super::{ContentStore, Kind, Listed, Object, ReadAt, Space, Staged};
 use crate::registry::Digest;
 
 fn kind_dir(kind: Kind) -> &'static str {
@@ -279,6 +279,15 @@ impl ContentStore for FsStore {
 
     fn location(&self, kind: Kind, digest: &Digest) -> String {
         self.path(kind, digest).display().to_string()
+    }
+
+    fn space(&self) -> io::Result<Option<Space>> {
+        // statvfs of the directory new objects are staged in.
+        let at = self.root.join("tmp");
+        Ok(Some(Space {
+            available: fs2::available_space(&at)?,
+            total: fs2::total_space(&at)?,
+        }))
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::{ContentStore, Kind, Listed, Object, ReadAt, Staged, TagRecord, TagStore};
+use super::{ContentStore, Kind, Listed, Object, ReadAt, Space, Staged, TagRecord, TagStore};
 use crate::registry::Digest;
 
 /// Bytes that only grow while staged and never change once committed.
@@ -48,7 +48,13 @@ pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
     /// Writes fail with this kind while set (a full disk, say).
     fail_writes: Mutex<Option<io::ErrorKind>>,
+    /// What [`ContentStore::space`] reports: a disk of any fullness.
+    space: Mutex<Option<Space>>,
+    /// Called before each removal, to observe what else holds then.
+    on_remove: Mutex<Option<RemoveHook>>,
 }
+
+type RemoveHook = Box<dyn Fn(Kind, &Digest) + Send + Sync>;
 
 impl MemoryStore {
     pub fn new() -> MemoryStore {
@@ -72,6 +78,16 @@ impl MemoryStore {
     /// From now on every write fails with `kind`, or none does.
     pub fn fail_writes(&self, kind: Option<io::ErrorKind>) {
         *self.fail_writes.lock() = kind;
+    }
+
+    /// Calls `hook` before every removal of an object.
+    pub fn on_remove(&self, hook: impl Fn(Kind, &Digest) + Send + Sync + 'static) {
+        *self.on_remove.lock() = Some(Box::new(hook));
+    }
+
+    /// Sets the free and total space the store reports.
+    pub fn set_space(&self, space: Option<Space>) {
+        *self.space.lock() = space;
     }
 
     fn check_writes(&self) -> io::Result<()> {
@@ -145,6 +161,9 @@ impl ContentStore for MemoryStore {
     }
 
     fn remove(&self, kind: Kind, digest: &Digest) -> io::Result<()> {
+        if let Some(hook) = &*self.on_remove.lock() {
+            hook(kind, digest);
+        }
         self.inner.lock().objects.remove(&(kind, digest.clone()));
         Ok(())
     }
@@ -184,6 +203,10 @@ impl ContentStore for MemoryStore {
 
     fn location(&self, kind: Kind, digest: &Digest) -> String {
         format!("memory:{}/{digest}", kind.label())
+    }
+
+    fn space(&self) -> io::Result<Option<Space>> {
+        Ok(*self.space.lock())
     }
 }
 

@@ -128,6 +128,18 @@ pub trait ContentStore: Send + Sync {
 
     /// Where an object of this digest lives (or would), for reports.
     fn location(&self, kind: Kind, digest: &Digest) -> String;
+
+    /// Free and total bytes where new objects go; `None` when the backend
+    /// has no such bound. The free-space floor reads it.
+    fn space(&self) -> io::Result<Option<Space>>;
+}
+
+/// Room on the backend's filesystem (or volume).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes an unprivileged writer may still use.
+    pub available: u64,
+    pub total: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -91,8 +91,17 @@ pub async fn admin_service(app: Arc<App>, request: Request<Incoming>) -> Respons
         }
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         // Ready as soon as the listeners are up: serving never needs the
-        // upstream, and hits do not need the index.
-        "/readyz" => text(StatusCode::OK, "text/plain", "ready\n".into()),
+        // upstream, and hits do not need the index. Not ready while storage
+        // writes fail (a full disk): new content cannot be cached, and a
+        // balancer should prefer a replica that can.
+        "/readyz" => match app.cache.ready() {
+            Ok(()) => text(StatusCode::OK, "text/plain", "ready\n".into()),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
         "/admin/offline" if method == Method::GET => offline_state(&app),
         "/admin/offline" if method == Method::POST => {
             let enabled = request.uri().query().and_then(|q| {

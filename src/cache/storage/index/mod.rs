@@ -9,11 +9,12 @@
 //! beyond the cached tags) is asked of the upstream again on next use.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::{ContentStore, ContentStoreExt, Kind, TagEntry, TagRecord};
@@ -39,6 +40,9 @@ pub enum IndexError {
     /// one process at a time.
     #[error("the index {0} is in use by another process (is the regcache daemon running?)")]
     Locked(String),
+    /// Closed for a reopen after a failed write (see [`Index::recover`]).
+    #[error("index: being reopened after a failed write")]
+    Reopening,
 }
 
 /// sled reports a held lock as a plain I/O error; it must never be taken
@@ -51,10 +55,38 @@ fn is_lock_error(e: &sled::Error) -> bool {
 /// deliberate, as mini-redis documents for its mutex: sled answers reads
 /// from its page cache and appends writes to an in-memory log that its own
 /// thread flushes every second (`flush_every_ms`), so no call waits on the
-/// disk. The exceptions are [`Index::open`], [`Index::reconcile`] and
-/// [`Index::flush`], which do wait: they run at startup, in operations
-/// that are on the blocking pool already, or at shutdown.
+/// disk. The exceptions are [`Index::open`], [`Index::reconcile`],
+/// [`Index::flush`] and [`Index::recover`], which do wait: they run at
+/// startup, in operations that are on the blocking pool already, or at
+/// shutdown.
+///
+/// Once sled fails a write (a full disk), it refuses every later write
+/// until it is reopened: the index notes the failure ([`Index::failed`])
+/// and [`Index::recover`] reopens it once writes can succeed again.
 pub struct Index {
+    path: PathBuf,
+    /// The open database; `None` only for the moment of a reopen. Calls
+    /// clone the `Arc` and release the lock at once, so a reopen waits at
+    /// most for the calls in flight.
+    trees: RwLock<Option<Arc<Trees>>>,
+    /// sled reported an I/O failure: it accepts no write until reopened.
+    failed: AtomicBool,
+    /// Access times gathered between flushes, so a hit costs no write.
+    touched: Mutex<HashMap<(Kind, Digest), u64>>,
+    /// Objects and bytes per kind, kept as entries come and go (sled's own
+    /// `len` walks the whole tree).
+    totals: Mutex<HashMap<Kind, Totals>>,
+    /// Total bytes above which a new entry wakes the evictor.
+    high_water: AtomicU64,
+    over_high_water: tokio::sync::Notify,
+    /// Removals not yet flushed, so a test can tell a durable removal from
+    /// one still in sled's log.
+    #[cfg(test)]
+    pub(crate) unflushed_removals: AtomicU64,
+}
+
+/// One open sled database and its trees.
+struct Trees {
     db: sled::Db,
     blobs: sled::Tree,
     manifests: sled::Tree,
@@ -64,14 +96,31 @@ pub struct Index {
     /// repository may read: private content is served per repository,
     /// never by digest alone.
     links: sled::Tree,
-    /// Access times gathered between flushes, so a hit costs no write.
-    touched: Mutex<HashMap<(Kind, Digest), u64>>,
-    /// Objects and bytes per kind, kept as entries come and go (sled's own
-    /// `len` walks the whole tree).
-    totals: Mutex<HashMap<Kind, Totals>>,
-    /// Total bytes above which a new entry wakes the evictor.
-    high_water: AtomicU64,
-    over_high_water: tokio::sync::Notify,
+}
+
+impl Trees {
+    fn open(path: &Path) -> sled::Result<Trees> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(64 * 1024 * 1024)
+            .flush_every_ms(Some(1000))
+            .open()?;
+        Ok(Trees {
+            blobs: db.open_tree("blobs")?,
+            manifests: db.open_tree("manifests")?,
+            tags: db.open_tree("tags")?,
+            listings: db.open_tree("listings")?,
+            links: db.open_tree("links")?,
+            db,
+        })
+    }
+
+    fn tree(&self, kind: Kind) -> &sled::Tree {
+        match kind {
+            Kind::Blob => &self.blobs,
+            Kind::Manifest => &self.manifests,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -94,15 +143,8 @@ impl Index {
     /// Opens the index at `path`; one that cannot be opened is moved aside
     /// and a new one started (the caller then reconciles it with the store).
     pub fn open(path: &Path) -> Result<Index, IndexError> {
-        let open = |p: &Path| {
-            sled::Config::new()
-                .path(p)
-                .cache_capacity(64 * 1024 * 1024)
-                .flush_every_ms(Some(1000))
-                .open()
-        };
-        let db = match open(path) {
-            Ok(db) => db,
+        let trees = match Trees::open(path) {
+            Ok(t) => t,
             Err(e) if is_lock_error(&e) => {
                 return Err(IndexError::Locked(path.display().to_string()))
             }
@@ -110,21 +152,81 @@ impl Index {
                 let aside = path.with_extension(format!("corrupt-{}", now_millis()));
                 tracing::warn!(error = %e, aside = %aside.display(), "index unreadable; moving it aside and rebuilding");
                 super::fs::move_aside(path, &aside)?;
-                open(path)?
+                Trees::open(path)?
             }
         };
         Ok(Index {
-            blobs: db.open_tree("blobs")?,
-            manifests: db.open_tree("manifests")?,
-            tags: db.open_tree("tags")?,
-            listings: db.open_tree("listings")?,
-            links: db.open_tree("links")?,
-            db,
+            path: path.to_owned(),
+            trees: RwLock::new(Some(Arc::new(trees))),
+            failed: AtomicBool::new(false),
             touched: Mutex::new(HashMap::new()),
             totals: Mutex::new(HashMap::new()),
             high_water: AtomicU64::new(u64::MAX),
             over_high_water: tokio::sync::Notify::new(),
+            #[cfg(test)]
+            unflushed_removals: AtomicU64::new(0),
         })
+    }
+
+    /// The open trees, or `Reopening` during a reopen: calls on runtime
+    /// workers never wait for one (only a reopen ever takes the lock to
+    /// write).
+    fn trees(&self) -> Result<Arc<Trees>, IndexError> {
+        self.trees
+            .try_read()
+            .and_then(|t| t.clone())
+            .ok_or(IndexError::Reopening)
+    }
+
+    /// Marks the index failed, as a failed write does (tests of recovery).
+    #[cfg(test)]
+    pub(crate) fn fail_for_test(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
+
+    /// Passes sled's answer on, noting an I/O failure: from then on sled
+    /// refuses writes until [`Index::recover`] reopens it.
+    fn sled<T>(&self, r: sled::Result<T>) -> Result<T, IndexError> {
+        r.map_err(|e| {
+            let io_failure = matches!(e, sled::Error::Io(_)) && !is_lock_error(&e);
+            if io_failure && !self.failed.swap(true, Ordering::Relaxed) {
+                tracing::warn!(error = %e, "index write failed: not ready until the index is reopened");
+            }
+            IndexError::from(e)
+        })
+    }
+
+    /// Whether sled has failed a write and waits for [`Index::recover`].
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Reopens a failed index (blocking). What sled had not written when it
+    /// failed is lost; the caller reconciles with the store afterwards,
+    /// which is the source of truth. Returns whether it reopened; an error
+    /// means try again later (still no space, or calls in flight).
+    pub fn recover(&self) -> Result<bool, IndexError> {
+        if !self.failed() {
+            return Ok(false);
+        }
+        let mut slot = self.trees.write();
+        if let Some(current) = slot.take() {
+            match Arc::try_unwrap(current) {
+                // Dropping the last handle closes the database and its
+                // file lock, which the reopen needs.
+                Ok(trees) => drop(trees),
+                Err(shared) => {
+                    *slot = Some(shared);
+                    return Err(IndexError::Reopening);
+                }
+            }
+        }
+        let trees = Trees::open(&self.path)?;
+        trees.db.flush()?;
+        *slot = Some(Arc::new(trees));
+        self.failed.store(false, Ordering::Relaxed);
+        tracing::warn!(path = %self.path.display(), "index reopened after a failed write");
+        Ok(true)
     }
 
     /// Entries that push the total past `bytes` wake
@@ -145,17 +247,10 @@ impl Index {
         totals.values().map(|t| t.bytes).sum()
     }
 
-    fn tree(&self, kind: Kind) -> &sled::Tree {
-        match kind {
-            Kind::Blob => &self.blobs,
-            Kind::Manifest => &self.manifests,
-        }
-    }
-
     pub fn get(&self, kind: Kind, digest: &Digest) -> Result<Option<ContentEntry>, IndexError> {
+        let t = self.trees()?;
         Ok(self
-            .tree(kind)
-            .get(digest.hex())?
+            .sled(t.tree(kind).get(digest.hex()))?
             .and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
@@ -178,7 +273,8 @@ impl Index {
 
     fn put(&self, kind: Kind, digest: &Digest, entry: &ContentEntry) -> Result<(), IndexError> {
         let value = serde_json::to_vec(entry).unwrap_or_default();
-        let old = self.tree(kind).insert(digest.hex(), value)?;
+        let t = self.trees()?;
+        let old = self.sled(t.tree(kind).insert(digest.hex(), value))?;
         let old_size = old
             .and_then(|v| serde_json::from_slice::<ContentEntry>(&v).ok())
             .map(|e| e.size);
@@ -199,7 +295,10 @@ impl Index {
 
     /// Removes an entry; returns what it said, if there was one.
     pub fn remove(&self, kind: Kind, digest: &Digest) -> Result<Option<ContentEntry>, IndexError> {
-        let old = self.tree(kind).remove(digest.hex())?;
+        let t = self.trees()?;
+        let old = self.sled(t.tree(kind).remove(digest.hex()))?;
+        #[cfg(test)]
+        self.unflushed_removals.fetch_add(1, Ordering::Relaxed);
         let old = old.and_then(|v| serde_json::from_slice::<ContentEntry>(&v).ok());
         if let Some(e) = &old {
             let mut totals = self.totals.lock();
@@ -213,9 +312,10 @@ impl Index {
     /// Every entry of a kind. Keys that are not digests are skipped
     /// (reconcile drops them).
     pub fn entries(&self, kind: Kind) -> Result<Vec<(Digest, ContentEntry)>, IndexError> {
+        let t = self.trees()?;
         let mut out = Vec::new();
-        for item in self.tree(kind).iter() {
-            let (key, value) = item?;
+        for item in t.tree(kind).iter() {
+            let (key, value) = self.sled(item)?;
             let digest = std::str::from_utf8(&key)
                 .ok()
                 .and_then(|k| Digest::from_hex(k).ok());
@@ -229,7 +329,10 @@ impl Index {
 
     /// Makes everything written so far durable.
     pub fn flush(&self) -> Result<(), IndexError> {
-        self.db.flush()?;
+        let t = self.trees()?;
+        self.sled(t.db.flush())?;
+        #[cfg(test)]
+        self.unflushed_removals.store(0, Ordering::Relaxed);
         Ok(())
     }
 
@@ -253,8 +356,7 @@ impl Index {
                 self.put(kind, &digest, &entry)?;
             }
         }
-        self.db.flush()?;
-        Ok(())
+        self.flush()
     }
 
     fn tag_key(upstream: &str, repo: &str, tag: &str) -> Vec<u8> {
@@ -268,9 +370,9 @@ impl Index {
         repo: &str,
         tag: &str,
     ) -> Result<Option<TagEntry>, IndexError> {
+        let t = self.trees()?;
         Ok(self
-            .tags
-            .get(Self::tag_key(upstream, repo, tag))?
+            .sled(t.tags.get(Self::tag_key(upstream, repo, tag)))?
             .and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
@@ -282,19 +384,21 @@ impl Index {
         entry: &TagEntry,
     ) -> Result<(), IndexError> {
         let value = serde_json::to_vec(entry).unwrap_or_default();
-        self.tags
-            .insert(Self::tag_key(upstream, repo, tag), value)?;
+        let t = self.trees()?;
+        self.sled(t.tags.insert(Self::tag_key(upstream, repo, tag), value))?;
         Ok(())
     }
 
     /// Whether this index has taken in the store's tag files: false for a
     /// new or rebuilt index (and one from before tag files existed).
     pub fn tags_restored(&self) -> Result<bool, IndexError> {
-        Ok(self.db.contains_key(TAGS_RESTORED)?)
+        let t = self.trees()?;
+        self.sled(t.db.contains_key(TAGS_RESTORED))
     }
 
     pub fn mark_tags_restored(&self) -> Result<(), IndexError> {
-        self.db.insert(TAGS_RESTORED, &[])?;
+        let t = self.trees()?;
+        self.sled(t.db.insert(TAGS_RESTORED, &[]))?;
         Ok(())
     }
 
@@ -303,8 +407,8 @@ impl Index {
     }
 
     pub fn link(&self, upstream: &str, repo: &str, digest: &Digest) -> Result<(), IndexError> {
-        self.links
-            .insert(Self::link_key(upstream, repo, digest), &[])?;
+        let t = self.trees()?;
+        self.sled(t.links.insert(Self::link_key(upstream, repo, digest), &[]))?;
         Ok(())
     }
 
@@ -314,23 +418,23 @@ impl Index {
         repo: &str,
         digest: &Digest,
     ) -> Result<bool, IndexError> {
-        Ok(self
-            .links
-            .contains_key(Self::link_key(upstream, repo, digest))?)
+        let t = self.trees()?;
+        self.sled(t.links.contains_key(Self::link_key(upstream, repo, digest)))
     }
 
     pub fn remove_tag(&self, upstream: &str, repo: &str, tag: &str) -> Result<bool, IndexError> {
+        let t = self.trees()?;
         Ok(self
-            .tags
-            .remove(Self::tag_key(upstream, repo, tag))?
+            .sled(t.tags.remove(Self::tag_key(upstream, repo, tag)))?
             .is_some())
     }
 
     /// Every cached tag, ordered by upstream, repository and tag.
     pub fn all_tags(&self) -> Result<Vec<TagRecord>, IndexError> {
+        let t = self.trees()?;
         let mut out = Vec::new();
-        for item in self.tags.iter() {
-            let (key, value) = item?;
+        for item in t.tags.iter() {
+            let (key, value) = self.sled(item)?;
             let Ok(key) = std::str::from_utf8(&key) else {
                 continue;
             };
@@ -356,15 +460,16 @@ impl Index {
         &self,
         key: &str,
     ) -> Result<Option<T>, IndexError> {
+        let t = self.trees()?;
         Ok(self
-            .listings
-            .get(key.as_bytes())?
+            .sled(t.listings.get(key.as_bytes()))?
             .and_then(|v| serde_json::from_slice(&v).ok()))
     }
 
     pub fn set_listing<T: Serialize>(&self, key: &str, listing: &T) -> Result<(), IndexError> {
         let value = serde_json::to_vec(listing).unwrap_or_default();
-        self.listings.insert(key.as_bytes(), value)?;
+        let t = self.trees()?;
+        self.sled(t.listings.insert(key.as_bytes(), value))?;
         Ok(())
     }
 
@@ -373,24 +478,25 @@ impl Index {
     /// re-hashed: only verified content is ever renamed into the store, and
     /// re-hashing a large cache would make startup slow (`verify` does it).
     pub fn reconcile(&self, store: &dyn ContentStore) -> Result<ReconcileReport, IndexError> {
+        let t = self.trees()?;
         let mut report = ReconcileReport::default();
         for kind in [Kind::Blob, Kind::Manifest] {
             let on_disk: HashMap<Digest, u64> = store.objects(kind)?.into_iter().collect();
-            for item in self.tree(kind).iter() {
-                let (key, _) = item?;
+            for item in t.tree(kind).iter() {
+                let (key, _) = self.sled(item)?;
                 let digest = std::str::from_utf8(&key)
                     .ok()
                     .and_then(|k| Digest::from_hex(k).ok());
                 match digest {
                     Some(d) if on_disk.contains_key(&d) => {}
                     _ => {
-                        self.tree(kind).remove(key)?;
+                        self.sled(t.tree(kind).remove(key))?;
                         report.dropped += 1;
                     }
                 }
             }
             for (digest, size) in on_disk {
-                if self.tree(kind).contains_key(digest.hex())? {
+                if self.sled(t.tree(kind).contains_key(digest.hex()))? {
                     continue;
                 }
                 let media_type = match kind {
@@ -402,18 +508,18 @@ impl Index {
                 self.record(kind, &digest, size, media_type.as_deref())?;
                 report.added += 1;
             }
-            self.recount(kind);
+            self.recount(&t, kind);
         }
-        self.db.flush()?;
+        self.flush()?;
         Ok(report)
     }
 }
 
 impl Index {
     /// Sets the totals of a kind from a walk of its tree.
-    fn recount(&self, kind: Kind) {
+    fn recount(&self, trees: &Trees, kind: Kind) {
         let mut t = Totals::default();
-        for (_, v) in self.tree(kind).iter().flatten() {
+        for (_, v) in trees.tree(kind).iter().flatten() {
             if let Ok(e) = serde_json::from_slice::<ContentEntry>(&v) {
                 t.objects += 1;
                 t.bytes += e.size;

@@ -145,3 +145,29 @@ fn tags_round_trip() {
         .unwrap());
     assert!(index.all_tags().unwrap().is_empty());
 }
+
+#[test]
+fn a_failed_index_reopens_in_place_with_what_it_had_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::open(&dir.path().join("index")).unwrap();
+    let d = Digest::sha256_of(b"kept");
+    index.record(Kind::Blob, &d, 4, None).unwrap();
+    index.flush().unwrap();
+    // Not failed: nothing to do.
+    assert!(!index.recover().unwrap());
+    index.fail_for_test();
+    assert!(index.failed());
+    // A call in flight holds the database: the reopen waits for the next try.
+    let held = index.trees().unwrap();
+    assert!(matches!(index.recover(), Err(IndexError::Reopening)));
+    assert!(index.failed());
+    drop(held);
+    // Reopening needs sled's file lock back, so this proves the old
+    // database was closed first.
+    assert!(index.recover().unwrap());
+    assert!(!index.failed());
+    assert_eq!(index.get(Kind::Blob, &d).unwrap().map(|e| e.size), Some(4));
+    index
+        .record(Kind::Blob, &Digest::sha256_of(b"new"), 3, None)
+        .unwrap();
+}
