@@ -583,3 +583,70 @@ async fn a_truncated_cached_blob_is_fetched_again_not_served_short() {
     rc.wait_for_fills();
     assert_eq!(std::fs::read(&path).unwrap(), data, "refilled whole");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_is_not_a_manifest_is_refused_and_never_cached() {
+    let (fake, rc) = setup().await;
+    // `{}` as plain JSON under one tag, and under another tag whose
+    // Content-Type claims a manifest (so the HEAD alone looks right).
+    let junk = fake.add_manifest("test/app", Some("v1"), "application/json", b"{}".to_vec());
+    fake.add_manifest("test/claims", Some("v1"), OCI_MANIFEST, b"{}".to_vec());
+    let c = client();
+    let url = |repo: &str, reference: &str| format!("{}/v2/{repo}/manifests/{reference}", rc.url());
+    for (repo, reference) in [
+        ("test/app", "v1"),
+        ("test/app", junk.as_str()),
+        ("test/claims", "v1"),
+    ] {
+        let r = c.get(url(repo, reference)).send().await.unwrap();
+        assert_eq!(r.status(), 502, "{repo}:{reference}");
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["errors"][0]["code"], "MANIFEST_INVALID", "{v}");
+        let message = v["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains("not a manifest"), "{message}");
+    }
+    let nothing_cached = |when: &str| {
+        assert!(
+            !rc.cached_manifests().contains(&junk),
+            "{when}: the body was stored"
+        );
+        let (status, summary) = rc.admin_json("GET", "/admin/cache");
+        assert_eq!(status, 200);
+        assert_eq!(summary["tags"], 0, "{when}: {summary}");
+        assert_eq!(summary["manifests"]["objects"], 0, "{when}: {summary}");
+    };
+    nothing_cached("after the first answers");
+
+    // The upstream is fixed: the tags point at a real manifest now, and the
+    // very next requests get it — nothing was remembered in between.
+    let config = fake.add_blob(b"{}".to_vec());
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[]}}"#
+    );
+    let good = fake.add_manifest(
+        "test/app",
+        Some("v1"),
+        OCI_MANIFEST,
+        manifest.clone().into_bytes(),
+    );
+    fake.add_manifest(
+        "test/claims",
+        Some("v1"),
+        OCI_MANIFEST,
+        manifest.clone().into_bytes(),
+    );
+    for repo in ["test/app", "test/claims"] {
+        let r = c.get(url(repo, "v1")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{repo}");
+        assert_eq!(r.headers()["docker-content-digest"], good.as_str());
+        assert_eq!(r.text().await.unwrap(), manifest);
+    }
+    // The junk digest is asked of the upstream again, and still refused.
+    let r = c.get(url("test/app", &junk)).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(fake.count("GET", &format!("/manifests/{junk}")), 3);
+    assert_eq!(rc.cached_manifests(), [good.clone()].into_iter().collect());
+    let (_, summary) = rc.admin_json("GET", "/admin/cache");
+    assert_eq!(summary["manifests"]["objects"], 1, "{summary}");
+}

@@ -183,7 +183,7 @@ async fn the_dashboard_and_alerts_query_only_exported_metrics() {
         "test/app",
         Some("v1"),
         OCI_MANIFEST,
-        br#"{"schemaVersion":2,"layers":[]}"#.to_vec(),
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#.to_vec(),
     );
     let digest = fake.add_blob(random_bytes(1000, 51));
     let rc = Regcache::start(&[UpstreamEntry::new("fake", &fake.url())]);
@@ -321,7 +321,7 @@ async fn sighup_changes_the_tag_ttl_while_a_download_goes_on() {
         "test/app",
         Some("v1"),
         OCI_MANIFEST,
-        br#"{"schemaVersion":2,"n":1}"#.to_vec(),
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[],"n":1}"#.to_vec(),
     );
     let data = random_bytes(2 * 1024 * 1024, 61);
     let blob = fake.add_blob(data.clone());
@@ -347,7 +347,7 @@ async fn sighup_changes_the_tag_ttl_while_a_download_goes_on() {
         "test/app",
         Some("v1"),
         OCI_MANIFEST,
-        br#"{"schemaVersion":2,"n":2}"#.to_vec(),
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[],"n":2}"#.to_vec(),
     );
     assert_eq!(
         c.get(&tag).send().await.unwrap().headers()["docker-content-digest"],

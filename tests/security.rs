@@ -96,7 +96,7 @@ async fn a_burst_beyond_the_bucket_gets_429_with_retry_after() {
         "test/app",
         Some("v1"),
         OCI_MANIFEST,
-        br#"{"schemaVersion":2}"#.to_vec(),
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#.to_vec(),
     );
     let rc = Regcache::start_with(
         &[UpstreamEntry::new("fake", &fake.url())],
@@ -679,4 +679,177 @@ async fn the_admin_token_guards_admin_endpoints_the_cli_uses_it_and_reload_swaps
         401
     );
     assert!(rc.cli(&["ls"]).success());
+}
+
+/// Sends `raw` on a fresh connection and reads until the server closes it
+/// (every request here asks for that, or is one hyper closes after): the
+/// status code, the head's lines in lower case, and the body.
+fn raw_exchange(addr: std::net::SocketAddr, raw: &[u8]) -> (u16, Vec<String>, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may answer and close before it read everything.
+    let _ = s.write_all(raw);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    let end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head: {:?}", String::from_utf8_lossy(&out)));
+    let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+    let lines: Vec<String> = head.split("\r\n").map(str::to_owned).collect();
+    let status = lines[0]
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {:?}", lines[0]));
+    (status, lines, out[end + 4..].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_the_right_status_and_oci_json_wherever_regcache_answers() {
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    let rc = Regcache::start(&[UpstreamEntry::new("fake", &fake.url())]);
+    let addr = rc.addr;
+    let request = |target: &[u8], headers: &[u8]| {
+        let mut r = b"GET ".to_vec();
+        r.extend_from_slice(target);
+        r.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        r.extend_from_slice(headers);
+        r.extend_from_slice(b"\r\n");
+        r
+    };
+    let long = |n: usize| "a".repeat(n).into_bytes();
+    let path = |p: &[u8]| {
+        let mut v = b"/v2/".to_vec();
+        v.extend_from_slice(p);
+        v.extend_from_slice(b"/manifests/v1");
+        v
+    };
+    let many_headers: Vec<u8> = (0..150)
+        .flat_map(|i| format!("X-{i}: y\r\n").into_bytes())
+        .collect();
+    let mut big_header = b"X-Big: ".to_vec();
+    big_header.extend(long(70 * 1024));
+    big_header.extend_from_slice(b"\r\n");
+
+    // What hyper answers itself, before regcache sees a request: the
+    // status is right, the body empty, and the connection closed.
+    let by_hyper: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "headers over max_header_bytes",
+            request(b"/v2/", &big_header),
+            431,
+        ),
+        (
+            "more than 100 headers",
+            request(b"/v2/", &many_headers),
+            431,
+        ),
+        (
+            "a URI over max_header_bytes",
+            request(&path(&long(70 * 1024)), b""),
+            431,
+        ),
+        (
+            "two different Content-Lengths",
+            request(b"/v2/", b"Content-Length: 1\r\nContent-Length: 2\r\n"),
+            400,
+        ),
+        (
+            "a Content-Length that is no number",
+            request(b"/v2/", b"Content-Length: x\r\n"),
+            400,
+        ),
+        (
+            "a control byte in the path",
+            request(&path(b"a\x01b"), b""),
+            400,
+        ),
+        ("a NUL in the path", request(&path(b"a\x00b"), b""), 400),
+        ("DEL in the path", request(&path(b"a\x7fb"), b""), 400),
+        (
+            "a byte that is no UTF-8 in the path",
+            request(&path(b"a\xffb"), b""),
+            400,
+        ),
+        (
+            "a header name with a space",
+            request(b"/v2/", b"Bad Name: y\r\n"),
+            400,
+        ),
+        (
+            "a control byte in a header value",
+            request(b"/v2/", b"X-A: a\x01b\r\n"),
+            400,
+        ),
+    ];
+    for (what, raw, status) in by_hyper {
+        let (got, head, body) = tokio::task::spawn_blocking(move || raw_exchange(addr, &raw))
+            .await
+            .unwrap();
+        assert_eq!(got, status, "{what}: {head:?}");
+        assert!(
+            head.iter().any(|l| l == "content-length: 0"),
+            "{what}: {head:?}"
+        );
+        assert!(body.is_empty(), "{what}");
+    }
+
+    // Everything that reaches regcache gets the OCI error format.
+    let by_regcache: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("a URI over 4 KiB", request(&path(&long(5000)), b""), 414, "NAME_INVALID"),
+        (
+            "a query over 4 KiB",
+            request(&[&b"/v2/a/tags/list?"[..], &long(5000)].concat(), b""),
+            414,
+            "NAME_INVALID",
+        ),
+        ("UTF-8 in the path", request(&path("é".as_bytes()), b""), 400, "NAME_INVALID"),
+        ("percent-encoded garbage", request(&path(b"a%ff%00b"), b""), 400, "NAME_INVALID"),
+        ("a bad percent escape", request(&path(b"a%zzb"), b""), 400, "NAME_INVALID"),
+        ("dot segments", request(b"/v2/../../etc/manifests/v1", b""), 400, "NAME_INVALID"),
+        ("an empty component", request(b"/v2/a//b/manifests/v1", b""), 400, "NAME_INVALID"),
+        ("a bad digest", request(b"/v2/a/blobs/sha256:xyz", b""), 400, "DIGEST_INVALID"),
+        ("a bad tag", request(b"/v2/a/manifests/-x", b""), 400, "MANIFEST_INVALID"),
+        ("no /v2/", request(b"/etc/passwd", b""), 404, "NAME_UNKNOWN"),
+        (
+            "a push",
+            b"PUT /v2/a/manifests/v1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+                .to_vec(),
+            405,
+            "UNSUPPORTED",
+        ),
+    ];
+    for (what, raw, status, code) in by_regcache {
+        let (got, head, body) = tokio::task::spawn_blocking(move || raw_exchange(addr, &raw))
+            .await
+            .unwrap();
+        assert_eq!(got, status, "{what}: {head:?}");
+        assert!(
+            head.iter().any(|l| l == "content-type: application/json"),
+            "{what}: {head:?}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{what}: {e}: {:?}", String::from_utf8_lossy(&body)));
+        assert_eq!(v["errors"][0]["code"], code, "{what}: {v}");
+        assert!(
+            v["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}"
+        );
+    }
+    // The server is none the worse for it.
+    let r = client()
+        .get(format!("{}/v2/", rc.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }

@@ -268,11 +268,19 @@ impl Cache {
                         stale,
                     });
                 }
-                let (m, _) = self
+                let (m, _) = match self
                     .manifests
                     .by_digest(upstream, repo, &entry.digest)
                     .await
-                    .with(outcome)?;
+                {
+                    // The HEAD named a manifest type, the body is none:
+                    // the tag must not keep pointing at it.
+                    Err(e @ CacheError::NotAManifest { .. }) => {
+                        self.manifests.forget_tag(upstream, repo, tag).await;
+                        return Err(e).with(outcome);
+                    }
+                    found => found.with(outcome)?,
+                };
                 (m, outcome, stale)
             }
         };

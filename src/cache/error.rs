@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::freshness::MAX_MANIFEST_SIZE;
 use super::storage::index::IndexError;
-use crate::registry::Digest;
+use crate::registry::{Digest, ManifestError};
 use crate::upstream::UpstreamError;
 
 /// Cloneable, because one fill's failure is delivered to every client
@@ -29,6 +29,16 @@ pub enum CacheError {
     ManifestTooLarge,
     #[error("upstream manifest answer has no usable digest or media type")]
     BadManifestAnswer,
+    /// A 200 whose body is no manifest (`{}`, an HTML page): never stored.
+    #[error(
+        "upstream {upstream} answered {reference} with a body that is not a manifest: {error}"
+    )]
+    NotAManifest {
+        upstream: String,
+        reference: String,
+        #[source]
+        error: ManifestError,
+    },
     /// The content store failed; the `io::Error` keeps its kind, so a full
     /// disk is told from a permission problem or a bug.
     #[error("cache storage: {0}")]

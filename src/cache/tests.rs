@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::storage::{ContentStoreExt, TagStore};
 use super::*;
 use crate::config::{Config, UpstreamConfig};
+use crate::registry::{AcceptList, Reference, Tag};
 use crate::upstream::Upstreams;
 
 fn tag(name: &str, digest: &Digest, checked_at: u64) -> TagRecord {
@@ -169,6 +170,40 @@ async fn a_storage_failure_fails_the_fill_with_its_kind() {
     };
     assert_eq!(error.outcome, Some(Outcome::Miss));
     assert!(error.error.is_storage_full(), "{}", error.error);
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_a_manifest_is_refused_and_nothing_is_kept() {
+    const NOT_A_MANIFEST: &[u8] = b"{}";
+    let (upstream, requests) = serving(NOT_A_MANIFEST).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let cache = memory_cache(&store, dir.path());
+    let repo = RepoName::parse("team/app").unwrap();
+    let digest = Digest::sha256_of(NOT_A_MANIFEST);
+    let accept = AcceptList::default();
+    let by_tag = Reference::Tag(Tag::parse("v1").unwrap());
+    let by_digest = Reference::Digest(digest.clone());
+    for reference in [&by_digest, &by_tag, &by_digest] {
+        let error = match cache
+            .manifest(&upstream, &repo, reference, &accept, false)
+            .await
+        {
+            Err(e) => e.error,
+            Ok(_) => panic!("{{}} was served as the manifest {reference}"),
+        };
+        assert!(
+            matches!(error, CacheError::NotAManifest { .. }),
+            "{reference}: {error}"
+        );
+    }
+    assert!(!store.contains(Kind::Manifest, &digest).unwrap());
+    assert!(cache.index.get(Kind::Manifest, &digest).unwrap().is_none());
+    assert!(cache.index.tag("up", "team/app", "v1").unwrap().is_none());
+    assert!(store.tag_records().unwrap().is_empty());
+    // Digest twice, tag once (its HEAD has no digest, so a GET follows):
+    // nothing was remembered in between.
+    assert_eq!(requests.load(Ordering::SeqCst), 4);
 }
 
 #[test]

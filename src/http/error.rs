@@ -152,7 +152,7 @@ impl ApiError {
             | CacheError::BadManifestAnswer => {
                 ApiError::new(StatusCode::BAD_GATEWAY, Code::Unavailable, e.to_string())
             }
-            CacheError::ManifestTooLarge => ApiError::new(
+            CacheError::ManifestTooLarge | CacheError::NotAManifest { .. } => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 Code::ManifestInvalid,
                 e.to_string(),

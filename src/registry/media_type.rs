@@ -9,6 +9,15 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 /// it caches does not depend on which client happened to ask first.
 pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
 
+/// The canonical spelling of `media_type` if it is one of
+/// [`MANIFEST_MEDIA_TYPES`] (media types compare without regard to case).
+pub fn manifest_media_type(media_type: &str) -> Option<&'static str> {
+    MANIFEST_MEDIA_TYPES
+        .iter()
+        .copied()
+        .find(|t| t.eq_ignore_ascii_case(media_type))
+}
+
 /// [`MANIFEST_MEDIA_TYPES`] as one Accept header value.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 

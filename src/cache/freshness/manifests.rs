@@ -21,7 +21,10 @@ use crate::cache::storage::index::{now_millis, Index};
 use crate::cache::storage::{ContentStoreExt, Kind, Storage, TagEntry, TagRecord};
 use crate::cache::{CacheError, Outcome};
 use crate::metrics::Metrics;
-use crate::registry::{sniff_manifest_media_type, Digest, RepoName, Tag, MANIFEST_ACCEPT};
+use crate::registry::{
+    manifest_media_type, sniff_manifest_media_type, validate_manifest, Digest, RepoName, Tag,
+    MANIFEST_ACCEPT,
+};
 use crate::upstream::{self, Upstream};
 use tokio_util::task::TaskTracker;
 
@@ -111,6 +114,26 @@ impl ManifestCache {
     /// Drops a manifest from the in-memory hot set (after a purge).
     pub fn forget(&self, digest: &Digest) {
         self.hot.invalidate(digest);
+    }
+
+    /// Drops a tag whose manifest turned out not to be one, from the index
+    /// and its tag file, so that the next lookup asks the upstream again
+    /// instead of pointing at a body that will never be cached.
+    pub async fn forget_tag(&self, upstream: &Upstream, repo: &RepoName, tag: &Tag) {
+        let tags = self.storage.tags.clone();
+        let (name, r, t) = (upstream.name.clone(), repo.clone(), tag.clone());
+        let deleted =
+            tokio::task::spawn_blocking(move || tags.delete_tag(&name, r.as_str(), t.as_str()))
+                .await
+                .map_err(CacheError::from)
+                .and_then(|r| r.map_err(CacheError::from));
+        let removed = self
+            .index
+            .remove_tag(&upstream.name, repo.as_str(), tag.as_str())
+            .map_err(CacheError::from);
+        if let Err(e) = deleted.and(removed) {
+            tracing::warn!(upstream = %upstream.name, repo = %repo, tag = %tag, error = %e, "forgetting a tag that points at no manifest failed");
+        }
     }
 
     /// A cached manifest, from memory or disk, without asking upstream.
@@ -248,7 +271,12 @@ async fn revalidate_tag(
         .get("docker-content-digest")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<Digest>().ok());
-    let media_type = content_type(headers);
+    // Only a manifest type is taken from a HEAD: anything else (a JSON or
+    // HTML answer) is looked at whole below, so that no tag is recorded
+    // for a body that is not a manifest.
+    let media_type = content_type(headers)
+        .and_then(|t| manifest_media_type(&t))
+        .map(str::to_owned);
     // The header, not `content_length()`: a HEAD response's body is empty,
     // and the transport reports the body's length.
     let size: Option<u64> = headers
@@ -266,9 +294,10 @@ async fn revalidate_tag(
         // hash the bytes instead.
         _ => {
             let fetched = get_manifest(upstream, repo, tag.as_str()).await?;
+            let media_type = checked(upstream, repo, tag.as_str(), &fetched)?;
             TagEntry {
                 digest: Digest::sha256_of(&fetched.bytes),
-                media_type: fetched.media_type,
+                media_type,
                 size: fetched.bytes.len() as u64,
                 checked_at: now_millis(),
             }
@@ -329,27 +358,45 @@ async fn ask_manifest(
 
 struct Fetched {
     bytes: Bytes,
-    media_type: String,
+    content_type: Option<String>,
 }
 
 /// `GET manifests/<reference>` with the full Accept set: the bytes, at most
-/// [`MAX_MANIFEST_SIZE`], and their media type.
+/// [`MAX_MANIFEST_SIZE`], and their `Content-Type`, not yet checked.
 async fn get_manifest(
     upstream: &Upstream,
     repo: &RepoName,
     reference: &str,
 ) -> Result<Fetched, CacheError> {
     let response = ask_manifest(upstream, Method::GET, repo, reference).await?;
-    let media_type = content_type(response.headers());
+    let content_type = content_type(response.headers());
     let bytes = response
         .bytes(MAX_MANIFEST_SIZE)
         .await
         .map_err(CacheError::manifest_body)?;
     upstream.count_received(bytes.len());
-    let media_type = media_type
-        .or_else(|| sniff_manifest_media_type(&bytes))
-        .ok_or(CacheError::BadManifestAnswer)?;
-    Ok(Fetched { bytes, media_type })
+    Ok(Fetched {
+        bytes,
+        content_type,
+    })
+}
+
+/// The media type of a fetched manifest, once its body is known to be one;
+/// anything else is refused before it can be stored or tagged.
+fn checked(
+    upstream: &Upstream,
+    repo: &RepoName,
+    reference: &str,
+    fetched: &Fetched,
+) -> Result<String, CacheError> {
+    validate_manifest(fetched.content_type.as_deref(), &fetched.bytes).map_err(|error| {
+        tracing::warn!(upstream = %upstream.name, repo = %repo, reference, content_type = fetched.content_type.as_deref().unwrap_or("-"), %error, "upstream answered a body that is not a manifest; not cached");
+        CacheError::NotAManifest {
+            upstream: upstream.name.to_string(),
+            reference: reference.to_owned(),
+            error,
+        }
+    })
 }
 
 /// The stored manifest with this digest, if any, read off the async runtime.
@@ -385,8 +432,8 @@ async fn fetch_by_digest(
     index: &Index,
     metrics: &Metrics,
 ) -> Result<Arc<Manifest>, CacheError> {
-    let Fetched { bytes, media_type } = get_manifest(upstream, repo, &digest.to_string()).await?;
-    let actual = Digest::sha256_of(&bytes);
+    let fetched = get_manifest(upstream, repo, &digest.to_string()).await?;
+    let actual = Digest::sha256_of(&fetched.bytes);
     if actual != *digest {
         metrics.digest_mismatches.inc();
         return Err(CacheError::DigestMismatch {
@@ -394,6 +441,8 @@ async fn fetch_by_digest(
             actual,
         });
     }
+    let media_type = checked(upstream, repo, &digest.to_string(), &fetched)?;
+    let bytes = fetched.bytes;
     let to_store = bytes.clone();
     let store = store.content.clone();
     let d = digest.clone();
