@@ -386,3 +386,128 @@ async fn a_redirect_target_that_asks_for_nothing_gets_no_authorization_at_all() 
         .iter()
         .any(|r| r.header("authorization") == Some("Bearer origin-token")));
 }
+
+fn port_of(up: &FakeUpstream) -> String {
+    up.host().rsplit(':').next().unwrap().to_owned()
+}
+
+/// A 502 whose OCI message names `host`.
+async fn assert_refused(r: reqwest::Response, host: &str) {
+    assert_eq!(r.status(), 502);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let message = v["errors"][0]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains(&format!("refused to contact {host}")),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_realm_off_the_upstreams_host_gets_no_credentials_unless_in_auth_hosts() {
+    let origin = FakeUpstream::start(Behaviour::default()).await;
+    // Stands for any other host: it would hand out a token for the
+    // credentials it is sent.
+    let other = FakeUpstream::start(Behaviour::default()).await;
+    let data = random_bytes(100_000, 51);
+    let digest = origin.add_blob(data.clone());
+    other.set_on_request(|req| {
+        (req.path == "/token").then(|| {
+            response(
+                200,
+                &[("Content-Type", "application/json")],
+                r#"{"token":"other-token","expires_in":300}"#,
+            )
+        })
+    });
+    let realm = format!("http://{}/token", other.host());
+    origin.set_on_request(move |req| {
+        if req.header("authorization") == Some("Bearer other-token") {
+            return None;
+        }
+        let challenge = format!("Bearer realm=\"{realm}\",service=\"origin\"");
+        Some(response(
+            401,
+            &[("WWW-Authenticate", challenge.as_str())],
+            "",
+        ))
+    });
+    // The upstream is named `localhost`, so the realm's 127.0.0.1 is another
+    // host, as in the hostile upstream that found the defect.
+    let url = format!("http://localhost:{}", port_of(&origin));
+    let entry = || {
+        UpstreamEntry::new("origin", &url)
+            .set("username", "\"bot\"")
+            .set("password", "\"s3cret\"")
+    };
+    let blob = |rc: &Regcache| format!("{}/v2/org/app/blobs/{digest}", rc.url());
+
+    let rc = Regcache::start(&[entry()]);
+    let r = client().get(blob(&rc)).send().await.unwrap();
+    assert_refused(r, &other.host()).await;
+    assert!(origin.count("GET", "/blobs/") >= 1, "the challenge came");
+    assert_eq!(other.connections(), 0, "the realm was never dialled");
+    assert!(rc.log().contains("refused a host"), "{}", rc.log());
+
+    // Listed, the same realm is the upstream's token service.
+    let listed = Regcache::start(&[entry().set("auth_hosts", &format!("[{:?}]", other.host()))]);
+    let body = get(&blob(&listed)).await.unwrap().1;
+    assert_eq!(body, data);
+    let token_requests = other.requests_matching("GET", "/token");
+    assert_eq!(token_requests.len(), 1);
+    assert_eq!(
+        token_requests[0].header("authorization"),
+        Some("Basic Ym90OnMzY3JldA=="),
+        "a listed realm gets the credentials"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_with_credentials_or_to_an_unspecified_address_dial_nothing() {
+    let origin = FakeUpstream::start(Behaviour::default()).await;
+    let target = FakeUpstream::start(Behaviour::default()).await;
+    let data = random_bytes(200_000, 52);
+    let digest = target.add_blob(data.clone());
+    let port = port_of(&target);
+    // The first repository component picks where the blob GET is sent.
+    origin.set_on_request(move |req| {
+        let host = match req.path.split('/').nth(2)? {
+            // Followed as is, the target got `Authorization: Basic` for these.
+            "userinfo" => format!("bot:pw@127.0.0.1:{port}"),
+            // Linux connects 0.0.0.0 to the local host.
+            "unspecified" => format!("0.0.0.0:{port}"),
+            "loopback" => format!("127.0.0.1:{port}"),
+            _ => return None,
+        };
+        let location = format!("http://{host}{}", req.path);
+        Some(response(307, &[("Location", location.as_str())], ""))
+    });
+    let entry = || {
+        UpstreamEntry::new("origin", &origin.url())
+            .set("username", "\"bot\"")
+            .set("password", "\"s3cret\"")
+    };
+    let blob = |rc: &Regcache, repo: &str| format!("{}/v2/{repo}/app/blobs/{digest}", rc.url());
+
+    let rc = Regcache::start(&[entry()]);
+    let r = client().get(blob(&rc, "userinfo")).send().await.unwrap();
+    assert_refused(r, &format!("127.0.0.1:{}", port_of(&target))).await;
+    let r = client().get(blob(&rc, "unspecified")).send().await.unwrap();
+    assert_refused(r, &format!("0.0.0.0:{}", port_of(&target))).await;
+    assert_eq!(target.connections(), 0, "neither target was dialled");
+    assert_eq!(origin.count("GET", "/blobs/"), 2);
+
+    // The upstream is on loopback itself: a redirect to loopback is its own.
+    let body = get(&blob(&rc, "loopback")).await.unwrap().1;
+    assert_eq!(body, data);
+    assert!(target
+        .requests()
+        .iter()
+        .all(|r| !r.has_header("authorization")));
+
+    // Listed in redirect_hosts, the unspecified address is followed.
+    let listed = Regcache::start(&[entry().set("redirect_hosts", r#"["0.0.0.0"]"#)]);
+    target.reset_counts();
+    let body = get(&blob(&listed, "unspecified")).await.unwrap().1;
+    assert_eq!(body, data);
+    assert_eq!(target.count("GET", "/blobs/"), 1);
+}

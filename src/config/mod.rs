@@ -28,7 +28,7 @@ pub use clients::{AuthConfig, RateLimitConfig};
 pub use listener::{AuditConfig, LimitsConfig, LogFormat, TlsConfig};
 pub use presets::builtin_upstreams;
 pub use units::{ByteSize, FreeSpace, HumanDuration, SizeError};
-pub use upstream::{CredentialsError, UpstreamConfig};
+pub use upstream::{CredentialsError, HostPattern, HostPatternError, UpstreamConfig};
 
 /// Where the config is looked for when `--config` is not given.
 pub const SYSTEM_CONFIG_PATH: &str = "/etc/regcache/regcache.toml";
@@ -189,7 +189,14 @@ impl Config {
     }
 
     pub fn upstreams(&self) -> Vec<UpstreamConfig> {
-        self.upstreams.clone().unwrap_or_else(builtin_upstreams)
+        match &self.upstreams {
+            Some(configured) => configured
+                .iter()
+                .cloned()
+                .map(presets::with_preset_auth_hosts)
+                .collect(),
+            None => builtin_upstreams(),
+        }
     }
 
     /// The effective config as TOML, for `check-config`.

@@ -85,6 +85,106 @@ pub struct UpstreamConfig {
     /// never evicted: `"library/alpine"`, or a prefix ending in `*`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pin: Vec<String>,
+    /// Hosts besides the upstream's own that may serve its token realm (and
+    /// so receive its credentials): `host`, `host:port` or `*.domain`. Unset,
+    /// an upstream whose `url` is a preset's gets the preset's list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_hosts: Option<Vec<String>>,
+    /// Redirect targets allowed although they are on a loopback, link-local,
+    /// private or unspecified address (public ones always are).
+    #[serde(default)]
+    pub redirect_hosts: Vec<String>,
+}
+
+/// An `auth_hosts` or `redirect_hosts` entry: a host name or IP address,
+/// optionally with `:port` (else any port), or `*.domain` for every name
+/// under that domain (not the domain itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    /// As the `url` crate spells hosts: lowercase, IDNA, IPv6 without
+    /// brackets.
+    host: String,
+    /// `*.host`: any name below `host`.
+    subdomains: bool,
+    port: Option<u16>,
+}
+
+/// Why an `auth_hosts` or `redirect_hosts` entry is not a host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{entry:?} is not a host, host:port or *.domain: {why}")]
+pub struct HostPatternError {
+    entry: String,
+    why: &'static str,
+}
+
+impl std::str::FromStr for HostPattern {
+    type Err = HostPatternError;
+
+    fn from_str(entry: &str) -> Result<HostPattern, HostPatternError> {
+        let bad = |why| HostPatternError {
+            entry: entry.to_owned(),
+            why,
+        };
+        if entry.contains("://") || entry.contains(['/', '@', '?', '#']) {
+            return Err(bad("give the host alone, without scheme, path or user"));
+        }
+        let (subdomains, rest) = match entry.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, entry),
+        };
+        // "[v6]:port", "[v6]", "name:port", "name", or a bare IPv6 address.
+        let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+            let (v6, after) = inner.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or_else(|| bad("junk after ]"))?),
+            };
+            (format!("[{v6}]"), port)
+        } else if rest.matches(':').count() > 1 {
+            (format!("[{rest}]"), None)
+        } else {
+            match rest.split_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p)),
+                None => (rest.to_owned(), None),
+            }
+        };
+        let port = port
+            .map(|p| {
+                p.parse::<u16>()
+                    .map_err(|_| bad("the port is not a number"))
+            })
+            .transpose()?;
+        let parsed = url::Host::parse(&host).map_err(|_| bad("not a valid host"))?;
+        if subdomains && !matches!(parsed, url::Host::Domain(_)) {
+            return Err(bad("*. goes before a domain name, not an address"));
+        }
+        Ok(HostPattern {
+            host: parsed.to_string().trim_matches(['[', ']']).to_owned(),
+            subdomains,
+            port,
+        })
+    }
+}
+
+impl HostPattern {
+    /// Whether `host` (as `Url::host_str` gives it) on `port` matches; a
+    /// `None` port matches only an entry without one.
+    pub fn matches(&self, host: &str, port: Option<u16>) -> bool {
+        let host = host.trim_matches(['[', ']']);
+        let name_matches = if self.subdomains {
+            host.strip_suffix(self.host.as_str())
+                .is_some_and(|below| below.len() > 1 && below.ends_with('.'))
+        } else {
+            host == self.host
+        };
+        name_matches && (self.port.is_none() || self.port == port)
+    }
+
+    /// Whether the host name matches, whatever the port (for resolving a
+    /// name, which has no port).
+    pub fn matches_name(&self, host: &str) -> bool {
+        self.matches(host, self.port)
+    }
 }
 
 /// Secrets never appear in `check-config` output.
@@ -191,7 +291,20 @@ impl UpstreamConfig {
             breaker_threshold: default_breaker_threshold(),
             breaker_cooldown: default_breaker_cooldown(),
             pin: Vec::new(),
+            auth_hosts: None,
+            redirect_hosts: Vec::new(),
         }
+    }
+
+    /// The parsed `auth_hosts` and `redirect_hosts`.
+    pub fn host_patterns(&self) -> Result<(Vec<HostPattern>, Vec<HostPattern>), HostPatternError> {
+        let parse = |list: &[String]| -> Result<Vec<HostPattern>, HostPatternError> {
+            list.iter().map(|h| h.parse()).collect()
+        };
+        Ok((
+            parse(self.auth_hosts.as_deref().unwrap_or_default())?,
+            parse(&self.redirect_hosts)?,
+        ))
     }
 }
 

@@ -2,7 +2,7 @@
 //! reload) naming its key. What another module compiles (globs, credential
 //! files, certificates) is checked where it is built, in `daemon`.
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, HostPattern};
 use crate::registry::RepoName;
 
 impl Config {
@@ -27,6 +27,14 @@ impl Config {
             }
             if let Err(e) = u.credentials() {
                 return invalid(format!("upstreams[{i}] ({})", u.name), e.to_string());
+            }
+            for (key, list) in [
+                ("auth_hosts", u.auth_hosts.as_deref().unwrap_or_default()),
+                ("redirect_hosts", &u.redirect_hosts[..]),
+            ] {
+                if let Some(e) = list.iter().find_map(|h| h.parse::<HostPattern>().err()) {
+                    return invalid(format!("upstreams[{i}] ({}).{key}", u.name), e.to_string());
+                }
             }
             if let Some(ca) = &u.ca_file {
                 if let Err(e) = std::fs::read(ca) {
@@ -128,5 +136,38 @@ mod tests {
         c.limits.max_connections_per_client = 0;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("max_connections_per_client"), "{e}");
+    }
+
+    #[test]
+    fn auth_and_redirect_hosts_must_be_hosts() {
+        let with = |auth: &[&str], redirect: &[&str]| {
+            let mut u = super::super::UpstreamConfig::new("up", "https://registry.example");
+            u.auth_hosts = Some(auth.iter().map(|s| s.to_string()).collect());
+            u.redirect_hosts = redirect.iter().map(|s| s.to_string()).collect();
+            Config {
+                default_upstream: "up".into(),
+                upstreams: Some(vec![u]),
+                ..Config::default()
+            }
+            .validate()
+        };
+        assert!(with(
+            &["auth.example", "*.example.net", "10.0.0.5:8443"],
+            &["[::1]:9000"]
+        )
+        .is_ok());
+        for bad in [
+            "https://auth.example",
+            "auth.example/token",
+            "u:p@auth.example",
+            "",
+            "*.10.0.0.1",
+            "a:b",
+        ] {
+            let e = with(&[bad], &[]).unwrap_err().to_string();
+            assert!(e.contains("auth_hosts"), "{bad}: {e}");
+        }
+        let e = with(&[], &["minio.example:port"]).unwrap_err().to_string();
+        assert!(e.contains("(up).redirect_hosts"), "{e}");
     }
 }

@@ -244,6 +244,22 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_host_is_a_502_naming_it() {
+        let e = CacheError::Upstream(UpstreamError::Refused {
+            upstream: "up".into(),
+            host: "127.0.0.1".into(),
+            reason: "a redirect to a loopback address".into(),
+        });
+        let api = ApiError::from_cache(&e, Code::BlobUnknown);
+        assert_eq!(api.status, StatusCode::BAD_GATEWAY);
+        assert!(
+            api.message.contains("refused to contact 127.0.0.1"),
+            "{}",
+            api.message
+        );
+    }
+
+    #[test]
     fn upstream_429_keeps_retry_after() {
         let e = CacheError::Upstream(UpstreamError::Status {
             upstream: "docker.io".into(),

@@ -11,6 +11,7 @@ use parking_lot::RwLock;
 use super::auth::{bearer_header, Credentials, CredentialsError};
 use super::challenge::parse_challenges;
 use super::health::{Admission, BreakerState, CircuitBreaker, ProbeGuard};
+use super::hosts::{refusal_in, HostPolicy, Refusal, ScreeningResolver};
 use super::response::{describe, Response};
 use super::{BuildError, Failure, Shared, UpstreamError};
 use crate::config::UpstreamConfig;
@@ -54,6 +55,8 @@ pub enum SettingsError {
     /// An allow or deny pattern does not compile.
     #[error("{0}")]
     Rules(String),
+    #[error(transparent)]
+    Hosts(#[from] crate::config::HostPatternError),
 }
 
 impl UpstreamSettings {
@@ -84,6 +87,8 @@ pub struct Upstream {
     /// What the client was built from; changing it needs a restart.
     tls: (Option<std::path::PathBuf>, bool),
     settings: RwLock<UpstreamSettings>,
+    /// Where its realms and redirects may lead.
+    hosts: Arc<HostPolicy>,
     /// The upstream answered a Basic challenge: send credentials up front.
     basic_auth: std::sync::atomic::AtomicBool,
     breaker: CircuitBreaker,
@@ -121,8 +126,17 @@ impl Upstream {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
+        let (auth_hosts, redirect_hosts) =
+            config.host_patterns().map_err(|e| BuildError::Settings {
+                name: name(),
+                source: e.into(),
+            })?;
+        let hosts = Arc::new(HostPolicy::new(&base, auth_hosts, redirect_hosts));
         let mut builder = reqwest::Client::builder()
             .connect_timeout(shared.connect_timeout)
+            // Every name this client dials is screened: a redirect target
+            // whose name resolves to an internal address is refused there.
+            .dns_resolver(Arc::new(ScreeningResolver(hosts.clone())))
             .pool_idle_timeout(Duration::from_secs(90))
             // Redirects are followed by `request`, which decides per hop
             // what credentials may go along.
@@ -175,6 +189,7 @@ impl Upstream {
             http,
             tls: (config.ca_file.clone(), config.insecure_skip_verify),
             settings: RwLock::new(settings),
+            hosts,
             basic_auth: std::sync::atomic::AtomicBool::new(false),
             breaker: CircuitBreaker::new(config.breaker_threshold, config.breaker_cooldown.get()),
             fill_slots: Arc::new(tokio::sync::Semaphore::new(
@@ -196,6 +211,8 @@ impl Upstream {
 
     pub(super) fn update(&self, config: &UpstreamConfig) -> Result<(), SettingsError> {
         let settings = UpstreamSettings::from_config(config)?;
+        let (auth_hosts, redirect_hosts) = config.host_patterns()?;
+        self.hosts.set_lists(auth_hosts, redirect_hosts);
         let credentials_changed = self.settings.read().credentials != settings.credentials;
         *self.settings.write() = settings;
         if credentials_changed {
@@ -320,6 +337,10 @@ impl Upstream {
             let Some(next) = next else {
                 return Ok(self.answer(response));
             };
+            // Checked before anything is sent there.
+            self.hosts
+                .check_redirect(&next)
+                .map_err(|r| self.refused(r))?;
             if response.status() == StatusCode::SEE_OTHER {
                 method = Method::GET;
             }
@@ -336,6 +357,21 @@ impl Upstream {
         UpstreamError::Timeout {
             upstream: self.name.to_string(),
             after: self.shared.header_timeout,
+        }
+    }
+
+    /// A host the policy refuses: logged, and the request fails naming it.
+    fn refused(&self, refusal: Refusal) -> UpstreamError {
+        tracing::warn!(
+            upstream = %self.name,
+            host = %refusal.host,
+            reason = %refusal.reason,
+            "refused a host the upstream pointed at"
+        );
+        UpstreamError::Refused {
+            upstream: self.name.to_string(),
+            host: refusal.host,
+            reason: refusal.reason,
         }
     }
 
@@ -382,6 +418,16 @@ impl Upstream {
             .flat_map(parse_challenges)
             .collect();
         if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
+            // Before anything (credentials above all) goes to the realm. One
+            // that is not a URL fails in the token fetch, dialling nothing.
+            let realm = bearer
+                .param("realm")
+                .and_then(|r| reqwest::Url::parse(r).ok());
+            if let Some(realm) = realm {
+                self.hosts
+                    .check_realm(&realm, response.url())
+                    .map_err(|r| self.refused(r))?;
+            }
             let home_name = home.then_some(&self.name);
             let answer =
                 self.shared
@@ -443,12 +489,16 @@ impl Upstream {
         let started = tokio::time::Instant::now();
         let sent = match tokio::time::timeout(self.shared.header_timeout, request.send()).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(self.unreachable(describe(&e))),
+            Ok(Err(e)) => Err(match refusal_in(&e) {
+                Some(r) => self.refused(r),
+                None => self.unreachable(describe(&e)),
+            }),
             Err(_) => Err(self.timeout()),
         };
         let status_label = match &sent {
             Ok(r) => r.status().as_u16().to_string(),
             Err(UpstreamError::Timeout { .. }) => "timeout".to_owned(),
+            Err(UpstreamError::Refused { .. }) => "refused".to_owned(),
             Err(_) => "error".to_owned(),
         };
         let metrics = &self.shared.metrics;

@@ -36,6 +36,15 @@ pub enum UpstreamError {
     /// A body read whole was larger than its caller allows.
     #[error("upstream body is larger than {limit} bytes")]
     TooLarge { limit: usize },
+    /// The upstream sent the mirror to a host it may not contact: a token
+    /// realm outside `auth_hosts`, a redirect to an internal address or
+    /// with credentials in it. Nothing was sent there.
+    #[error("upstream {upstream}: refused to contact {host}: {reason}")]
+    Refused {
+        upstream: String,
+        host: String,
+        reason: String,
+    },
 }
 
 /// Why an upstream gave no usable answer, as opposed to an answer about the
@@ -56,6 +65,8 @@ pub enum Failure {
     Body,
     /// The token dance failed.
     Token,
+    /// The upstream pointed at a host the policy refuses.
+    Refused,
 }
 
 impl Failure {
@@ -73,7 +84,9 @@ impl Failure {
     /// Whether the circuit breaker counts it against the upstream's health:
     /// a request that went out and got no answer, a 5xx or a 429 all mean
     /// "stop sending it traffic for a while". Broken bodies and token
-    /// failures happen outside the request the breaker admitted.
+    /// failures happen outside the request the breaker admitted; a refused
+    /// host is the upstream answering in a way the mirror will not follow,
+    /// not the upstream being down.
     pub fn counts_against_health(self) -> bool {
         matches!(
             self,
@@ -97,6 +110,7 @@ impl UpstreamError {
             UpstreamError::Body(_) | UpstreamError::Stalled(_) | UpstreamError::TooLarge { .. } => {
                 Some(Failure::Body)
             }
+            UpstreamError::Refused { .. } => Some(Failure::Refused),
         }
     }
 
@@ -162,6 +176,11 @@ mod tests {
             UpstreamError::Body("reset".into()),
             UpstreamError::Stalled(Duration::from_secs(1)),
             UpstreamError::TooLarge { limit: 1 },
+            UpstreamError::Refused {
+                upstream: "up".into(),
+                host: "127.0.0.1".into(),
+                reason: "a loopback address".into(),
+            },
         ];
         for e in not_counted {
             assert!(e.is_failure(), "{e}");

@@ -214,7 +214,12 @@ mod tests {
     #[test]
     fn only_failures_that_count_against_health_trip_it() {
         let b = CircuitBreaker::new(1, Duration::from_secs(5));
-        for answer in [None, Some(Failure::Body), Some(Failure::Token)] {
+        for answer in [
+            None,
+            Some(Failure::Body),
+            Some(Failure::Token),
+            Some(Failure::Refused),
+        ] {
             let a = b.admit();
             assert_eq!(b.record(&a, answer), BreakerState::Closed, "{answer:?}");
         }

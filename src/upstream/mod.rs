@@ -1,12 +1,14 @@
 //! The upstream side: which registries exist, and the client that speaks
 //! to each with its credentials, the token dance, timeouts, a circuit
-//! breaker and redirects that never carry credentials to another host.
+//! breaker and redirects that never carry credentials to another host;
+//! `hosts` decides which realms and redirect targets may be contacted.
 
 mod auth;
 mod challenge;
 mod client;
 mod error;
 mod health;
+mod hosts;
 mod response;
 
 use std::collections::HashMap;
