@@ -240,7 +240,11 @@ async fn a_real_token_auth_registry_costs_one_token_per_scope_per_lifetime() {
     let (upstream, fixtures) =
         tokio::task::block_in_place(|| tokens.start_registry_with_fixtures(1024 * 1024));
     tokens.clear_requests();
-    let rc = Regcache::start(&[UpstreamEntry::new("tokened", &upstream.url())]);
+    // The token server has a port of its own: the upstream lists it.
+    let rc = Regcache::start(&[UpstreamEntry::new("tokened", &upstream.url()).set(
+        "auth_hosts",
+        &format!("[{:?}]", realm_host(&tokens.realm())),
+    )]);
     for f in fixtures.all() {
         let reference = format!("{}/{}:{}", rc.host(), f.repo, f.tag);
         let expected = f.digest.clone();
@@ -431,9 +435,9 @@ async fn a_token_realm_off_the_upstreams_host_gets_no_credentials_unless_in_auth
             "",
         ))
     });
-    // The upstream is named `localhost`, so the realm's 127.0.0.1 is another
-    // host, as in the hostile upstream that found the defect.
-    let url = format!("http://localhost:{}", port_of(&origin));
+    // As in the hostile upstream that found the defect: the upstream and the
+    // realm are both on 127.0.0.1, on different ports.
+    let url = origin.url();
     let entry = || {
         UpstreamEntry::new("origin", &url)
             .set("username", "\"bot\"")
@@ -510,4 +514,14 @@ async fn redirects_with_credentials_or_to_an_unspecified_address_dial_nothing() 
     let body = get(&blob(&listed, "unspecified")).await.unwrap().1;
     assert_eq!(body, data);
     assert_eq!(target.count("GET", "/blobs/"), 1);
+}
+
+/// `host:port` of a realm URL.
+fn realm_host(realm: &str) -> String {
+    let url = reqwest::Url::parse(realm).expect("realm URL");
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or(0)
+    )
 }

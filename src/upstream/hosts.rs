@@ -2,9 +2,10 @@
 //! host of a token realm (which gets the upstream's credentials) and
 //! redirect targets (which could point the mirror at its own network).
 //!
-//! A realm must be on the host that challenged (any port or scheme: a
-//! registry and its token service often share a name but not a port) or in
-//! `auth_hosts`. A redirect may go to any public address; to a loopback,
+//! A realm must be on the host and port that challenged or in
+//! `auth_hosts`: another port of the same host is another service (a
+//! listener any local user may have started), so a registry whose token
+//! service has a port of its own lists it (`auth_hosts = ["host:5001"]`). A redirect may go to any public address; to a loopback,
 //! link-local, private or unspecified one only when the upstream itself is
 //! on that kind of address, or the target is in `redirect_hosts`. Names are
 //! checked where they are resolved, so a public-looking name that resolves
@@ -202,10 +203,10 @@ impl HostPolicy {
         if has_userinfo(realm) {
             return refuse("the token realm carries credentials in its URL");
         }
-        if challenger.host_str() == Some(host) {
+        let port = realm.port_or_known_default();
+        if challenger.host_str() == Some(host) && challenger.port_or_known_default() == port {
             return Ok(());
         }
-        let port = realm.port_or_known_default();
         if self
             .lists
             .read()
@@ -374,7 +375,7 @@ mod tests {
         let home = url("https://registry.example/v2/app/manifests/1");
         for ok in [
             "https://registry.example/token",
-            "http://registry.example:5001/token",
+            "https://registry.example:443/token",
             "https://auth.example/token",
             "https://eu.tokens.example/token",
         ] {
@@ -382,6 +383,7 @@ mod tests {
         }
         for bad in [
             "http://127.0.0.1:20999/token",
+            "http://registry.example:5001/token",
             "https://tokens.example/token",
             "https://auth.example.evil.example/token",
             "https://bot:pw@registry.example/token",
