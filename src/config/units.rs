@@ -103,18 +103,28 @@ impl Serialize for ByteSize {
     }
 }
 
+/// A size written as text ("50GiB"), or as a bare number of bytes.
+fn text_or_bytes<'de, D, T>(d: D, bytes: impl FnOnce(u64) -> T) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Bytes(u64),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bytes(b) => Ok(bytes(b)),
+        Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+    }
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Bytes(u64),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Bytes(b) => Ok(ByteSize(b)),
-            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
-        }
+        text_or_bytes(d, ByteSize)
     }
 }
 
@@ -163,16 +173,7 @@ impl Serialize for FreeSpace {
 
 impl<'de> Deserialize<'de> for FreeSpace {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Bytes(u64),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Bytes(b) => Ok(FreeSpace::Bytes(ByteSize(b))),
-            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
-        }
+        text_or_bytes(d, |b| FreeSpace::Bytes(ByteSize(b)))
     }
 }
 
