@@ -173,6 +173,48 @@ async fn a_storage_failure_fails_the_fill_with_its_kind() {
 }
 
 #[tokio::test]
+async fn a_blob_announced_larger_than_the_room_above_the_floor_is_refused_unstaged() {
+    const LAYER: &[u8] = b"six hundred bytes, say";
+    let (upstream, requests) = serving(LAYER).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let floor = 10_000u64;
+    store.set_space(Some(storage::Space {
+        available: floor + LAYER.len() as u64 - 1,
+        total: 1 << 30,
+    }));
+    let cache = memory_cache(&store, dir.path());
+    cache.configure_eviction(
+        Policy {
+            min_free: Some(Floor::Bytes(floor)),
+            ..Policy::default()
+        },
+        Pins::default(),
+    );
+    let repo = RepoName::parse("team/app").unwrap();
+    let digest = Digest::sha256_of(LAYER);
+    let error = match cache.blob(&upstream, &repo, &digest, false).await {
+        Err(e) => e.error,
+        Ok(_) => panic!("a blob with no room above the floor must be refused"),
+    };
+    assert!(matches!(error, CacheError::NoRoom { .. }), "{error}");
+    // Its length was asked (one request), nothing was staged or kept.
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    assert!(!store.contains(Kind::Blob, &digest).unwrap());
+    // With room, the same blob fills.
+    store.set_space(Some(storage::Space {
+        available: 1 << 20,
+        total: 1 << 30,
+    }));
+    let answer = cache.blob(&upstream, &repo, &digest, false).await.unwrap();
+    assert_eq!(answer.outcome, Outcome::Miss);
+    let bytes = collect(answer.body.unwrap(), LAYER.len() as u64)
+        .await
+        .unwrap();
+    assert_eq!(bytes, LAYER);
+}
+
+#[tokio::test]
 async fn a_body_that_is_not_a_manifest_is_refused_and_nothing_is_kept() {
     const NOT_A_MANIFEST: &[u8] = b"{}";
     let (upstream, requests) = serving(NOT_A_MANIFEST).await;
