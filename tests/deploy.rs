@@ -149,9 +149,9 @@ fn the_kubernetes_configs_pass_check_config_with_the_pods_environment() {
         // here, under a tempdir.
         let secrets = dir.path().join("secrets");
         std::fs::create_dir(&secrets).unwrap();
-        for mount in ["/etc/regcache-admin/"] {
-            toml = toml.replace(&format!("\"{mount}"), &format!("\"{}/", secrets.display()));
-        }
+        // The DaemonSet's Secret volume (daemonset/daemonset.yaml).
+        let mount = "/etc/regcache-admin/";
+        toml = toml.replace(&format!("\"{mount}"), &format!("\"{}/", secrets.display()));
         for file in toml
             .split('"')
             .filter(|s| s.starts_with(&secrets.display().to_string()))

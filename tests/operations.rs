@@ -256,7 +256,10 @@ fn the_systemd_unit_verifies() {
         .filter_map(|rest| rest.split('"').next())
         .filter(|path| path.starts_with('/'))
         .collect();
-    assert!(!audit_logs.is_empty(), "the README configures an audit log file");
+    assert!(
+        !audit_logs.is_empty(),
+        "the README configures an audit log file"
+    );
     for path in audit_logs {
         assert!(
             logs_dirs
