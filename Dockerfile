@@ -14,9 +14,10 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home-dir /var/cache/regcache --shell /usr/sbin/nologin regcache \
+    && groupadd --system --gid 10001 regcache \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/cache/regcache --shell /usr/sbin/nologin regcache \
     && mkdir -p /var/cache/regcache /etc/regcache \
-    && chown regcache:regcache /var/cache/regcache
+    && chown 10001:10001 /var/cache/regcache
 COPY --from=build /src/target/release/regcache /usr/local/bin/regcache
 COPY config/regcache.toml /usr/share/regcache/regcache.toml.example
 
@@ -26,7 +27,9 @@ ENV REGCACHE_LISTEN=0.0.0.0:5000 \
     REGCACHE_ADMIN_LISTEN=0.0.0.0:9090 \
     REGCACHE_CACHE_DIR=/var/cache/regcache \
     REGCACHE_LOG_FORMAT=json
-USER regcache
+# Numeric, so that a kubelet enforcing runAsNonRoot can tell it is not root
+# (it refuses a named user); deploy/kubernetes/ uses the same IDs.
+USER 10001:10001
 VOLUME /var/cache/regcache
 EXPOSE 5000 9090
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \

@@ -241,6 +241,33 @@ fn the_systemd_unit_verifies() {
     ] {
         assert!(unit.contains(needed), "the unit sets {needed}");
     }
+    // Under ProtectSystem=strict only the unit's own directories are
+    // writable: the audit log of the README's hardened example must be in
+    // the one LogsDirectory= hands the service.
+    let logs_dirs: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("LogsDirectory="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).unwrap();
+    let audit_logs: Vec<&str> = readme
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("log = \""))
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|path| path.starts_with('/'))
+        .collect();
+    assert!(
+        !audit_logs.is_empty(),
+        "the README configures an audit log file"
+    );
+    for path in audit_logs {
+        assert!(
+            logs_dirs
+                .iter()
+                .any(|d| path.starts_with(&format!("/var/log/{d}/"))),
+            "{path} is not under a LogsDirectory= of the unit ({logs_dirs:?})"
+        );
+    }
     // systemd-analyze wants the binary to exist: point it at the test build.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("regcache.service");
