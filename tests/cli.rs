@@ -93,6 +93,34 @@ fn environment_overrides_the_defaults() {
     assert!(printed.contains("cache_dir = \"/srv/cache\""), "{printed}");
 }
 
+/// A Kubernetes Service named `regcache` puts these into every pod of its
+/// namespace; they stopped regcache at startup ("unknown field: port").
+#[test]
+fn kubernetes_service_links_are_not_taken_for_config_keys() {
+    let out = regcache()
+        .arg("check-config")
+        .env("REGCACHE_PORT", "tcp://10.0.0.7:5000")
+        .env("REGCACHE_PORT_5000_TCP", "tcp://10.0.0.7:5000")
+        .env("REGCACHE_PORT_5000_TCP_ADDR", "10.0.0.7")
+        .env("REGCACHE_PORT_5000_TCP_PORT", "5000")
+        .env("REGCACHE_PORT_5000_TCP_PROTO", "tcp")
+        .env("REGCACHE_SERVICE_HOST", "10.0.0.7")
+        .env("REGCACHE_SERVICE_PORT", "5000")
+        .env("REGCACHE_SERVICE_PORT_REGISTRY", "5000")
+        .env("REGCACHE_METRICS_SERVICE_HOST", "10.0.0.8")
+        .env("REGCACHE_METRICS_PORT_9091_TCP_PORT", "9091")
+        .env("REGCACHE_LISTEN", "127.0.0.1:6002")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("listen = \"127.0.0.1:6002\""), "{printed}");
+}
+
 #[test]
 fn tells_systemd_it_is_ready_then_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();

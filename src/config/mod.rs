@@ -30,6 +30,23 @@ pub use presets::builtin_upstreams;
 pub use units::{ByteSize, FreeSpace, HumanDuration, SizeError};
 pub use upstream::{CredentialsError, HostPattern, HostPatternError, UpstreamConfig};
 
+/// Kubernetes gives every pod `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT`,
+/// `<SERVICE>_PORT_5000_TCP_ADDR`… for each Service in its namespace: a
+/// Service named `regcache` (or `regcache-metrics`) makes them look like
+/// config keys. No config key has those shapes, so they are passed over.
+fn is_service_link(key: &str) -> bool {
+    let words: Vec<&str> = key.split('_').collect();
+    words
+        .iter()
+        .enumerate()
+        .any(|(i, w)| match (*w, words.get(i + 1)) {
+            ("service", Some(&("host" | "port"))) => true,
+            ("port", None) => true,
+            ("port", Some(n)) => n.chars().all(|c| c.is_ascii_digit()),
+            _ => false,
+        })
+}
+
 /// Where the config is looked for when `--config` is not given.
 pub const SYSTEM_CONFIG_PATH: &str = "/etc/regcache/regcache.toml";
 
@@ -144,7 +161,10 @@ impl Config {
         // figment cannot merge; those are applied after extraction.
         figment = figment.merge(
             Env::prefixed("REGCACHE_")
-                .filter(|k| !k.as_str().to_ascii_lowercase().starts_with("upstreams__"))
+                .filter(|k| {
+                    let k = k.as_str().to_ascii_lowercase();
+                    !k.starts_with("upstreams__") && !is_service_link(&k)
+                })
                 .split("__"),
         );
         let mut config: Config = figment.extract().map_err(Box::new)?;
