@@ -490,9 +490,13 @@ async fn one_client_address_cannot_take_every_connection() {
     );
     let addr = rc.addr;
     let url = rc.url();
-    // A request first, so the daemon is known to be serving.
-    let r = client().get(format!("{url}/v2/")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    // A request first, so the daemon is known to be serving; on its own
+    // connection, closed (a pooled client's would count as a sixth).
+    let r = tokio::task::spawn_blocking(move || common::registry::http_get(addr, "/v2/"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, 200);
     let (held, sixth) = tokio::task::spawn_blocking(move || {
         let held: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(addr).unwrap()).collect();
         // A sixth, asking; until the server has accepted and counted all
