@@ -10,6 +10,9 @@ use prometheus::{
 
 pub struct Metrics {
     registry: Registry,
+    /// The standard `process_*` series (memory, CPU, open fds, start
+    /// time), unprefixed as dashboards expect, so in a registry of their own.
+    process: Registry,
     /// Requests by route, method and status code.
     pub requests: IntCounterVec,
     /// Time to response headers, by route.
@@ -216,6 +219,7 @@ impl Metrics {
                 "Token requests sent to upstream token servers.",
             ),
             registry,
+            process: process_registry(),
         };
         metrics.init_labels();
         metrics.storage_ready.set(1);
@@ -225,11 +229,26 @@ impl Metrics {
     /// Every eviction reason and connection refusal appears from the start
     /// (at 0), so rates and alerts work before the first one.
     fn init_labels(&self) {
-        for reason in ["size", "age", "purge", "corrupt"] {
+        for reason in ["size", "age", "purge", "free_space", "corrupt"] {
             self.evictions.with_label_values(&[reason]);
             self.evicted_bytes.with_label_values(&[reason]);
         }
         self.connections_refused.with_label_values(&["per_client"]);
+        // The first failure of a kind must count as an increase for the
+        // failed-fill and disk alerts.
+        for result in [
+            "complete",
+            "no_room",
+            "storage_error",
+            "upstream_error",
+            "upstream_status",
+            "stalled",
+            "digest_mismatch",
+            "size_mismatch",
+            "too_large",
+        ] {
+            self.fills.with_label_values(&[result]);
+        }
     }
 
     /// Counts one cache lookup outcome.
@@ -248,11 +267,24 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         let encoder = TextEncoder::new();
-        if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        if let Err(e) = encoder.encode(&families, &mut out) {
             tracing::warn!(error = %e, "encoding metrics failed");
         }
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+fn process_registry() -> Registry {
+    let registry = Registry::new();
+    #[cfg(target_os = "linux")]
+    if let Err(e) = registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    )) {
+        tracing::warn!(error = %e, "process metrics unavailable");
+    }
+    registry
 }
 
 impl Default for Metrics {
@@ -291,5 +323,29 @@ mod tests {
             text.contains("# TYPE regcache_fills_in_progress gauge"),
             "{text}"
         );
+        // Before the first one, so its increase is seen.
+        assert!(
+            text.contains("regcache_evictions_total{reason=\"free_space\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("regcache_fills_total{result=\"no_room\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_metrics_are_exported_unprefixed() {
+        let text = Metrics::new().render();
+        for name in [
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_cpu_seconds_total",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(&format!("\n{name} ")), "{name}: {text}");
+        }
+        assert!(!text.contains("regcache_process_"), "{text}");
     }
 }

@@ -132,6 +132,13 @@ async fn counters_move_with_real_pulls() {
     );
     assert_eq!(sample(&m, "regcache_fills_in_progress", &[]), 0.0);
     assert_eq!(sample(&m, "regcache_fill_waiters", &[]), 0.0);
+    // The standard process metrics, unprefixed, from the daemon itself.
+    assert!(
+        sample(&m, "process_resident_memory_bytes", &[]) > 0.0,
+        "{m}"
+    );
+    assert!(sample(&m, "process_open_fds", &[]) > 0.0, "{m}");
+    assert!(sample(&m, "process_start_time_seconds", &[]) > 0.0, "{m}");
 }
 
 /// Every `regcache_*` name a file mentions, without histogram suffixes.
@@ -166,6 +173,7 @@ async fn the_dashboard_and_alerts_query_only_exported_metrics() {
         parsed["panels"].as_array().is_some_and(|p| p.len() >= 8),
         "a real dashboard"
     );
+    check_dashboard_datasource_and_panels(&parsed);
     let alerts =
         std::fs::read_to_string(format!("{ROOT}/config/prometheus/regcache-alerts.yml")).unwrap();
     assert!(alerts.contains("groups:") && alerts.contains("alert:"));
@@ -186,12 +194,29 @@ async fn the_dashboard_and_alerts_query_only_exported_metrics() {
         br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#.to_vec(),
     );
     let digest = fake.add_blob(random_bytes(1000, 51));
-    let rc = Regcache::start(&[UpstreamEntry::new("fake", &fake.url())]);
+    // A deny rule and a one-request manifest bucket, so the denied and
+    // throttled counters are exported too.
+    let rc = Regcache::start_with(
+        &[UpstreamEntry::new("fake", &fake.url()).set("deny", r#"["test/denied"]"#)],
+        "[rate_limit]\nmanifests_per_second = 0.001\nburst = 1\n",
+    );
     let c = client();
     c.get(format!("{}/v2/test/app/manifests/v1", rc.url()))
         .send()
         .await
         .unwrap();
+    let denied = c
+        .get(format!("{}/v2/test/denied/manifests/v1", rc.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    let throttled = c
+        .get(format!("{}/v2/test/app/manifests/v1", rc.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(throttled.status(), 429);
     c.get(format!("{}/v2/test/app/blobs/{digest}", rc.url()))
         .send()
         .await
@@ -223,6 +248,98 @@ async fn the_dashboard_and_alerts_query_only_exported_metrics() {
             "{file} queries metrics regcache does not export: {missing:?}\nexported: {exported:?}"
         );
     }
+}
+
+/// Grafana's file provisioning and the kube-prometheus sidecar cannot fill
+/// an import-time `${DS_PROMETHEUS}` input: every query goes through a
+/// `datasource` variable instead. Stat panels show one number, so they ask
+/// for an instant query, not a range to reduce.
+fn check_dashboard_datasource_and_panels(d: &serde_json::Value) {
+    assert!(d.get("__inputs").is_none(), "no import-time inputs");
+    let text = d.to_string();
+    assert!(
+        !text.contains("DS_PROMETHEUS"),
+        "no ${{DS_PROMETHEUS}} left"
+    );
+    let vars = d["templating"]["list"].as_array().unwrap();
+    let ds = vars
+        .iter()
+        .find(|v| v["name"] == "datasource")
+        .expect("a datasource template variable");
+    assert_eq!(ds["type"], "datasource");
+    assert_eq!(ds["query"], "prometheus");
+    let uses_variable =
+        |v: &serde_json::Value| v["uid"] == "${datasource}" && v["type"] == "prometheus";
+    for v in vars.iter().filter(|v| v["type"] == "query") {
+        assert!(uses_variable(&v["datasource"]), "variable {}", v["name"]);
+    }
+    let panels = d["panels"].as_array().unwrap();
+    let mut titles = Vec::new();
+    for p in panels.iter().filter(|p| p["type"] != "row") {
+        let title = p["title"].as_str().unwrap();
+        titles.push(title);
+        assert!(uses_variable(&p["datasource"]), "panel {title}");
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel {title}");
+        for t in targets {
+            assert!(
+                uses_variable(&t["datasource"]),
+                "panel {title} {}",
+                t["refId"]
+            );
+            if p["type"] == "stat" {
+                assert!(
+                    t["instant"] == true && t["range"] == false,
+                    "stat panel {title} asks for an instant query"
+                );
+            }
+        }
+    }
+    let exprs = |title: &str| -> String {
+        panels
+            .iter()
+            .find(|p| p["title"] == title)
+            .unwrap_or_else(|| panic!("a panel titled {title}: {titles:?}"))["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["expr"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let saved = exprs("Bandwidth saved");
+    assert!(
+        saved.contains(
+            "sum(rate(regcache_served_bytes_total{job=~\"$job\", instance=~\"$instance\"}[$__rate_interval]))\n-\nsum(rate(regcache_upstream_received_bytes_total{"
+        ),
+        "Bandwidth saved plots sent minus received: {saved}"
+    );
+    for (title, needs) in [
+        (
+            "Evictions by reason",
+            vec!["regcache_evictions_total", "by (reason)"],
+        ),
+        (
+            "Cache size against max_size",
+            vec!["regcache_cache_size_bytes", "regcache_cache_max_size_bytes"],
+        ),
+        (
+            "Denied and throttled requests",
+            vec![
+                "regcache_denied_requests_total",
+                "regcache_throttled_requests_total",
+            ],
+        ),
+        ("Open readers", vec!["regcache_cache_open_readers"]),
+        ("Free disk space", vec!["regcache_cache_free_bytes"]),
+        ("Storage ready", vec!["regcache_storage_ready"]),
+    ] {
+        let e = exprs(title);
+        for n in needs {
+            assert!(e.contains(n), "{title}: {n} in {e}");
+        }
+    }
+    assert!(!text.contains("does not evict"), "outdated description");
 }
 
 #[test]

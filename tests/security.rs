@@ -87,6 +87,15 @@ async fn allow_and_deny_lists_hold_for_manifests_and_blobs() {
         "denied requests never reach the upstream"
     );
     assert!(rc.metric("regcache_denied_requests_total{upstream=\"local\"}") >= 3.0);
+    // Refusals are counted under the route they were for, not route="".
+    let requests = |route: &str| {
+        rc.metric(&format!(
+            "regcache_http_requests_total{{method=\"GET\",route=\"{route}\",status=\"403\"}}"
+        ))
+    };
+    assert_eq!(requests("manifest"), 2.0, "{}", rc.metrics());
+    assert_eq!(requests("blob"), 1.0, "{}", rc.metrics());
+    assert_eq!(requests(""), 0.0, "{}", rc.metrics());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,6 +142,13 @@ async fn a_burst_beyond_the_bucket_gets_429_with_retry_after() {
         "{statuses:?}"
     );
     assert!(rc.metric("regcache_throttled_requests_total{reason=\"manifests\"}") >= 6.0);
+    let refused = statuses.iter().filter(|s| **s == 429).count() as f64;
+    assert_eq!(
+        rc.metric("regcache_http_requests_total{method=\"GET\",route=\"manifest\",status=\"429\"}"),
+        refused,
+        "{}",
+        rc.metrics()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

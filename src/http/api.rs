@@ -21,8 +21,12 @@ pub async fn handle<B>(
     let head = request.method() == Method::HEAD;
     let policy = app.policy.read().clone();
     log.client = client_address(peer, request.headers(), &policy.trusted_proxies);
+    // Routing first, answering after authentication: every refusal
+    // (401, 403, 429) is then counted under the route it was for.
+    let parsed = parse(app, &request);
+    log.route = route_label(&parsed);
     let answer = match authenticate(app, &policy, &request, log).await {
-        Ok(()) => route_and_answer(app, &policy, &request, head, log).await,
+        Ok(()) => route_and_answer(app, &policy, parsed, &request, head, log).await,
         Err(e) => Err(e),
     };
     let mut response = match answer {
@@ -124,13 +128,8 @@ fn authorize(
     })
 }
 
-async fn route_and_answer<B>(
-    app: &App,
-    policy: &ClientPolicy,
-    request: &Request<B>,
-    head: bool,
-    log: &mut RequestLog,
-) -> Result<Response<Body>, ApiError> {
+/// What the request asks for; pure, so it may run before authentication.
+fn parse<B>(app: &App, request: &Request<B>) -> Result<Parsed, ApiError> {
     let uri = request.uri();
     if uri.path().len() + uri.query().map_or(0, str::len) > 4096 {
         return Err(ApiError::new(
@@ -139,9 +138,34 @@ async fn route_and_answer<B>(
             "request URI too long",
         ));
     }
-    let route = match route::parse(request.method(), uri.path(), uri.query(), &app.upstreams) {
-        Ok(Parsed::Base) => {
-            log.route = "base";
+    route::parse(request.method(), uri.path(), uri.query(), &app.upstreams)
+}
+
+/// The `route` label of the request metrics and access line.
+fn route_label(parsed: &Result<Parsed, ApiError>) -> &'static str {
+    match parsed {
+        Ok(Parsed::Base) => "base",
+        Ok(Parsed::Repo(route)) => match route.endpoint {
+            Endpoint::Blob(_) => "blob",
+            Endpoint::Manifest(_) => "manifest",
+            Endpoint::TagsList => "tags",
+            Endpoint::Referrers(_) => "referrers",
+        },
+        Err(_) => "invalid",
+    }
+}
+
+async fn route_and_answer<B>(
+    app: &App,
+    policy: &ClientPolicy,
+    parsed: Result<Parsed, ApiError>,
+    request: &Request<B>,
+    head: bool,
+    log: &mut RequestLog,
+) -> Result<Response<Body>, ApiError> {
+    let uri = request.uri();
+    let route = match parsed? {
+        Parsed::Base => {
             let mut r = Response::new(if head { body::head() } else { body::full("{}") });
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -151,11 +175,7 @@ async fn route_and_answer<B>(
                 .insert(http::header::CONTENT_LENGTH, HeaderValue::from(2));
             return Ok(r);
         }
-        Ok(Parsed::Repo(route)) => route,
-        Err(e) => {
-            log.route = "invalid";
-            return Err(e);
-        }
+        Parsed::Repo(route) => route,
     };
     log.upstream = Some(route.upstream.name.clone());
     log.repository = Some(route.repo.to_string());
@@ -177,21 +197,15 @@ async fn route_and_answer<B>(
     let headers = request.headers();
     let mut response = match &route.endpoint {
         Endpoint::Blob(digest) => {
-            log.route = "blob";
             log.reference = Some(digest.to_string());
             blobs::blob(app, &route, digest, head, headers, log).await?
         }
         Endpoint::Manifest(reference) => {
-            log.route = "manifest";
             log.reference = Some(reference.to_string());
             manifests::manifest(app, &route, reference, head, headers, log).await?
         }
-        Endpoint::TagsList => {
-            log.route = "tags";
-            listings::listing(app, &route, Listed::Tags, uri, head, log).await?
-        }
+        Endpoint::TagsList => listings::listing(app, &route, Listed::Tags, uri, head, log).await?,
         Endpoint::Referrers(digest) => {
-            log.route = "referrers";
             listings::listing(app, &route, Listed::Referrers(digest), uri, head, log).await?
         }
     };

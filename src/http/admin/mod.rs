@@ -83,11 +83,12 @@ pub async fn admin_service(app: Arc<App>, request: Request<Incoming>) -> Respons
         "/admin/gc" | "/admin/import" | "/admin/prefetch" => method_not_allowed("POST"),
         "/metrics" => {
             app.refresh_gauges();
-            text(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                app.metrics.render(),
-            )
+            // The process collector reads /proc: off the async workers.
+            let a = app.clone();
+            let body = tokio::task::spawn_blocking(move || a.metrics.render())
+                .await
+                .unwrap_or_default();
+            text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         // Ready as soon as the listeners are up: serving never needs the
