@@ -57,11 +57,16 @@ pub struct Metrics {
     pub cache_objects: IntGaugeVec,
     /// The configured `max_size` (0: unbounded).
     pub cache_max_bytes: IntGauge,
-    /// Objects and bytes removed from the cache, by reason (size, age, purge).
+    /// Objects and bytes removed from the cache, by reason (size, age,
+    /// purge, corrupt).
     pub evictions: IntCounterVec,
     pub evicted_bytes: IntCounterVec,
     /// Blobs being streamed to clients from committed files.
     pub open_readers: IntGauge,
+    /// Cached bytes hashed again while serving, by who asked (scrub, admin).
+    pub verified_bytes: IntCounterVec,
+    /// Background scrub passes that went through the whole cache.
+    pub scrub_passes: IntCounter,
 }
 
 /// Registers a metric built from constant names; a failure here is a bug in
@@ -184,6 +189,15 @@ impl Metrics {
             evictions: counters("evictions_total", "Objects removed from the cache, by reason (size, age, purge, corrupt).", &["reason"]),
             evicted_bytes: counters("evicted_bytes_total", "Bytes removed from the cache, by reason (size, age, purge, corrupt).", &["reason"]),
             open_readers: gauge("cache_open_readers", "Blobs being streamed to clients from the cache now (never evicted)."),
+            verified_bytes: counters(
+                "verified_bytes_total",
+                "Cached bytes hashed again by the running daemon, by who asked (scrub: the background scrub, admin: POST /admin/verify).",
+                &["by"],
+            ),
+            scrub_passes: counter(
+                "scrub_passes_total",
+                "Background scrub passes that went through the whole cache.",
+            ),
             fills_in_progress: gauge("fills_in_progress", "Blob fills running now."),
             fill_waiters: gauge("fill_waiters", "Client responses streaming from a running fill."),
             fills: counters("fills_total", "Blob fills that ended, by result.", &["result"]),
@@ -223,6 +237,9 @@ impl Metrics {
             self.evicted_bytes.with_label_values(&[reason]);
         }
         self.connections_refused.with_label_values(&["per_client"]);
+        for by in ["scrub", "admin"] {
+            self.verified_bytes.with_label_values(&[by]);
+        }
     }
 
     /// Counts one cache lookup outcome.
@@ -280,6 +297,11 @@ mod tests {
             text.contains("regcache_connections_refused_total{reason=\"per_client\"} 0"),
             "{text}"
         );
+        assert!(
+            text.contains("regcache_verified_bytes_total{by=\"scrub\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("regcache_scrub_passes_total 0"), "{text}");
         assert!(
             text.contains("# TYPE regcache_fills_in_progress gauge"),
             "{text}"

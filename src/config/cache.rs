@@ -1,4 +1,4 @@
-//! `[cache]`: size bound, age limit, eviction.
+//! `[cache]`: size bound, age limit, eviction, the background scrub.
 
 use std::time::Duration;
 
@@ -28,6 +28,14 @@ pub struct CacheConfig {
     /// mark (it also applies `max_age`).
     #[serde(default = "default_gc_interval")]
     pub gc_interval: HumanDuration,
+    /// How often a background scrub pass starts: every cached file is
+    /// hashed again and a corrupt one quarantined ("24h"). Absent or "0":
+    /// no scrub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrub_interval: Option<HumanDuration>,
+    /// The scrub reads and hashes at most this many bytes a second.
+    #[serde(default = "default_scrub_bytes_per_second")]
+    pub scrub_bytes_per_second: ByteSize,
 }
 
 fn default_high_water() -> f64 {
@@ -42,6 +50,11 @@ fn default_gc_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(300))
 }
 
+/// A small share of one disk's and one core's bandwidth.
+fn default_scrub_bytes_per_second() -> ByteSize {
+    ByteSize(32 << 20)
+}
+
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
@@ -50,6 +63,8 @@ impl Default for CacheConfig {
             high_water: default_high_water(),
             low_water: default_low_water(),
             gc_interval: default_gc_interval(),
+            scrub_interval: None,
+            scrub_bytes_per_second: default_scrub_bytes_per_second(),
         }
     }
 }
@@ -59,6 +74,13 @@ impl CacheConfig {
     pub fn high_water_bytes(&self) -> Option<u64> {
         self.max_size
             .map(|m| (m.0 as f64 * self.high_water).floor() as u64)
+    }
+
+    /// The scrub's interval, if it is on ("0" is off).
+    pub fn scrub_every(&self) -> Option<Duration> {
+        self.scrub_interval
+            .map(|d| d.get())
+            .filter(|d| !d.is_zero())
     }
 
     /// Bytes eviction brings the cache down to, if it is bounded.

@@ -41,7 +41,8 @@ pub enum Reason {
     Age,
     Purge,
     /// The object on disk is not what the index recorded (a truncated
-    /// file): removed so the next request fills it again.
+    /// file, bytes that do not hash to its digest): moved aside (see
+    /// [`Evictor::quarantine`]) so the next request fills it again.
     Corrupt,
 }
 
@@ -54,6 +55,14 @@ impl Reason {
             Reason::Corrupt => "corrupt",
         }
     }
+}
+
+/// What [`Evictor::quarantine`] took out: the bytes the index recorded
+/// and where the file went (`None` when it was already gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub size: u64,
+    pub location: Option<String>,
 }
 
 /// The size and age bounds, in bytes and time.
@@ -178,18 +187,55 @@ impl Evictor {
     }
 
     /// Removes one object: index entry first, then the file (see the
-    /// module docs), and counts it. Returns the bytes it held.
+    /// module docs), and counts it. Returns the bytes it held. With
+    /// [`Reason::Corrupt`] the file is quarantined rather than deleted.
     pub fn remove(
         &self,
         kind: Kind,
         digest: &Digest,
         reason: Reason,
     ) -> Result<Option<u64>, IndexError> {
+        Ok(self.take_out(kind, digest, reason)?.map(|(size, _)| size))
+    }
+
+    /// Takes corrupt content out of the cache in the same order as
+    /// [`Evictor::remove`] (index entry first, so a concurrent request
+    /// either finished with its open file or misses and fills again), but
+    /// moves the file aside instead of deleting it, for a post-mortem.
+    /// Counted as an eviction with reason `corrupt`; the caller logs the
+    /// cause at WARN.
+    pub fn quarantine(
+        &self,
+        kind: Kind,
+        digest: &Digest,
+    ) -> Result<Option<Quarantined>, IndexError> {
+        let taken = self.take_out(kind, digest, Reason::Corrupt)?;
+        Ok(taken.map(|(size, location)| Quarantined { size, location }))
+    }
+
+    /// The bytes the object held, and where a quarantined file went.
+    fn take_out(
+        &self,
+        kind: Kind,
+        digest: &Digest,
+        reason: Reason,
+    ) -> Result<Option<(u64, Option<String>)>, IndexError> {
         let entry = self.index.remove(kind, digest)?;
-        let on_disk = self.store.content.contains(kind, digest).unwrap_or(true);
-        if let Err(e) = self.store.content.remove(kind, digest) {
+        let content = &self.store.content;
+        let mut location = None;
+        let gone = if reason == Reason::Corrupt {
+            content.quarantine(kind, digest).map(|to| {
+                location = to;
+                location.is_some()
+            })
+        } else {
+            let on_disk = content.contains(kind, digest).unwrap_or(true);
+            content.remove(kind, digest).map(|()| on_disk)
+        };
+        let on_disk = gone.unwrap_or_else(|e| {
             tracing::warn!(%digest, kind = kind.label(), error = %e, "removing the file failed; startup reconcile will index it again");
-        }
+            true
+        });
         if entry.is_none() && !on_disk {
             return Ok(None);
         }
@@ -202,8 +248,10 @@ impl Evictor {
             .evicted_bytes
             .with_label_values(&[reason.label()])
             .inc_by(size);
-        tracing::info!(%digest, kind = kind.label(), size, reason = reason.label(), "removed from the cache");
-        Ok(Some(size))
+        if reason != Reason::Corrupt {
+            tracing::info!(%digest, kind = kind.label(), size, reason = reason.label(), "removed from the cache");
+        }
+        Ok(Some((size, location)))
     }
 
     /// Content that pinned repositories' cached tags reach.
