@@ -43,10 +43,12 @@ enum Command {
     },
     /// Run eviction now (max_size, max_age).
     Gc,
-    /// Re-hash every cached file; report corrupt and orphaned files and
-    /// index entries without a file (the daemon must be stopped).
+    /// Re-hash every cached file and report corrupt ones (through the
+    /// running daemon if one answers; stopped, also orphaned files and
+    /// index entries without a file).
     Verify {
-        /// Remove what is broken (it is fetched again on demand).
+        /// Fix what is broken: corrupt files are quarantined (and fetched
+        /// again on demand).
         #[arg(long)]
         repair: bool,
     },

@@ -60,7 +60,8 @@ pub struct Metrics {
     pub cache_objects: IntGaugeVec,
     /// The configured `max_size` (0: unbounded).
     pub cache_max_bytes: IntGauge,
-    /// Objects and bytes removed from the cache, by reason (size, age, purge).
+    /// Objects and bytes removed from the cache, by reason (size, age,
+    /// purge, corrupt).
     pub evictions: IntCounterVec,
     pub evicted_bytes: IntCounterVec,
     /// Blobs being streamed to clients from committed files.
@@ -69,6 +70,10 @@ pub struct Metrics {
     pub cache_free_bytes: IntGauge,
     /// 1 while storage writes succeed, 0 while they fail (not ready).
     pub storage_ready: IntGauge,
+    /// Cached bytes hashed again while serving, by who asked (scrub, admin).
+    pub verified_bytes: IntCounterVec,
+    /// Background scrub passes that went through the whole cache.
+    pub scrub_passes: IntCounter,
 }
 
 /// Registers a metric built from constant names; a failure here is a bug in
@@ -193,6 +198,15 @@ impl Metrics {
             open_readers: gauge("cache_open_readers", "Blobs being streamed to clients from the cache now (never evicted)."),
             cache_free_bytes: gauge("cache_free_bytes", "Free bytes on the cache's filesystem, as last read (before fills and every few seconds)."),
             storage_ready: gauge("storage_ready", "1 while storage writes succeed, 0 while they fail and /readyz answers 503."),
+            verified_bytes: counters(
+                "verified_bytes_total",
+                "Cached bytes hashed again by the running daemon, by who asked (scrub: the background scrub, admin: POST /admin/verify).",
+                &["by"],
+            ),
+            scrub_passes: counter(
+                "scrub_passes_total",
+                "Background scrub passes that went through the whole cache.",
+            ),
             fills_in_progress: gauge("fills_in_progress", "Blob fills running now."),
             fill_waiters: gauge("fill_waiters", "Client responses streaming from a running fill."),
             fills: counters("fills_total", "Blob fills that ended, by result.", &["result"]),
@@ -248,6 +262,9 @@ impl Metrics {
             "too_large",
         ] {
             self.fills.with_label_values(&[result]);
+        }
+        for by in ["scrub", "admin"] {
+            self.verified_bytes.with_label_values(&[by]);
         }
     }
 
@@ -319,6 +336,11 @@ mod tests {
             text.contains("regcache_connections_refused_total{reason=\"per_client\"} 0"),
             "{text}"
         );
+        assert!(
+            text.contains("regcache_verified_bytes_total{by=\"scrub\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("regcache_scrub_passes_total 0"), "{text}");
         assert!(
             text.contains("# TYPE regcache_fills_in_progress gauge"),
             "{text}"

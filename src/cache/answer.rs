@@ -11,7 +11,7 @@ use http::{HeaderMap, Method};
 
 use super::flight::{body_stream, wait_for_headers, Attached, BodySource, ReaderGuard};
 use super::storage::{Kind, Object};
-use super::{Cache, CacheError, Listing, Manifest, Outcome, Reason};
+use super::{Cache, CacheError, Listing, Manifest, Outcome};
 use crate::metrics::Metrics;
 use crate::registry::{AcceptList, Digest, Reference, RepoName};
 use crate::upstream::Upstream;
@@ -187,20 +187,19 @@ impl Cache {
 
     /// The committed blob, if it is whole: one whose size is not the
     /// index's (a file truncated behind the cache's back) is corrupt, and is
-    /// removed rather than served, so this request fills it again.
+    /// quarantined rather than served, so this request fills it again.
     async fn open_intact_blob(&self, digest: &Digest) -> Result<Option<Object>, CacheError> {
         let Some(object) = self.open_blob(digest).await? else {
             return Ok(None);
         };
         match self.index.get(Kind::Blob, digest)? {
             Some(entry) if entry.size != object.size => {
-                tracing::warn!(%digest, indexed = entry.size, on_disk = object.size, "cached blob has the wrong size; removed, fetching it again");
                 let evictor = self.evictor.clone();
                 let d = digest.clone();
-                tokio::task::spawn_blocking(move || {
-                    evictor.remove(Kind::Blob, &d, Reason::Corrupt)
-                })
-                .await??;
+                let taken = tokio::task::spawn_blocking(move || evictor.quarantine(Kind::Blob, &d))
+                    .await??;
+                let moved_to = taken.and_then(|q| q.location);
+                tracing::warn!(%digest, indexed = entry.size, on_disk = object.size, moved_to = moved_to.as_deref(), "cached blob has the wrong size; quarantined, fetching it again");
                 Ok(None)
             }
             _ => Ok(Some(object)),

@@ -9,7 +9,8 @@
 //! - `flight`: one upstream fetch per blob (fills) or per manifest question
 //!   (single flights), and the bodies that stream from them.
 //! - `freshness`: tags, listings, remembered 404s, the hot manifest set.
-//! - `ops`: eviction, verify, purge and summaries, prefetch, bundles.
+//! - `ops`: eviction, verify and the online scrub, purge and summaries,
+//!   prefetch, bundles.
 
 mod answer;
 mod error;
@@ -35,6 +36,7 @@ pub use ops::bundle;
 pub use ops::evict::{GcReport, Pins, Policy, Reason};
 pub use ops::manage;
 pub use ops::prefetch;
+pub use ops::scrub;
 pub use ops::verify;
 pub use outcome::Outcome;
 pub use storage::index::{ContentEntry, Index, IndexError, ReconcileReport, Totals};
@@ -67,6 +69,8 @@ pub struct Cache {
     evictor: Arc<Evictor>,
     /// Room above the free-space floor, and whether writes succeed.
     health: Arc<Health>,
+    /// The scrub's settings and the online verify's bookkeeping.
+    integrity: scrub::Integrity,
     metrics: Arc<Metrics>,
     /// Every fill, flight and background job of the cache, so shutdown
     /// waits for them instead of polling.
@@ -127,6 +131,7 @@ impl Cache {
             readers,
             evictor,
             health,
+            integrity: scrub::Integrity::default(),
             metrics,
             tasks,
         }
@@ -336,6 +341,7 @@ impl Cache {
     /// end; returns how many were still running when it gave up. New work
     /// may still start meanwhile (a fill a last client asked for).
     pub async fn drain(&self, grace: Duration) -> usize {
+        self.stop_background();
         self.tasks.close();
         let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
         self.tasks.len()

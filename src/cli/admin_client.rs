@@ -1,5 +1,5 @@
 //! A running daemon, reached over its admin listener: how every command
-//! but `verify` does its work while a daemon holds the cache.
+//! does its work while a daemon holds the cache.
 
 use std::net::SocketAddr;
 use std::time::Duration;

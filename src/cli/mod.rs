@@ -7,8 +7,9 @@
 //! because sled lets one process at a time open the index. If none does,
 //! the command opens the cache directory itself (which also takes the
 //! index lock, so a daemon started meanwhile waits its turn). `verify`
-//! needs the index and refuses while a daemon runs; `export` reads the
-//! committed files directly either way (they are immutable).
+//! against a daemon checks the files' contents only (the index is the
+//! daemon's); `export` reads the committed files directly either way (they
+//! are immutable).
 
 mod admin_client;
 mod export;

@@ -1,4 +1,4 @@
-//! `[cache]`: size bound, age limit, eviction.
+//! `[cache]`: size bound, age limit, eviction, the background scrub.
 
 use std::time::Duration;
 
@@ -33,6 +33,14 @@ pub struct CacheConfig {
     /// eviction frees the difference. Hits are served regardless.
     #[serde(default = "default_min_free")]
     pub min_free: FreeSpace,
+    /// How often a background scrub pass starts: every cached file is
+    /// hashed again and a corrupt one quarantined ("24h"). Absent or "0":
+    /// no scrub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrub_interval: Option<HumanDuration>,
+    /// The scrub reads and hashes at most this many bytes a second.
+    #[serde(default = "default_scrub_bytes_per_second")]
+    pub scrub_bytes_per_second: ByteSize,
 }
 
 fn default_min_free() -> FreeSpace {
@@ -51,6 +59,11 @@ fn default_gc_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(300))
 }
 
+/// A small share of one disk's and one core's bandwidth.
+fn default_scrub_bytes_per_second() -> ByteSize {
+    ByteSize(32 << 20)
+}
+
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
@@ -60,6 +73,8 @@ impl Default for CacheConfig {
             low_water: default_low_water(),
             gc_interval: default_gc_interval(),
             min_free: default_min_free(),
+            scrub_interval: None,
+            scrub_bytes_per_second: default_scrub_bytes_per_second(),
         }
     }
 }
@@ -69,6 +84,13 @@ impl CacheConfig {
     pub fn high_water_bytes(&self) -> Option<u64> {
         self.max_size
             .map(|m| (m.0 as f64 * self.high_water).floor() as u64)
+    }
+
+    /// The scrub's interval, if it is on ("0" is off).
+    pub fn scrub_every(&self) -> Option<Duration> {
+        self.scrub_interval
+            .map(|d| d.get())
+            .filter(|d| !d.is_zero())
     }
 
     /// Bytes eviction brings the cache down to, if it is bounded.

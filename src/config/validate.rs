@@ -101,6 +101,12 @@ impl Config {
                 "must be greater than zero".into(),
             );
         }
+        if c.scrub_bytes_per_second.0 == 0 {
+            return invalid(
+                "cache.scrub_bytes_per_second".into(),
+                "must be greater than zero (turn the scrub off with scrub_interval = \"0\")".into(),
+            );
+        }
         for (i, u) in upstreams.iter().enumerate() {
             for p in &u.pin {
                 let name = p.strip_suffix('*').unwrap_or(p).trim_end_matches('/');
@@ -169,5 +175,24 @@ mod tests {
         }
         let e = with(&[], &["minio.example:port"]).unwrap_err().to_string();
         assert!(e.contains("(up).redirect_hosts"), "{e}");
+    }
+
+    #[test]
+    fn the_scrub_is_off_unless_an_interval_is_set_and_its_rate_is_positive() {
+        let parse = |toml: &str| -> crate::config::CacheConfig { toml::from_str(toml).unwrap() };
+        assert_eq!(parse("").scrub_every(), None);
+        assert_eq!(parse("scrub_interval = \"0\"").scrub_every(), None);
+        assert_eq!(parse("scrub_interval = 0").scrub_every(), None);
+        let on = parse("scrub_interval = \"24h\"\nscrub_bytes_per_second = \"8MiB\"");
+        assert_eq!(
+            on.scrub_every(),
+            Some(std::time::Duration::from_secs(86400))
+        );
+        assert_eq!(on.scrub_bytes_per_second.0, 8 << 20);
+        assert_eq!(parse("").scrub_bytes_per_second.0, 32 << 20);
+        let mut c = Config::default();
+        c.cache.scrub_bytes_per_second = crate::config::ByteSize(0);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("cache.scrub_bytes_per_second"), "{e}");
     }
 }

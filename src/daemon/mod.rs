@@ -40,6 +40,7 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
     let cache = Cache::open(&config.cache_dir, metrics.clone())
         .with_context(|| format!("opening the cache in {}", config.cache_dir.display()))?;
     cache.configure_eviction(live.eviction, live.pins);
+    cache.configure_scrub(live.scrub);
     let registry_listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding listen address {}", config.listen))?;
@@ -65,7 +66,8 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
 
     // The index is reconciled with the files in the background: hits are
     // served from the files meanwhile, so startup does not wait on a scan.
-    // Eviction starts only after it, when the index's totals are right.
+    // Eviction and the scrub start only after it, when the index's totals
+    // and entries are right.
     let reconciling = app.clone();
     let evicting = tokio::spawn(async move {
         let app = reconciling.clone();
@@ -82,7 +84,11 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
                 Err(e) => tracing::error!(error = %e, "reconciling the index failed"),
             })
             .await;
-        eviction_loop(reconciling).await
+        // The scrub returns at shutdown by itself (stop_background).
+        tokio::join!(
+            eviction_loop(reconciling.clone()),
+            reconciling.cache.scrub()
+        );
     });
     let flushing = app.clone();
     let flusher = tokio::spawn(async move {
@@ -175,6 +181,9 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
     );
     let deadline = tokio::time::Instant::now() + grace;
     let _ = stop.send(true);
+    // A scrub or an admin verify stops at its next chunk, so its stream
+    // does not hold the admin listener open for the grace period.
+    app.cache.stop_background();
     let _ = tokio::join!(registry, admin);
     // Fills nobody is reading any more still finish if they can in time, so
     // the work is not lost; what is left at the deadline is dropped, and its

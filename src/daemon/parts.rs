@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::cache::scrub::ScrubSettings;
 use crate::cache::{Floor, Pins, Policy};
 use crate::config::{Config, FreeSpace};
 use crate::http::{Tls, TlsError};
@@ -27,6 +28,7 @@ pub struct Live {
     pub policy: ClientPolicy,
     pub eviction: Policy,
     pub pins: Pins,
+    pub scrub: ScrubSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,7 @@ impl Live {
             policy,
             eviction,
             pins,
+            scrub: scrub(config),
         })
     }
 }
@@ -73,6 +76,14 @@ impl Live {
 /// and the management commands; `serve` gets the same from [`Parts::build`].
 pub fn check_config(config: &Config) -> Result<(), PolicyError> {
     ClientPolicy::from_config(config).map(drop)
+}
+
+/// The background scrub's settings of `[cache]`.
+pub fn scrub(config: &Config) -> ScrubSettings {
+    ScrubSettings {
+        interval: config.cache.scrub_every(),
+        bytes_per_second: config.cache.scrub_bytes_per_second.0,
+    }
 }
 
 /// The eviction bounds of `[cache]` and the pins of every upstream that

@@ -75,8 +75,9 @@ fn apply(app: &App, tls: Option<&Tls>, new: &Config, live: Live) {
         _ => needs_restart.push("tls (turned on or off)".to_owned()),
     }
     *app.policy.write() = Arc::new(live.policy);
-    // Size bounds and pins apply at once (gc_interval at restart).
+    // Size bounds, pins and the scrub apply at once (gc_interval at restart).
     app.cache.configure_eviction(live.eviction, live.pins);
+    app.cache.configure_scrub(live.scrub);
     let old = &app.config;
     for (key, changed) in [
         ("listen", old.listen != new.listen),

@@ -44,7 +44,8 @@ pub enum Reason {
     /// The store's filesystem was below the free-space floor.
     Space,
     /// The object on disk is not what the index recorded (a truncated
-    /// file): removed so the next request fills it again.
+    /// file, bytes that do not hash to its digest): moved aside (see
+    /// [`Evictor::quarantine`]) so the next request fills it again.
     Corrupt,
 }
 
@@ -58,6 +59,14 @@ impl Reason {
             Reason::Corrupt => "corrupt",
         }
     }
+}
+
+/// What [`Evictor::quarantine`] took out: the bytes the index recorded
+/// and where the file went (`None` when it was already gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub size: u64,
+    pub location: Option<String>,
 }
 
 /// The size and age bounds, in bytes and time.
@@ -130,6 +139,8 @@ struct Removed {
     reason: Reason,
     /// The bytes its index entry recorded.
     size: u64,
+    /// Where a quarantined file went.
+    location: Option<String>,
 }
 
 /// What one run did.
@@ -201,7 +212,8 @@ impl Evictor {
     }
 
     /// Removes one object: index entry first, durably, then the file (see
-    /// the module docs), and counts it. Returns the bytes it held.
+    /// the module docs), and counts it. Returns the bytes it held. With
+    /// [`Reason::Corrupt`] the file is quarantined rather than deleted.
     pub fn remove(
         &self,
         kind: Kind,
@@ -212,11 +224,30 @@ impl Evictor {
         Ok(removed.into_iter().next().map(|r| r.size))
     }
 
+    /// Takes corrupt content out of the cache in the same order as
+    /// [`Evictor::remove`] (index entry first, so a concurrent request
+    /// either finished with its open file or misses and fills again), but
+    /// moves the file aside instead of deleting it, for a post-mortem.
+    /// Counted as an eviction with reason `corrupt`; the caller logs the
+    /// cause at WARN.
+    pub fn quarantine(
+        &self,
+        kind: Kind,
+        digest: &Digest,
+    ) -> Result<Option<Quarantined>, IndexError> {
+        let removed = self.remove_all(vec![(kind, digest.clone(), Reason::Corrupt)])?;
+        Ok(removed.into_iter().next().map(|r| Quarantined {
+            size: r.size,
+            location: r.location,
+        }))
+    }
+
     /// Removes objects: every index entry first, then one flush that makes
-    /// those removals durable, then the files. A crash at any point leaves
-    /// at worst files without entries (which startup reconcile indexes
-    /// again), never an entry without its file. Returns what was removed
-    /// (present in the index or on disk) with the bytes each held.
+    /// those removals durable, then the files (corrupt ones moved aside). A
+    /// crash at any point leaves at worst files without entries (which
+    /// startup reconcile indexes again), never an entry without its file.
+    /// Returns what was removed (present in the index or on disk) with the
+    /// bytes each held.
     fn remove_all(&self, victims: Vec<(Kind, Digest, Reason)>) -> Result<Vec<Removed>, IndexError> {
         let mut entries = Vec::with_capacity(victims.len());
         for (kind, digest, reason) in victims {
@@ -227,16 +258,27 @@ impl Evictor {
             return Ok(Vec::new());
         }
         self.index.flush()?;
+        let content = &self.store.content;
         let mut removed = Vec::with_capacity(entries.len());
         for (kind, digest, reason, entry) in entries {
             // Filled again since its entry went: the new file stays.
             if entry.is_some() && self.index.get(kind, &digest)?.is_some() {
                 continue;
             }
-            let on_disk = self.store.content.contains(kind, &digest).unwrap_or(true);
-            if let Err(e) = self.store.content.remove(kind, &digest) {
+            let mut location = None;
+            let gone = if reason == Reason::Corrupt {
+                content.quarantine(kind, &digest).map(|to| {
+                    location = to;
+                    location.is_some()
+                })
+            } else {
+                let on_disk = content.contains(kind, &digest).unwrap_or(true);
+                content.remove(kind, &digest).map(|()| on_disk)
+            };
+            let on_disk = gone.unwrap_or_else(|e| {
                 tracing::warn!(%digest, kind = kind.label(), error = %e, "removing the file failed; startup reconcile will index it again");
-            }
+                true
+            });
             if entry.is_none() && !on_disk {
                 continue;
             }
@@ -249,12 +291,15 @@ impl Evictor {
                 .evicted_bytes
                 .with_label_values(&[reason.label()])
                 .inc_by(size);
-            tracing::info!(%digest, kind = kind.label(), size, reason = reason.label(), "removed from the cache");
+            if reason != Reason::Corrupt {
+                tracing::info!(%digest, kind = kind.label(), size, reason = reason.label(), "removed from the cache");
+            }
             removed.push(Removed {
                 kind,
                 digest,
                 reason,
                 size,
+                location,
             });
         }
         Ok(removed)

@@ -1,11 +1,12 @@
-//! Operations on the cache as a whole: eviction, verify, purges and
-//! summaries, prefetch, bundles for air-gapped sites.
+//! Operations on the cache as a whole: eviction, verify and the online
+//! scrub, purges and summaries, prefetch, bundles for air-gapped sites.
 
 pub mod bundle;
 pub mod evict;
 pub mod manage;
 pub mod prefetch;
 pub(super) mod reachable;
+pub mod scrub;
 pub mod verify;
 
 use std::io::Read;

@@ -23,6 +23,13 @@ pub enum Problem {
         actual: String,
         path: PathBuf,
     },
+    /// The file cannot be read (an I/O error: a failing disk).
+    Unreadable {
+        kind: String,
+        digest: String,
+        error: String,
+        path: PathBuf,
+    },
     /// An index entry whose file is gone.
     Missing { kind: String, digest: String },
     /// A file the index does not know, or whose name is not a digest.
@@ -47,6 +54,16 @@ impl std::fmt::Display for Problem {
             } => write!(
                 f,
                 "corrupt {kind} {digest}: the file hashes to {actual} ({})",
+                path.display()
+            ),
+            Problem::Unreadable {
+                kind,
+                digest,
+                error,
+                path,
+            } => write!(
+                f,
+                "unreadable {kind} {digest}: {error} ({})",
                 path.display()
             ),
             Problem::Missing { kind, digest } => {
@@ -89,8 +106,9 @@ pub fn hash_object(object: &Object) -> io::Result<Digest> {
 
 /// What a repair does about one problem.
 enum Fix {
-    /// Drop the entry and the object: its bytes are not its digest's.
-    Remove(Kind, Digest),
+    /// Drop the entry and move the object aside: its bytes are not its
+    /// digest's, or cannot be read.
+    Quarantine(Kind, Digest),
     /// Index a valid object the index does not know (a crash between the
     /// commit and the index's flush): valid content is never deleted.
     Reindex(Kind, Digest, u64),
@@ -102,9 +120,9 @@ enum Fix {
     Resize(Kind, Digest, u64),
 }
 
-/// Checks every object and every index entry; with `repair`, removes
-/// corrupt objects, strays and dangling entries, indexes valid objects the
-/// index lost, and corrects wrong sizes. `progress` is told the size of each object as it is hashed.
+/// Checks every object and every index entry; with `repair`, quarantines
+/// corrupt and unreadable objects, removes strays and dangling entries,
+/// indexes valid objects the index lost, and corrects wrong sizes. `progress` is told the size of each object as it is hashed.
 pub fn verify(
     store: &dyn ContentStore,
     index: &Index,
@@ -135,19 +153,18 @@ pub fn verify(
             let Some(object) = store.open(kind, &digest)? else {
                 continue;
             };
-            let actual = hash_object(&object)?;
+            let hashed = hash_object(&object);
             let size = object.size;
             report.files_checked += 1;
             report.bytes_checked += size;
             progress(size);
-            if actual != digest {
-                report.problems.push(Problem::Corrupt {
-                    kind: kind.label().into(),
-                    digest: digest.to_string(),
-                    actual: actual.to_string(),
-                    path: PathBuf::from(location),
-                });
-                fixes.push(Fix::Remove(kind, digest));
+            let problem = match hashed {
+                Ok(actual) => mismatch(kind, &digest, &actual, &location),
+                Err(e) => Some(unreadable(kind, &digest, &e, &location)),
+            };
+            if let Some(problem) = problem {
+                report.problems.push(problem);
+                fixes.push(Fix::Quarantine(kind, digest));
                 continue;
             }
             match index.get(kind, &digest)? {
@@ -190,11 +207,32 @@ pub fn verify(
     Ok(report)
 }
 
+/// The problem of an object whose bytes hash to `actual`, if they are not
+/// its digest's.
+pub fn mismatch(kind: Kind, digest: &Digest, actual: &Digest, location: &str) -> Option<Problem> {
+    (actual != digest).then(|| Problem::Corrupt {
+        kind: kind.label().into(),
+        digest: digest.to_string(),
+        actual: actual.to_string(),
+        path: PathBuf::from(location),
+    })
+}
+
+/// The problem of an object that could not be read through.
+pub fn unreadable(kind: Kind, digest: &Digest, error: &io::Error, location: &str) -> Problem {
+    Problem::Unreadable {
+        kind: kind.label().into(),
+        digest: digest.to_string(),
+        error: error.to_string(),
+        path: PathBuf::from(location),
+    }
+}
+
 fn apply(store: &dyn ContentStore, index: &Index, fix: Fix) -> Result<(), CacheError> {
     match fix {
-        Fix::Remove(kind, d) => {
+        Fix::Quarantine(kind, d) => {
             index.remove(kind, &d)?;
-            store.remove(kind, &d)?;
+            store.quarantine(kind, &d)?;
         }
         Fix::Unindex(kind, d) => {
             index.remove(kind, &d)?;

@@ -74,6 +74,42 @@ fn an_open_object_outlives_its_removal_and_reads_are_bounded() {
 }
 
 #[test]
+fn a_quarantined_object_is_kept_aside_out_of_the_store_and_still_readable() {
+    for (name, store, dir) in backends() {
+        let d = Digest::sha256_of(b"abc");
+        store.write_whole(Kind::Blob, &d, b"abx").unwrap();
+        let object = store.open(Kind::Blob, &d).unwrap().unwrap();
+        let aside = store.quarantine(Kind::Blob, &d).unwrap().unwrap();
+        assert!(aside.contains(d.hex()), "{name}: {aside}");
+        assert_eq!(store.stat(Kind::Blob, &d).unwrap(), None, "{name}");
+        assert!(store.objects(Kind::Blob).unwrap().is_empty(), "{name}");
+        assert_eq!(store.quarantine(Kind::Blob, &d).unwrap(), None, "{name}");
+        let mut buf = [0u8; 3];
+        object.reader.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"abx", "{name}: an open handle keeps reading");
+        if name == "fs" {
+            let kept = dir
+                .path()
+                .join("quarantine")
+                .join(format!("blob-{}", d.hex()));
+            assert_eq!(aside, kept.display().to_string());
+            assert_eq!(
+                std::fs::read(kept).unwrap(),
+                b"abx",
+                "kept for a post-mortem"
+            );
+        }
+        // A fill of the same digest afterwards is an ordinary commit.
+        store.write_whole(Kind::Blob, &d, b"abc").unwrap();
+        assert_eq!(
+            store.read_whole(Kind::Blob, &d).unwrap().unwrap(),
+            b"abc",
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn tag_records_replace_and_delete() {
     let dir = tempfile::tempdir().unwrap();
     let stores: Vec<Arc<dyn TagStore>> = vec![

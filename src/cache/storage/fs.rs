@@ -4,7 +4,9 @@
 //! Layout under the cache directory:
 //! `blobs/sha256/<2 hex>/<64 hex>`, `manifests/sha256/<2 hex>/<64 hex>`,
 //! `tags/` for the tag records (see `fs_tags`), `tmp/` for writes in
-//! progress (emptied at startup), `index/` for the sled index.
+//! progress (emptied at startup), `index/` for the sled index,
+//! `quarantine/<kind>-<64 hex>` for corrupt files moved aside (never read
+//! again; the operator deletes them).
 //!
 //! Commit protocol: write into `tmp/`, fsync the file, rename it into
 //! place, fsync the directory. A reader sees a whole object or none.
@@ -240,6 +242,24 @@ impl ContentStore for FsStore {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    fn quarantine(&self, kind: Kind, digest: &Digest) -> io::Result<Option<String>> {
+        let from = self.path(kind, digest);
+        let dir = self.root.join("quarantine");
+        fs::create_dir_all(&dir)?;
+        let to = dir.join(format!("{}-{}", kind.label(), digest.hex()));
+        match fs::rename(&from, &to) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            r => r?,
+        }
+        // Durably gone from the store: a crash must not bring it back
+        // where it would be served again.
+        if let Some(shard) = from.parent() {
+            File::open(shard)?.sync_all()?;
+        }
+        File::open(&dir)?.sync_all()?;
+        Ok(Some(to.display().to_string()))
     }
 
     fn list(&self, kind: Kind) -> io::Result<Box<dyn Iterator<Item = io::Result<Listed>> + '_>> {

@@ -40,6 +40,8 @@ struct Inner {
     /// Entries under names that are not digests: what a damaged store
     /// holds, so verify has something to find.
     strays: BTreeMap<String, Kind>,
+    /// Objects moved aside by [`ContentStore::quarantine`].
+    quarantined: HashMap<(Kind, Digest), Arc<Buffer>>,
     tags: HashMap<(String, String, String), TagRecord>,
 }
 
@@ -166,6 +168,16 @@ impl ContentStore for MemoryStore {
         }
         self.inner.lock().objects.remove(&(kind, digest.clone()));
         Ok(())
+    }
+
+    fn quarantine(&self, kind: Kind, digest: &Digest) -> io::Result<Option<String>> {
+        let mut inner = self.inner.lock();
+        let key = (kind, digest.clone());
+        let Some(buffer) = inner.objects.remove(&key) else {
+            return Ok(None);
+        };
+        inner.quarantined.insert(key, buffer);
+        Ok(Some(format!("memory:quarantine/{}/{digest}", kind.label())))
     }
 
     fn list(&self, kind: Kind) -> io::Result<Box<dyn Iterator<Item = io::Result<Listed>> + '_>> {

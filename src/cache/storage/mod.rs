@@ -120,6 +120,13 @@ pub trait ContentStore: Send + Sync {
     /// Removes a committed object; removing an absent one is not an error.
     fn remove(&self, kind: Kind, digest: &Digest) -> io::Result<()>;
 
+    /// Moves a committed object out of the store's space but keeps it, for
+    /// a post-mortem (a file that does not hash to its name): it is no
+    /// longer opened or listed, and a handle already open on it stays
+    /// readable. One per digest is kept (a later one replaces it). Returns
+    /// where it went; `None` when there was no such object.
+    fn quarantine(&self, kind: Kind, digest: &Digest) -> io::Result<Option<String>>;
+
     /// Everything of a kind, objects and strays, one at a time.
     fn list(&self, kind: Kind) -> io::Result<Box<dyn Iterator<Item = io::Result<Listed>> + '_>>;
 

@@ -4,7 +4,8 @@
 //! `GET /admin/cache`, `GET /admin/repositories`,
 //! `DELETE /admin/manifests/<upstream>/<repo>:<tag>` (or `@<digest>`),
 //! `DELETE /admin/blobs/<digest>`, `POST /admin/gc`, `POST /admin/import`,
-//! `POST /admin/prefetch` (see `prefetch`).
+//! `POST /admin/prefetch` (see `prefetch`), `POST /admin/verify` (see
+//! `verify`).
 //!
 //! With `auth.admin_token_file` set, `/admin/*` asks for that bearer
 //! token; without it nothing here is authenticated (keep `admin_listen` on
@@ -15,6 +16,7 @@ mod import;
 mod prefetch;
 mod purge;
 mod respond;
+mod verify;
 
 use std::sync::Arc;
 
@@ -79,8 +81,13 @@ pub async fn admin_service(app: Arc<App>, request: Request<Incoming>) -> Respons
         "/admin/prefetch" if method == Method::POST => {
             prefetch::prefetch(&app, request.uri().query()).await
         }
+        "/admin/verify" if method == Method::POST => {
+            verify::verify(&app, query_flag(request.uri().query(), "repair")).await
+        }
         "/admin/cache" | "/admin/repositories" => method_not_allowed("GET"),
-        "/admin/gc" | "/admin/import" | "/admin/prefetch" => method_not_allowed("POST"),
+        "/admin/gc" | "/admin/import" | "/admin/prefetch" | "/admin/verify" => {
+            method_not_allowed("POST")
+        }
         "/metrics" => {
             app.refresh_gauges();
             // The process collector reads /proc: off the async workers.

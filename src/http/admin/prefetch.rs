@@ -17,7 +17,7 @@ use http::{Response, StatusCode};
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
-use super::respond::{error, text_stream};
+use super::respond::{error, json_line, text_stream};
 use crate::cache::prefetch::{self, Plan, PrefetchError, PrefetchProgress, Prefetched};
 use crate::http::app::App;
 use crate::http::body::Body;
@@ -138,13 +138,16 @@ impl Events {
                 let plan = self.shared.plan.lock().clone();
                 if let Some(plan) = plan {
                     self.plan_sent = true;
-                    return Some((line(serde_json::json!({ "plan": plan })), self));
+                    return Some((json_line(serde_json::json!({ "plan": plan })), self));
                 }
             }
             let cached = self.shared.cached.load(Ordering::Relaxed);
             if cached != self.sent_bytes {
                 self.sent_bytes = cached;
-                return Some((line(serde_json::json!({ "cached_bytes": cached })), self));
+                return Some((
+                    json_line(serde_json::json!({ "cached_bytes": cached })),
+                    self,
+                ));
             }
             if finished {
                 let outcome = match self.task.take()?.await {
@@ -152,15 +155,9 @@ impl Events {
                     Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
                     Err(e) => serde_json::json!({ "error": format!("prefetch task failed: {e}") }),
                 };
-                return Some((line(outcome), self));
+                return Some((json_line(outcome), self));
             }
             tokio::time::sleep(SAMPLE_EVERY).await;
         }
     }
-}
-
-fn line(value: serde_json::Value) -> std::io::Result<Bytes> {
-    let mut s = value.to_string();
-    s.push('\n');
-    Ok(Bytes::from(s))
 }

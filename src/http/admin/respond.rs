@@ -65,3 +65,10 @@ fn with_type(status: StatusCode, content_type: &'static str, body: Body) -> Resp
     );
     response
 }
+
+/// One line of a streamed NDJSON answer.
+pub(super) fn json_line(value: serde_json::Value) -> std::io::Result<bytes::Bytes> {
+    let mut s = value.to_string();
+    s.push('\n');
+    Ok(bytes::Bytes::from(s))
+}

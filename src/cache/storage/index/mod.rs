@@ -402,6 +402,22 @@ impl Index {
         Ok(())
     }
 
+    /// A small record of the cache's own bookkeeping (where the scrub is),
+    /// under `key` in the default tree; `None` when absent or unreadable.
+    pub fn note<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, IndexError> {
+        let t = self.trees()?;
+        Ok(self
+            .sled(t.db.get(format!("note:{key}")))?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    pub fn set_note<T: Serialize>(&self, key: &str, value: &T) -> Result<(), IndexError> {
+        let value = serde_json::to_vec(value).unwrap_or_default();
+        let t = self.trees()?;
+        self.sled(t.db.insert(format!("note:{key}"), value))?;
+        Ok(())
+    }
+
     fn link_key(upstream: &str, repo: &str, digest: &Digest) -> Vec<u8> {
         format!("{upstream}\0{repo}\0{}", digest.hex()).into_bytes()
     }
