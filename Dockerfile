@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t regcache .
-# Run:   docker run -p 5000:5000 -p 9090:9090 -v regcache-cache:/var/cache/regcache regcache
+# Run:   docker run -p 5000:5000 -p 127.0.0.1:9090:9090 -v regcache-cache:/var/cache/regcache regcache
+# (/metrics and the probes answer through 9090; /admin/* and the status page
+# only from the container's loopback, e.g. docker exec, or with the admin token)
 
 FROM rust:1-bookworm AS build
 WORKDIR /src

@@ -280,6 +280,11 @@ impl Metrics {
         self.throttled.with_label_values(&[reason]).inc();
     }
 
+    /// The cache lookup counts so far, per upstream, kind and outcome.
+    pub fn cache_outcomes(&self) -> Vec<Sample> {
+        samples(&self.cache)
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -302,6 +307,45 @@ fn process_registry() -> Registry {
         tracing::warn!(error = %e, "process metrics unavailable");
     }
     registry
+}
+
+/// One series of a counter or gauge as read now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The series a counter or gauge (vector) has now; reading creates none.
+pub fn samples(collector: &dyn Collector) -> Vec<Sample> {
+    use prometheus::proto::MetricType;
+    let mut out = Vec::new();
+    for family in collector.collect() {
+        let kind = family.get_field_type();
+        for m in family.get_metric() {
+            let value = match kind {
+                MetricType::COUNTER => m.get_counter().get_value(),
+                MetricType::GAUGE => m.get_gauge().get_value(),
+                _ => continue,
+            };
+            let labels = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name().to_owned(), l.value().to_owned()))
+                .collect();
+            out.push(Sample { labels, value });
+        }
+    }
+    out
 }
 
 impl Default for Metrics {
@@ -369,5 +413,23 @@ mod tests {
             assert!(text.contains(&format!("\n{name} ")), "{name}: {text}");
         }
         assert!(!text.contains("regcache_process_"), "{text}");
+    }
+
+    #[test]
+    fn samples_read_existing_series_without_creating_any() {
+        let m = Metrics::new();
+        assert!(m.cache_outcomes().is_empty());
+        assert!(samples(&m.upstream_ratelimit).is_empty());
+        m.cache_outcome("hub", "blob", "hit");
+        m.cache_outcome("hub", "blob", "hit");
+        m.upstream_ratelimit
+            .with_label_values(&["hub", "remaining"])
+            .set(7);
+        let cache = m.cache_outcomes();
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache[0].label("outcome"), Some("hit"));
+        assert_eq!(cache[0].value, 2.0);
+        assert_eq!(samples(&m.upstream_ratelimit)[0].value, 7.0);
+        assert!(!m.render().contains("outcome=\"miss\""));
     }
 }

@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 
 pub use answer::{AnswerError, BlobAnswer, BlobBody, ManifestAnswer};
 pub use error::CacheError;
-pub use flight::{IO_CHUNK, UNKNOWN_SIZE};
+pub use flight::{RunningFill, IO_CHUNK, UNKNOWN_SIZE};
 pub use freshness::{Listing, Manifest, MAX_MANIFEST_SIZE};
 pub use health::Floor;
 pub use ops::bundle;
@@ -324,6 +324,11 @@ impl Cache {
 
     pub fn fills_in_progress(&self) -> usize {
         self.fills.in_progress()
+    }
+
+    /// The running fills with their progress (for the status page).
+    pub fn running_fills(&self) -> Vec<RunningFill> {
+        self.fills.running()
     }
 
     /// Runs a blocking job of the cache (an eviction run, the reconcile)

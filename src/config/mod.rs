@@ -55,8 +55,12 @@ pub const SYSTEM_CONFIG_PATH: &str = "/etc/regcache/regcache.toml";
 pub struct Config {
     /// Registry API listener.
     pub listen: SocketAddr,
-    /// `/metrics`, `/healthz`, `/readyz`.
+    /// `/metrics`, `/healthz`, `/readyz`, the status page and `/admin/*`.
     pub admin_listen: SocketAddr,
+    /// Optional: `/metrics`, `/healthz` and `/readyz` only, for a scraper
+    /// or a Service that must not reach the admin API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Blob files, manifests and the index live here.
     pub cache_dir: PathBuf,
     /// Requests that name no upstream (no `ns=`, no prefix) go here.
@@ -104,6 +108,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            metrics_listen: None,
             cache_dir: PathBuf::from("regcache-data"),
             default_upstream: "docker.io".into(),
             trusted_proxies: Vec::new(),

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::http::{serve, App, AuditLog, Listener, ServeOptions, Shutdown};
+use crate::http::{serve, Activity, App, AuditLog, Listener, ServeOptions, Shutdown};
 
 pub use parts::{check_config, eviction, BuildError, Live, Parts};
 
@@ -47,6 +47,23 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding admin_listen address {}", config.admin_listen))?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics_listen address {addr}"))?,
+        ),
+        None => None,
+    };
+    if !config.admin_listen.ip().is_loopback() && live.policy.admin_token.is_none() {
+        // Not an error: /admin/* and the status page refuse other hosts
+        // (403), only the probes and /metrics answer them.
+        tracing::warn!(
+            admin_listen = %config.admin_listen,
+            "admin_listen is not a loopback address and [auth] admin_token_file is not set: \
+             /admin/* and the status page answer only requests from loopback"
+        );
+    }
     let grace = config.shutdown_grace.get();
     let audit = match &config.audit.log {
         Some(target) => Some(
@@ -62,6 +79,8 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
         metrics,
         policy: parking_lot::RwLock::new(Arc::new(live.policy)),
         audit,
+        started: std::time::Instant::now(),
+        activity: Activity::default(),
     });
 
     // The index is reconciled with the files in the background: hits are
@@ -126,6 +145,10 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
     tracing::info!(
         listen = %registry_listener.local_addr()?,
         admin = %admin_listener.local_addr()?,
+        metrics = %metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map_or_else(|| "-".to_owned(), |a| a.to_string()),
         cache_dir = %app.config.cache_dir.display(),
         default_upstream = %app.config.default_upstream,
         tls = tls.is_some(),
@@ -149,6 +172,20 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
         shutdown.clone(),
         registry_options,
     ));
+    let metrics_server = metrics_listener.map(|listener| {
+        let options = ServeOptions {
+            grace,
+            limits: app.config.limits.clone(),
+            tls: None,
+        };
+        tokio::spawn(serve(
+            listener,
+            Listener::Metrics,
+            app.clone(),
+            shutdown.clone(),
+            options,
+        ))
+    });
     let admin = tokio::spawn(serve(
         admin_listener,
         Listener::Admin,
@@ -157,8 +194,8 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
         admin_options,
     ));
 
-    // Under systemd (Type=notify) the unit is "started" only now, with both
-    // listeners bound; elsewhere NOTIFY_SOCKET is unset and this does nothing.
+    // Under systemd (Type=notify) the unit is "started" only now, with every
+    // listener bound; elsewhere NOTIFY_SOCKET is unset and this does nothing.
     notify_systemd(sd_notify::NotifyState::Ready);
 
     if let Some(interval) = sd_notify::watchdog_enabled() {
@@ -185,6 +222,9 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
     // does not hold the admin listener open for the grace period.
     app.cache.stop_background();
     let _ = tokio::join!(registry, admin);
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
     // Fills nobody is reading any more still finish if they can in time, so
     // the work is not lost; what is left at the deadline is dropped, and its
     // temporary file with it.

@@ -82,6 +82,7 @@ fn apply(app: &App, tls: Option<&Tls>, new: &Config, live: Live) {
     for (key, changed) in [
         ("listen", old.listen != new.listen),
         ("admin_listen", old.admin_listen != new.admin_listen),
+        ("metrics_listen", old.metrics_listen != new.metrics_listen),
         ("cache_dir", old.cache_dir != new.cache_dir),
         (
             "default_upstream",

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::activity::Activity;
 use super::audit::AuditLog;
 use crate::cache::Cache;
 use crate::config::Config;
@@ -21,6 +22,10 @@ pub struct App {
     pub policy: parking_lot::RwLock<Arc<ClientPolicy>>,
     /// The JSON audit log, when configured.
     pub audit: Option<AuditLog>,
+    /// When serving began, for the status page's uptime.
+    pub started: std::time::Instant,
+    /// Most pulled images and recent denials, for the status page.
+    pub activity: Activity,
 }
 
 impl App {

@@ -2,8 +2,10 @@
 //! routing and the OCI error format. Dependencies inside point one way:
 //! `server` → `api` (and `admin`) → the handlers (`blobs`, `manifests`,
 //! `listings`, `passthrough`) → `route`, `error`, `headers`, `body`, with
-//! `app` (the shared state) beside them.
+//! `app` (the shared state) and `activity` (recent traffic for the status
+//! page) beside them.
 
+mod activity;
 mod admin;
 mod api;
 mod app;
@@ -20,7 +22,8 @@ pub mod route;
 mod server;
 mod tls;
 
-pub use admin::admin_service;
+pub use activity::Activity;
+pub use admin::{admin_service, metrics_service};
 pub use api::handle;
 pub use app::{App, RequestLog};
 pub use audit::AuditLog;

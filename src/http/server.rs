@@ -46,6 +46,8 @@ impl Shutdown {
 pub enum Listener {
     Registry,
     Admin,
+    /// `metrics_listen`: the probes and `/metrics`, nothing else.
+    Metrics,
 }
 
 /// How one listener treats its connections.
@@ -324,7 +326,11 @@ async fn dispatch(
         Listener::Registry => super::api::handle(&app, peer.ip(), request, &mut log).await,
         Listener::Admin => {
             log.route = "admin";
-            super::admin::admin_service(app.clone(), request).await
+            super::admin::admin_service(app.clone(), peer, request).await
+        }
+        Listener::Metrics => {
+            log.route = "metrics";
+            super::admin::metrics_service(&app, &request).await
         }
     };
     let status = response.status().as_u16();
@@ -359,6 +365,7 @@ async fn dispatch(
         );
     }
     if matches!(kind, Listener::Registry) {
+        app.activity.record(&log, &method, &path, status);
         app.metrics
             .requests
             .with_label_values(&[log.route, method.as_str(), &status.to_string()])

@@ -98,7 +98,16 @@ pub struct Upstream {
     /// Caps requests per second to this upstream.
     pace: Option<governor::DefaultDirectRateLimiter>,
     docker_hub: bool,
+    /// The most recent failure, for the status page.
+    last_error: parking_lot::Mutex<Option<LastError>>,
     shared: Arc<Shared>,
+}
+
+/// An upstream's most recent failure.
+#[derive(Debug, Clone)]
+pub struct LastError {
+    pub at: std::time::SystemTime,
+    pub message: String,
 }
 
 fn pace(per_second: f64) -> Option<governor::DefaultDirectRateLimiter> {
@@ -197,6 +206,7 @@ impl Upstream {
             )),
             pace: pace(config.max_requests_per_second),
             docker_hub,
+            last_error: parking_lot::Mutex::new(None),
             shared,
         })
     }
@@ -271,6 +281,11 @@ impl Upstream {
         self.breaker.state()
     }
 
+    /// The most recent failure talking to this upstream, if any.
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error.lock().clone()
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         std::iter::once(&*self.name).chain(self.aliases.iter().map(String::as_str))
     }
@@ -280,6 +295,36 @@ impl Upstream {
     /// returns the final answer. Any status comes back as a response; only
     /// transport failures, timeouts, offline and an open breaker are errors.
     pub async fn request(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        suffix: &str,
+        query: Option<&str>,
+        headers: HeaderMap,
+    ) -> Result<Response, UpstreamError> {
+        let answer = self.request_at(method, repo, suffix, query, headers).await;
+        self.note_failure(&answer);
+        answer
+    }
+
+    /// Remembers a failure of this upstream (not the mirror's own refusal
+    /// to call it: offline, or a breaker already open).
+    fn note_failure(&self, answer: &Result<Response, UpstreamError>) {
+        let message = match answer {
+            Err(UpstreamError::Offline { .. } | UpstreamError::CircuitOpen { .. }) => return,
+            Err(e) => e.to_string(),
+            Ok(r) if Failure::of_status(r.status()).is_some() => {
+                format!("answered {}", r.status())
+            }
+            Ok(_) => return,
+        };
+        *self.last_error.lock() = Some(LastError {
+            at: std::time::SystemTime::now(),
+            message,
+        });
+    }
+
+    async fn request_at(
         &self,
         method: Method,
         repo: &RepoName,

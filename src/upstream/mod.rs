@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub use auth::{Credentials, CredentialsError, TokenCache};
 pub use challenge::{parse_challenges, Challenge};
-pub use client::{SettingsError, Upstream, UpstreamSettings};
+pub use client::{LastError, SettingsError, Upstream, UpstreamSettings};
 pub use error::{Failure, UpstreamError};
 pub use health::{Admission, BreakerState, CircuitBreaker};
 pub use response::{BodyStream, Response};

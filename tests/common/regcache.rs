@@ -1,7 +1,7 @@
 //! Runs the real `regcache` binary for end-to-end tests: its own config
 //! file, its own cache directory, free ports on 127.0.0.1.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -76,11 +76,30 @@ impl Regcache {
         extra: &str,
         cache: Option<PathBuf>,
     ) -> Regcache {
+        Self::start_full(upstreams, extra, cache, Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// As [`Regcache::start_with`], with `admin_listen` on `admin_ip` (a
+    /// non-loopback address of this machine, to be reached as another host).
+    pub fn start_with_admin_on(
+        upstreams: &[UpstreamEntry],
+        extra: &str,
+        admin_ip: IpAddr,
+    ) -> Regcache {
+        Self::start_full(upstreams, extra, None, admin_ip)
+    }
+
+    fn start_full(
+        upstreams: &[UpstreamEntry],
+        extra: &str,
+        cache: Option<PathBuf>,
+        admin_ip: IpAddr,
+    ) -> Regcache {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_owned();
         let cache = cache.unwrap_or_else(|| dir.join("cache"));
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin = SocketAddr::new(admin_ip, free_port());
         let config_path = dir.join("regcache.toml");
         let mut rc = Regcache {
             child: None,
@@ -100,7 +119,7 @@ impl Regcache {
                 Ok(()) => return rc,
                 Err(log) if log.contains("Address already in use") => {
                     rc.addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-                    rc.admin = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+                    rc.admin = SocketAddr::new(admin_ip, free_port());
                     let _ = std::fs::remove_file(&rc.log_path);
                 }
                 Err(log) => panic!("regcache exited at startup; log:\n{log}"),

@@ -68,10 +68,29 @@ pub struct Progress {
     pub phase: Phase,
 }
 
+/// A running fill as the status page shows it.
+#[derive(Debug, Clone)]
+pub struct RunningFill {
+    pub digest: Digest,
+    pub upstream: Arc<str>,
+    pub repo: String,
+    /// Bytes staged so far.
+    pub written: u64,
+    /// The upstream's Content-Length, once its headers arrived.
+    pub size: Option<u64>,
+}
+
+/// One digest's running fill: its progress, and whom it is fetched for.
+struct Running {
+    progress: watch::Receiver<Progress>,
+    upstream: Arc<str>,
+    repo: RepoName,
+}
+
 pub struct Fills {
     /// The running fill of each digest; entries leave through [`Entry`]'s
     /// drop, however the fill ends.
-    table: Mutex<HashMap<Digest, watch::Receiver<Progress>>>,
+    table: Mutex<HashMap<Digest, Running>>,
     store: Arc<dyn ContentStore>,
     index: Arc<Index>,
     /// Room above the free-space floor; told how each fill's writes went.
@@ -132,9 +151,9 @@ impl Fills {
         digest: &Digest,
     ) -> Result<Attached, CacheError> {
         let mut table = self.table.lock();
-        if let Some(progress) = table.get(digest) {
+        if let Some(running) = table.get(digest) {
             return Ok(Attached::Fill {
-                progress: progress.clone(),
+                progress: running.progress.clone(),
                 joined: true,
             });
         }
@@ -147,7 +166,14 @@ impl Fills {
             written: 0,
             phase: Phase::Connecting,
         });
-        table.insert(digest.clone(), rx.clone());
+        table.insert(
+            digest.clone(),
+            Running {
+                progress: rx.clone(),
+                upstream: upstream.name.clone(),
+                repo: repo.clone(),
+            },
+        );
         self.metrics.fills_in_progress.inc();
         let entry = Entry {
             fills: self.clone(),
@@ -164,6 +190,32 @@ impl Fills {
     /// Fills running now.
     pub fn in_progress(&self) -> usize {
         self.table.lock().len()
+    }
+
+    /// The running fills and how far each is, largest first.
+    pub fn running(&self) -> Vec<RunningFill> {
+        let mut out: Vec<RunningFill> = self
+            .table
+            .lock()
+            .iter()
+            .map(|(digest, r)| {
+                let progress = r.progress.borrow();
+                let size = match &progress.phase {
+                    Phase::Streaming { size, .. } => *size,
+                    Phase::Complete { size, .. } => Some(*size),
+                    Phase::Connecting | Phase::Failed(_) => None,
+                };
+                RunningFill {
+                    digest: digest.clone(),
+                    upstream: r.upstream.clone(),
+                    repo: r.repo.to_string(),
+                    written: progress.written,
+                    size,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| b.size.cmp(&a.size).then(b.written.cmp(&a.written)));
+        out
     }
 }
 

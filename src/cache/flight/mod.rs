@@ -7,6 +7,6 @@ pub mod readers;
 pub mod single_flight;
 
 pub use body::{body_stream, wait_for_headers, BodySource, UNKNOWN_SIZE};
-pub use fill::{Attached, Fills, Phase, Progress, IO_CHUNK};
+pub use fill::{Attached, Fills, Phase, Progress, RunningFill, IO_CHUNK};
 pub use readers::{ReaderGuard, Readers};
 pub use single_flight::SingleFlight;

@@ -1,23 +1,27 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`,
-//! `/admin/offline` (GET shows, `POST ?enabled=true|false` switches the
-//! global offline mode without a restart), and cache management:
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, the status page
+//! (`GET /`, see `status`), `/admin/offline` (GET shows,
+//! `POST ?enabled=true|false` switches the global offline mode without a
+//! restart), and cache management:
 //! `GET /admin/cache`, `GET /admin/repositories`,
 //! `DELETE /admin/manifests/<upstream>/<repo>:<tag>` (or `@<digest>`),
 //! `DELETE /admin/blobs/<digest>`, `POST /admin/gc`, `POST /admin/import`,
 //! `POST /admin/prefetch` (see `prefetch`), `POST /admin/verify` (see
 //! `verify`).
 //!
-//! With `auth.admin_token_file` set, `/admin/*` asks for that bearer
-//! token; without it nothing here is authenticated (keep `admin_listen` on
-//! loopback or a management network). `/metrics`, `/healthz` and
-//! `/readyz` are always open, for scrapers and health checks.
+//! `/admin/*` and the status page are served under the rule of `access`:
+//! the admin token when `auth.admin_token_file` is set, else requests from
+//! loopback only. `/metrics`, `/healthz` and `/readyz` are always open, for
+//! scrapers and health checks, and are all that `metrics_listen` serves.
 
+mod access;
 mod import;
 mod prefetch;
 mod purge;
 mod respond;
+mod status;
 mod verify;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -26,22 +30,115 @@ use hyper::body::Incoming;
 use super::app::App;
 use super::body::Body;
 use crate::cache::manage;
+use access::{Decision, TokenCheck};
 use respond::{blocking_json, error, method_not_allowed, text};
 
-pub async fn admin_service(app: Arc<App>, request: Request<Incoming>) -> Response<Body> {
+/// The `metrics_listen` listener: the probes and `/metrics`, and a 404 for
+/// everything else.
+pub async fn metrics_service<B>(app: &Arc<App>, request: &Request<B>) -> Response<Body> {
+    let path = request.uri().path();
+    probe(app, path).await.unwrap_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no endpoint {path} on metrics_listen (it serves /metrics, /healthz and /readyz)"
+            ),
+        )
+    })
+}
+
+/// `/metrics`, `/healthz` and `/readyz`: open to anyone on both listeners.
+async fn probe(app: &Arc<App>, path: &str) -> Option<Response<Body>> {
+    Some(match path {
+        "/metrics" => {
+            app.refresh_gauges();
+            // The process collector reads /proc: off the async workers.
+            let a = app.clone();
+            let body = tokio::task::spawn_blocking(move || a.metrics.render())
+                .await
+                .unwrap_or_default();
+            text(StatusCode::OK, "text/plain; version=0.0.4", body)
+        }
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        // Ready as soon as the listeners are up: serving never needs the
+        // upstream, and hits do not need the index. Not ready while storage
+        // writes fail (a full disk): new content cannot be cached, and a
+        // balancer should prefer a replica that can.
+        "/readyz" => match app.cache.ready() {
+            Ok(()) => text(StatusCode::OK, "text/plain", "ready\n".into()),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
+        _ => return None,
+    })
+}
+
+/// The admin rule for `/admin/*` and the status page; the refusal to send
+/// when the request may not be served.
+fn refusal(
+    app: &App,
+    peer: SocketAddr,
+    headers: &http::HeaderMap,
+    method: &Method,
+    path: &str,
+) -> Option<Response<Body>> {
+    let policy = app.policy.read().clone();
+    let token = match &policy.admin_token {
+        None => TokenCheck::NotConfigured,
+        Some(t) if t.accepts(headers) => TokenCheck::Accepted,
+        Some(_) => TokenCheck::Refused,
+    };
+    match access::decide(peer.ip(), access::relayed(headers), token) {
+        Decision::Allow => None,
+        Decision::NeedsToken => {
+            tracing::warn!(%method, %path, %peer, "admin request without the admin token refused");
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "this endpoint needs the admin token (Authorization: Bearer ...)".into(),
+            );
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"regcache-admin\""),
+            );
+            Some(r)
+        }
+        Decision::NotLocal => {
+            tracing::info!(%method, %path, %peer, "admin request from another host refused: no admin token is configured");
+            Some(error(
+                StatusCode::FORBIDDEN,
+                "the admin API answers only requests from loopback while no admin token is \
+                 configured: set [auth] admin_token_file (and send Authorization: Bearer <token>) \
+                 or call from this host"
+                    .into(),
+            ))
+        }
+    }
+}
+
+pub async fn admin_service(
+    app: Arc<App>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    if path.starts_with("/admin/") && !admin_allowed(&app, request.headers()) {
-        tracing::warn!(%method, %path, "admin request without the admin token refused");
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "this endpoint needs the admin token (Authorization: Bearer ...)".into(),
-        );
-        r.headers_mut().insert(
-            http::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"regcache-admin\""),
-        );
+    if let Some(r) = probe(&app, &path).await {
         return r;
+    }
+    if path == "/" || path.starts_with("/admin/") {
+        if let Some(r) = refusal(&app, peer, request.headers(), &method, &path) {
+            return r;
+        }
+    }
+    if path == "/" {
+        return if method == Method::GET || method == Method::HEAD {
+            status::page(&app)
+        } else {
+            method_not_allowed("GET")
+        };
     }
     if let Some(rest) = path.strip_prefix("/admin/manifests/") {
         return if method == Method::DELETE {
@@ -88,28 +185,6 @@ pub async fn admin_service(app: Arc<App>, request: Request<Incoming>) -> Respons
         "/admin/gc" | "/admin/import" | "/admin/prefetch" | "/admin/verify" => {
             method_not_allowed("POST")
         }
-        "/metrics" => {
-            app.refresh_gauges();
-            // The process collector reads /proc: off the async workers.
-            let a = app.clone();
-            let body = tokio::task::spawn_blocking(move || a.metrics.render())
-                .await
-                .unwrap_or_default();
-            text(StatusCode::OK, "text/plain; version=0.0.4", body)
-        }
-        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
-        // Ready as soon as the listeners are up: serving never needs the
-        // upstream, and hits do not need the index. Not ready while storage
-        // writes fail (a full disk): new content cannot be cached, and a
-        // balancer should prefer a replica that can.
-        "/readyz" => match app.cache.ready() {
-            Ok(()) => text(StatusCode::OK, "text/plain", "ready\n".into()),
-            Err(why) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                format!("not ready: {why}\n"),
-            ),
-        },
         "/admin/offline" if method == Method::GET => offline_state(&app),
         "/admin/offline" if method == Method::POST => {
             let enabled = request.uri().query().and_then(|q| {
@@ -136,14 +211,6 @@ pub async fn admin_service(app: Arc<App>, request: Request<Incoming>) -> Respons
         }
         _ => error(StatusCode::NOT_FOUND, format!("no admin endpoint {path}")),
     }
-}
-
-fn admin_allowed(app: &App, headers: &http::HeaderMap) -> bool {
-    let policy = app.policy.read().clone();
-    policy
-        .admin_token
-        .as_ref()
-        .map_or(true, |token| token.accepts(headers))
 }
 
 fn query_flag(query: Option<&str>, name: &str) -> bool {
