@@ -72,6 +72,13 @@ enum Command {
     Import {
         #[arg(value_name = "BUNDLE")]
         bundle: PathBuf,
+        /// The upstream (name or alias) for images the bundle names without
+        /// a registry, e.g. a bare tag from `oci-archive:a.tar:v2`.
+        #[arg(long, value_name = "NAME")]
+        upstream: Option<String>,
+        /// The repository for images the bundle names by a bare tag.
+        #[arg(long, value_name = "REPO", requires = "upstream")]
+        repo: Option<String>,
     },
 }
 
@@ -116,7 +123,13 @@ fn main() -> ExitCode {
             all,
             images,
         } => manage(&config, |c| regcache::cli::export(c, &output, &images, all)),
-        Command::Import { bundle } => manage(&config, |c| regcache::cli::import(c, &bundle)),
+        Command::Import {
+            bundle,
+            upstream,
+            repo,
+        } => manage(&config, |c| {
+            regcache::cli::import(c, &bundle, &regcache::cli::ImportTarget { upstream, repo })
+        }),
         Command::Serve => {
             init_tracing(config.log_format, &config.log_level);
             // reqwest and any future TLS listener share one crypto provider.

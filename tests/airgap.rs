@@ -268,3 +268,108 @@ async fn prefetch_through_a_daemon_that_demands_tls_and_credentials() {
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stdout.contains("FAILED"), "{}", out.stdout);
 }
+
+/// An OCI archive written by another tool carries only the standard
+/// `org.opencontainers.image.ref.name`: a full `host/repo:tag` is recorded
+/// under the upstream configured for that host; a bare tag is refused
+/// unless `--upstream` and `--repo` say where it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skopeo_oci_archive_keeps_its_tags() {
+    use common::images::{skopeo, SKOPEO_TIMEOUT};
+    use common::registry::http_request;
+    let upstream = Registry::start();
+    let fixtures = images::load_fixtures_with_big_layer(&upstream, 64 * 1024);
+    let work = tempfile::tempdir().unwrap();
+    let archive = |name: &str, src: &str, ref_name: &str| {
+        let path = work.path().join(name);
+        skopeo(
+            &[
+                "copy",
+                "--all",
+                "--src-tls-verify=false",
+                &format!("docker://{}/{src}", upstream.host()),
+                &format!("oci-archive:{}:{ref_name}", path.display()),
+            ],
+            SKOPEO_TIMEOUT,
+        )
+        .unwrap();
+        path
+    };
+    let full = archive(
+        "full.tar",
+        "test/multiarch:v1",
+        &format!("{}/test/multiarch:v1", upstream.host()),
+    );
+    let bare = archive("bare.tar", "test/schema2:v1", "v2");
+
+    // The air-gapped mirror knows the registry's host as an alias and
+    // never dials: offline, nothing listening at its url.
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let entry = || UpstreamEntry::new("local", &nowhere).alias(&upstream.host());
+    let mut mirror = Regcache::start_with(&[entry()], "offline = true");
+    mirror.terminate();
+    let manifest = |mirror: &Regcache, path: &str| {
+        let accept = [(
+            "Accept",
+            "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        )];
+        http_request(mirror.addr, "GET", path, &accept, None)
+            .unwrap()
+            .status
+    };
+
+    // Standalone, into the stopped mirror's directory.
+    let out = mirror.cli(&["import", full.to_str().unwrap()]);
+    assert!(out.success(), "{out:?}");
+    assert!(out.stdout.contains("1 images, 1 tags"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("imported local/test/multiarch:v1"),
+        "{}",
+        out.stdout
+    );
+    mirror.start_again();
+    assert_eq!(manifest(&mirror, "/v2/test/multiarch/manifests/v1"), 200);
+    assert_pulls_from(&fixtures.oci_index, &mirror.host()).await;
+
+    // Through the running daemon: a bare tag names no repository.
+    let out = mirror.cli(&["import", bare.to_str().unwrap()]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("the archive names tag v2 without a repository: pass --upstream and --repo"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(manifest(&mirror, "/v2/team/app/manifests/v2"), 404);
+    let out = mirror.cli(&[
+        "import",
+        "--upstream",
+        "nowhere",
+        "--repo",
+        "team/app",
+        bare.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("\"nowhere\""), "{}", out.stderr);
+    let out = mirror.cli(&[
+        "import",
+        "--upstream",
+        "local",
+        "--repo",
+        "team/app",
+        bare.to_str().unwrap(),
+    ]);
+    assert!(out.success(), "{out:?}");
+    assert!(out.stdout.contains("1 images, 1 tags"), "{}", out.stdout);
+    assert_eq!(manifest(&mirror, "/v2/team/app/manifests/v2"), 200);
+
+    // A host this mirror does not configure is refused, naming it.
+    let other = Regcache::start_with(&[UpstreamEntry::new("local", &nowhere)], "offline = true");
+    let out = other.cli(&["import", full.to_str().unwrap()]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("{:?}", upstream.host())),
+        "{}",
+        out.stderr
+    );
+}

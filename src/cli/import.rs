@@ -7,14 +7,38 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 
-use super::{human_bytes, open_local, runtime, Daemon};
-use crate::cache::bundle::{BundleError, ImportReport};
+use super::{human_bytes, open_local, runtime, upstreams, Daemon};
+use crate::cache::bundle::{BundleError, ImportReport, Placement};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
-pub fn import(config: &Config, path: &Path) -> anyhow::Result<ExitCode> {
+/// Where references that name no registry or repository go (a bare tag,
+/// as `skopeo copy ... oci-archive:a.tar:v2` writes it).
+#[derive(Debug, Default, Clone)]
+pub struct ImportTarget {
+    pub upstream: Option<String>,
+    pub repo: Option<String>,
+}
+
+pub fn import(config: &Config, path: &Path, target: &ImportTarget) -> anyhow::Result<ExitCode> {
+    // The same upstreams, names and aliases the registry API routes by.
+    let ups = upstreams(config)?;
+    // Checked here too so that a bad flag is refused before any upload.
+    let placement = Placement::new(target.upstream.as_deref(), target.repo.as_deref(), &ups)?;
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let report: ImportReport = if let Some(daemon) = Daemon::find(config) {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (key, value) in [("upstream", &target.upstream), ("repo", &target.repo)] {
+            if let Some(v) = value {
+                query.append_pair(key, v);
+            }
+        }
+        let query = query.finish();
+        let endpoint = if query.is_empty() {
+            "/admin/import".to_owned()
+        } else {
+            format!("/admin/import?{query}")
+        };
         runtime()?.block_on(async {
             let file = tokio::fs::File::from_std(file);
             let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
@@ -24,7 +48,7 @@ pub fn import(config: &Config, path: &Path) -> anyhow::Result<ExitCode> {
             let (_, r) = daemon
                 .call(
                     daemon
-                        .admin(reqwest::Method::POST, "/admin/import")
+                        .admin(reqwest::Method::POST, &endpoint)
                         .header("content-type", "application/x-tar")
                         .body(body),
                 )
@@ -33,28 +57,16 @@ pub fn import(config: &Config, path: &Path) -> anyhow::Result<ExitCode> {
         })?
     } else {
         let cache = open_local(config, Arc::new(Metrics::new()))?;
-        let names: Vec<(String, Vec<String>)> = config
-            .upstreams()
-            .into_iter()
-            .map(|u| (u.name.clone(), u.aliases.clone()))
-            .collect();
-        let resolve = move |n: &str| -> Option<String> {
-            names
-                .iter()
-                .find(|(name, aliases)| {
-                    name.eq_ignore_ascii_case(n)
-                        || aliases.iter().any(|a| a.eq_ignore_ascii_case(n))
-                })
-                .map(|(name, _)| name.clone())
-        };
         let reader = std::io::BufReader::with_capacity(1 << 20, file);
-        cache.import(reader, &resolve).map_err(|e: BundleError| {
-            if e.is_bad_bundle() {
-                anyhow!("rejected {}: {e}", path.display())
-            } else {
-                anyhow!("importing {}: {e}", path.display())
-            }
-        })?
+        cache
+            .import(reader, &ups, &placement)
+            .map_err(|e: BundleError| {
+                if e.is_bad_bundle() {
+                    anyhow!("rejected {}: {e}", path.display())
+                } else {
+                    anyhow!("importing {}: {e}", path.display())
+                }
+            })?
     };
     for image in &report.images {
         println!("imported {image}");
