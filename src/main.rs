@@ -92,16 +92,20 @@ fn main() -> ExitCode {
     // What policy compiles (globs, credential files, the admin token) is
     // checked here for every command; `serve` compiles it once, below, as
     // part of building its parts.
-    if !matches!(command, Command::Serve) {
+    if !matches!(command, Command::Serve | Command::CheckConfig) {
         if let Err(e) = daemon::check_config(&config) {
             return invalid_configuration(&e);
         }
     }
     match command {
-        Command::CheckConfig => {
-            print!("{}", config.to_toml());
-            ExitCode::SUCCESS
-        }
+        // Exactly what `serve` builds before binding, files opened and all.
+        Command::CheckConfig => match daemon::Parts::build(&config) {
+            Ok(_) => {
+                print!("{}", config.to_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => invalid_configuration(&e),
+        },
         Command::Healthcheck => match regcache::cli::healthcheck(config.admin_listen) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -79,6 +79,60 @@ fn bad_config_is_refused_naming_the_key() {
     assert!(!out.status.success());
 }
 
+/// `check-config` runs what `serve` runs before binding: a config one
+/// refuses, the other refuses too, naming the key or the file.
+#[test]
+fn check_config_refuses_what_serve_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing-cert.pem");
+    let cases = [
+        (
+            "tls",
+            format!("[tls]\ncert_file = {missing:?}\nkey_file = {missing:?}\n"),
+            "missing-cert.pem",
+        ),
+        (
+            "log_level",
+            "log_level = \"verbose\"\n".to_owned(),
+            "log_level: \"verbose\" is not a level",
+        ),
+        ("integer", "header_timeout = 7\n".to_owned(), "write \"7s\""),
+        (
+            "string",
+            "header_timeout = \"7\"\n".to_owned(),
+            "write \"7s\"",
+        ),
+    ];
+    for (name, toml, expected) in cases {
+        let path = dir.path().join(format!("{name}.toml"));
+        let toml = format!(
+            "listen = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\ncache_dir = {:?}\n{toml}",
+            free_port(),
+            free_port(),
+            dir.path().join("cache")
+        );
+        std::fs::write(&path, toml).unwrap();
+        for command in ["check-config", "serve"] {
+            let out = regcache()
+                .args([command, "--config"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{name}: {command} accepted it");
+            assert!(stderr.contains(expected), "{name}: {command}: {stderr}");
+        }
+    }
+    let out = regcache()
+        .arg("check-config")
+        .env("REGCACHE_HEADER_TIMEOUT", "7")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("write \"7s\""), "{stderr}");
+}
+
 #[test]
 fn environment_overrides_the_defaults() {
     let out = regcache()

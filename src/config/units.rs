@@ -176,7 +176,9 @@ impl<'de> Deserialize<'de> for FreeSpace {
     }
 }
 
-/// A duration written as "5m", "30s", "7d" (or a number of seconds).
+/// A duration written as "5m", "30s", "7d". A bare number is refused:
+/// `7` could mean seconds or milliseconds, and `"7"` is refused by the
+/// parser, so both say to write the unit.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
@@ -204,20 +206,58 @@ impl<'de> Deserialize<'de> for HumanDuration {
         #[serde(untagged)]
         enum Raw {
             Text(String),
-            Seconds(u64),
+            Number(serde_json::Number),
         }
         match Raw::deserialize(d)? {
-            Raw::Seconds(s) => Ok(HumanDuration(Duration::from_secs(s))),
-            Raw::Text(t) => humantime::parse_duration(t.trim())
-                .map(HumanDuration)
-                .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
+            Raw::Number(n) => Err(serde::de::Error::custom(needs_a_unit(&n.to_string()))),
+            Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
         }
     }
+}
+
+fn needs_a_unit(n: &str) -> String {
+    let example = if n.chars().all(|c| c.is_ascii_digit()) {
+        format!("{n}s")
+    } else {
+        "7s".into()
+    };
+    format!(
+        "invalid duration {n}: a number needs a unit, write \"{example}\" (or 500ms, 5m, 1h, 7d)"
+    )
+}
+
+/// "7" says nothing about its unit either: the same advice as for 7.
+fn parse_duration(t: &str) -> Result<HumanDuration, String> {
+    let t = t.trim();
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(needs_a_unit(t));
+    }
+    humantime::parse_duration(t)
+        .map(HumanDuration)
+        .map_err(|e| format!("invalid duration {t:?}: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        #[derive(Deserialize)]
+        struct T {
+            d: HumanDuration,
+        }
+        let parse = |v: &str| toml::from_str::<T>(&format!("d = {v}")).map(|t| t.d.get());
+        assert_eq!(parse("\"7s\"").unwrap(), Duration::from_secs(7));
+        assert_eq!(parse("\"1h 30m\"").unwrap(), Duration::from_secs(5400));
+        for bare in ["7", "\"7\""] {
+            let e = parse(bare).unwrap_err().to_string();
+            assert!(e.contains("write \"7s\""), "{bare}: {e}");
+        }
+        let e = parse("7.5").unwrap_err().to_string();
+        assert!(e.contains("needs a unit"), "{e}");
+        assert!(parse("\"soon\"").is_err());
+    }
 
     #[test]
     fn sizes_parse_and_print_back() {
