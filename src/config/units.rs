@@ -74,20 +74,26 @@ impl std::str::FromStr for ByteSize {
 }
 
 impl fmt::Display for ByteSize {
-    /// The largest binary unit that states the size exactly, so that the
+    /// The unit, binary or decimal, that states the size exactly with the
+    /// smallest number: "50GB" prints as written (not 48828125KiB), and the
     /// printed form reads back to the same number.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (unit, m) in [
+        let (number, unit) = [
             ("TiB", 1u64 << 40),
             ("GiB", 1 << 30),
             ("MiB", 1 << 20),
             ("KiB", 1 << 10),
-        ] {
-            if self.0 >= m && self.0 % m == 0 {
-                return write!(f, "{}{unit}", self.0 / m);
-            }
-        }
-        write!(f, "{}B", self.0)
+            ("TB", 1_000_000_000_000),
+            ("GB", 1_000_000_000),
+            ("MB", 1_000_000),
+            ("KB", 1_000),
+        ]
+        .into_iter()
+        .filter(|(_, m)| self.0 >= *m && self.0 % m == 0)
+        .map(|(unit, m)| (self.0 / m, unit))
+        .min()
+        .unwrap_or((self.0, "B"));
+        write!(f, "{number}{unit}")
     }
 }
 
@@ -274,6 +280,9 @@ mod tests {
             assert_eq!(b.to_string().parse::<ByteSize>(), Ok(b));
         }
         assert_eq!(ByteSize(50 << 30).to_string(), "50GiB");
+        for written in ["50GB", "1TB", "512MiB", "1500KB", "4KiB", "12345B"] {
+            assert_eq!(written.parse::<ByteSize>().unwrap().to_string(), written);
+        }
     }
 
     #[test]
