@@ -373,3 +373,93 @@ async fn a_skopeo_oci_archive_keeps_its_tags() {
         out.stderr
     );
 }
+
+/// Runs `regcache <args>` for `rc` under a pseudo-terminal (util-linux
+/// `script`), so progress is drawn as an operator sees it; what it drew.
+fn on_a_terminal(rc: &Regcache, args: &str) -> String {
+    let command = format!(
+        "{} {args} --config {}",
+        env!("CARGO_BIN_EXE_regcache"),
+        rc.dir.join("regcache.toml").display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux) runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every management command that reports speaks JSON with --json; export
+/// streams to stdout with `-o -`; import and prefetch draw honest progress
+/// on a terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_stdout_export_and_terminal_progress() {
+    let upstream = Registry::start();
+    let _fixtures = images::load_fixtures_with_big_layer(&upstream, 64 * 1024);
+    let source = Regcache::start(&[UpstreamEntry::new("local", &upstream.url())]);
+    let json = |out: &common::regcache::CliOutput| -> serde_json::Value {
+        assert!(out.success(), "{out:?}");
+        serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout))
+    };
+    let v = json(&source.cli(&["prefetch", "--json", "test/schema2:v1"]));
+    assert_eq!(v["prefetched"], 1, "{v}");
+    assert!(v["bytes"].as_u64().unwrap() > 0, "{v}");
+    let missing = source.cli(&["prefetch", "--json", "test/nope:v1"]);
+    assert_eq!(missing.code, Some(1), "{missing:?}");
+    let v: serde_json::Value = serde_json::from_str(missing.stdout.trim()).unwrap();
+    assert_eq!(v["failed"][0]["image"], "local/test/nope:v1", "{v}");
+
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("b.tar");
+    let v = json(&source.cli(&[
+        "export",
+        "--json",
+        "-o",
+        bundle.to_str().unwrap(),
+        "test/schema2:v1",
+    ]));
+    assert_eq!(v["images"][0], "local/test/schema2:v1", "{v}");
+    // `-o -`: the tar on stdout, which tar itself reads.
+    let streamed = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .args(["export", "-o", "-", "test/schema2:v1", "--config"])
+        .arg(source.dir.join("regcache.toml"))
+        .output()
+        .unwrap();
+    assert!(streamed.status.success(), "{streamed:?}");
+    assert_eq!(streamed.stdout, std::fs::read(&bundle).unwrap());
+    let listed = work.path().join("streamed.tar");
+    std::fs::write(&listed, &streamed.stdout).unwrap();
+    let tar = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&listed)
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&tar.stdout);
+    assert!(
+        names.contains("index.json") && names.contains("oci-layout"),
+        "{names}"
+    );
+
+    let v = json(&source.cli(&["gc", "--json"]));
+    assert!(v.get("bytes_freed").is_some(), "{v}");
+    let v = json(&source.cli(&["purge", "--json", "local/test/schema2:v1"]));
+    assert_eq!(v[0]["target"], "local/test/schema2:v1", "{v}");
+    assert_eq!(v[0]["tags"].as_array().unwrap().len(), 1, "{v}");
+
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let target = Regcache::start(&[UpstreamEntry::new("local", &nowhere)]);
+    let v = json(&target.cli(&["import", "--json", bundle.to_str().unwrap()]));
+    assert_eq!(v["tags"], 1, "{v}");
+
+    // On a terminal: import draws its progress; a failed prefetch leaves no
+    // bar, full or otherwise (a 0-length bar is drawn full).
+    let drawn = on_a_terminal(&target, &format!("import {}", bundle.display()));
+    assert!(drawn.contains("importing"), "{drawn}");
+    let drawn = on_a_terminal(&source, "prefetch test/nope:v1");
+    assert!(drawn.contains("FAILED"), "{drawn}");
+    assert!(!drawn.contains(&"=".repeat(30)), "a full bar: {drawn}");
+}
