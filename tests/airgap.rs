@@ -451,9 +451,15 @@ async fn json_output_stdout_export_and_terminal_progress() {
     assert_eq!(v[0]["tags"].as_array().unwrap().len(), 1, "{v}");
 
     let nowhere = format!("http://127.0.0.1:{}", free_port());
-    let target = Regcache::start(&[UpstreamEntry::new("local", &nowhere)]);
+    let target = Regcache::start_with(
+        &[UpstreamEntry::new("local", &nowhere)],
+        "[cache]\nmax_size = \"50GB\"\n",
+    );
     let v = json(&target.cli(&["import", "--json", bundle.to_str().unwrap()]));
     assert_eq!(v["tags"], 1, "{v}");
+    // Sizes as the config writes them.
+    let ls = target.cli(&["ls"]);
+    assert!(ls.stdout.contains("max_size 50GB"), "{}", ls.stdout);
 
     // On a terminal: import draws its progress; a failed prefetch leaves no
     // bar, full or otherwise (a 0-length bar is drawn full).
