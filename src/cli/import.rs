@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
-
 use futures_util::StreamExt;
 
 use super::{byte_style, human_bytes, interactive, open_local, runtime, upstreams, Daemon};
