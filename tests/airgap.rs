@@ -268,3 +268,204 @@ async fn prefetch_through_a_daemon_that_demands_tls_and_credentials() {
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stdout.contains("FAILED"), "{}", out.stdout);
 }
+
+/// An OCI archive written by another tool carries only the standard
+/// `org.opencontainers.image.ref.name`: a full `host/repo:tag` is recorded
+/// under the upstream configured for that host; a bare tag is refused
+/// unless `--upstream` and `--repo` say where it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skopeo_oci_archive_keeps_its_tags() {
+    use common::images::{skopeo, SKOPEO_TIMEOUT};
+    use common::registry::http_request;
+    let upstream = Registry::start();
+    let fixtures = images::load_fixtures_with_big_layer(&upstream, 64 * 1024);
+    let work = tempfile::tempdir().unwrap();
+    let archive = |name: &str, src: &str, ref_name: &str| {
+        let path = work.path().join(name);
+        skopeo(
+            &[
+                "copy",
+                "--all",
+                "--src-tls-verify=false",
+                &format!("docker://{}/{src}", upstream.host()),
+                &format!("oci-archive:{}:{ref_name}", path.display()),
+            ],
+            SKOPEO_TIMEOUT,
+        )
+        .unwrap();
+        path
+    };
+    let full = archive(
+        "full.tar",
+        "test/multiarch:v1",
+        &format!("{}/test/multiarch:v1", upstream.host()),
+    );
+    let bare = archive("bare.tar", "test/schema2:v1", "v2");
+
+    // The air-gapped mirror knows the registry's host as an alias and
+    // never dials: offline, nothing listening at its url.
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let entry = || UpstreamEntry::new("local", &nowhere).alias(&upstream.host());
+    let mut mirror = Regcache::start_with(&[entry()], "offline = true");
+    mirror.terminate();
+    let manifest = |mirror: &Regcache, path: &str| {
+        let accept = [(
+            "Accept",
+            "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        )];
+        http_request(mirror.addr, "GET", path, &accept, None)
+            .unwrap()
+            .status
+    };
+
+    // Standalone, into the stopped mirror's directory.
+    let out = mirror.cli(&["import", full.to_str().unwrap()]);
+    assert!(out.success(), "{out:?}");
+    assert!(out.stdout.contains("1 images, 1 tags"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("imported local/test/multiarch:v1"),
+        "{}",
+        out.stdout
+    );
+    mirror.start_again();
+    assert_eq!(manifest(&mirror, "/v2/test/multiarch/manifests/v1"), 200);
+    assert_pulls_from(&fixtures.oci_index, &mirror.host()).await;
+
+    // Through the running daemon: a bare tag names no repository.
+    let out = mirror.cli(&["import", bare.to_str().unwrap()]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("the archive names tag v2 without a repository: pass --upstream and --repo"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(manifest(&mirror, "/v2/team/app/manifests/v2"), 404);
+    let out = mirror.cli(&[
+        "import",
+        "--upstream",
+        "nowhere",
+        "--repo",
+        "team/app",
+        bare.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("\"nowhere\""), "{}", out.stderr);
+    let out = mirror.cli(&[
+        "import",
+        "--upstream",
+        "local",
+        "--repo",
+        "team/app",
+        bare.to_str().unwrap(),
+    ]);
+    assert!(out.success(), "{out:?}");
+    assert!(out.stdout.contains("1 images, 1 tags"), "{}", out.stdout);
+    assert_eq!(manifest(&mirror, "/v2/team/app/manifests/v2"), 200);
+
+    // A host this mirror does not configure is refused, naming it.
+    let other = Regcache::start_with(&[UpstreamEntry::new("local", &nowhere)], "offline = true");
+    let out = other.cli(&["import", full.to_str().unwrap()]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains(&format!("{:?}", upstream.host())),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Runs `regcache <args>` for `rc` under a pseudo-terminal (util-linux
+/// `script`), so progress is drawn as an operator sees it; what it drew.
+fn on_a_terminal(rc: &Regcache, args: &str) -> String {
+    let command = format!(
+        "{} {args} --config {}",
+        env!("CARGO_BIN_EXE_regcache"),
+        rc.dir.join("regcache.toml").display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux) runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every management command that reports speaks JSON with --json; export
+/// streams to stdout with `-o -`; import and prefetch draw honest progress
+/// on a terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_stdout_export_and_terminal_progress() {
+    let upstream = Registry::start();
+    let _fixtures = images::load_fixtures_with_big_layer(&upstream, 64 * 1024);
+    let source = Regcache::start(&[UpstreamEntry::new("local", &upstream.url())]);
+    let json = |out: &common::regcache::CliOutput| -> serde_json::Value {
+        assert!(out.success(), "{out:?}");
+        serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout))
+    };
+    let v = json(&source.cli(&["prefetch", "--json", "test/schema2:v1"]));
+    assert_eq!(v["prefetched"], 1, "{v}");
+    assert!(v["bytes"].as_u64().unwrap() > 0, "{v}");
+    let missing = source.cli(&["prefetch", "--json", "test/nope:v1"]);
+    assert_eq!(missing.code, Some(1), "{missing:?}");
+    let v: serde_json::Value = serde_json::from_str(missing.stdout.trim()).unwrap();
+    assert_eq!(v["failed"][0]["image"], "local/test/nope:v1", "{v}");
+
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("b.tar");
+    let v = json(&source.cli(&[
+        "export",
+        "--json",
+        "-o",
+        bundle.to_str().unwrap(),
+        "test/schema2:v1",
+    ]));
+    assert_eq!(v["images"][0], "local/test/schema2:v1", "{v}");
+    // `-o -`: the tar on stdout, which tar itself reads.
+    let streamed = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .args(["export", "-o", "-", "test/schema2:v1", "--config"])
+        .arg(source.dir.join("regcache.toml"))
+        .output()
+        .unwrap();
+    assert!(streamed.status.success(), "{streamed:?}");
+    assert_eq!(streamed.stdout, std::fs::read(&bundle).unwrap());
+    let listed = work.path().join("streamed.tar");
+    std::fs::write(&listed, &streamed.stdout).unwrap();
+    let tar = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&listed)
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&tar.stdout);
+    assert!(
+        names.contains("index.json") && names.contains("oci-layout"),
+        "{names}"
+    );
+
+    let v = json(&source.cli(&["gc", "--json"]));
+    assert!(v.get("bytes_freed").is_some(), "{v}");
+    let v = json(&source.cli(&["purge", "--json", "local/test/schema2:v1"]));
+    assert_eq!(v[0]["target"], "local/test/schema2:v1", "{v}");
+    assert_eq!(v[0]["tags"].as_array().unwrap().len(), 1, "{v}");
+
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let target = Regcache::start_with(
+        &[UpstreamEntry::new("local", &nowhere)],
+        "[cache]\nmax_size = \"50GB\"\n",
+    );
+    let v = json(&target.cli(&["import", "--json", bundle.to_str().unwrap()]));
+    assert_eq!(v["tags"], 1, "{v}");
+    // Sizes as the config writes them.
+    let ls = target.cli(&["ls"]);
+    assert!(ls.stdout.contains("max_size 50GB"), "{}", ls.stdout);
+
+    // On a terminal: import draws its progress; a failed prefetch leaves no
+    // bar, full or otherwise (a 0-length bar is drawn full).
+    let drawn = on_a_terminal(&target, &format!("import {}", bundle.display()));
+    assert!(drawn.contains("importing"), "{drawn}");
+    let drawn = on_a_terminal(&source, "prefetch test/nope:v1");
+    assert!(drawn.contains("FAILED"), "{drawn}");
+    assert!(!drawn.contains(&"=".repeat(30)), "a full bar: {drawn}");
+}

@@ -13,14 +13,32 @@ use crate::cache::FsStore;
 use crate::config::Config;
 use crate::registry::Reference;
 
+/// What `--json` prints.
+#[derive(serde::Serialize)]
+struct Exported {
+    output: String,
+    images: Vec<String>,
+    files: usize,
+    bytes: u64,
+    /// Platforms of an index left out (not cached).
+    skipped: Vec<String>,
+}
+
+/// `output` "-" streams the bundle to stdout (then every message goes to
+/// stderr); `json` prints the summary as one JSON line.
 pub fn export(
     config: &Config,
     output: &Path,
     images: &[String],
     all: bool,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     if all != images.is_empty() {
         bail!("name the images to export, or --all (not both)");
+    }
+    let to_stdout = output == Path::new("-");
+    if to_stdout && json {
+        bail!("--json prints to stdout, where --output - writes the bundle: pick one");
     }
     let ups = upstreams(config)?;
     // The tag table comes from the daemon when it runs (it holds the
@@ -98,49 +116,92 @@ pub fn export(
     for s in &plan.skipped {
         eprintln!("warning: left out {s}");
     }
-    let partial = output.with_extension("partial");
-    let file = std::fs::File::create(&partial)
-        .with_context(|| format!("creating {}", partial.display()))?;
     let bar = interactive().then(|| {
         let bar = indicatif::ProgressBar::new(plan.bytes());
         bar.set_style(byte_style());
         bar.set_message(format!("exporting {}", output.display()));
         bar
     });
-    let written = bundle::write_bundle(
-        &store,
-        &plan,
-        std::io::BufWriter::with_capacity(1 << 20, file),
-        &mut |n| {
-            if let Some(b) = &bar {
-                b.inc(n)
-            }
-        },
-    )
-    .and_then(|w| {
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        Ok(())
-    });
-    if let Some(b) = bar {
-        b.finish_and_clear();
+    let mut progress = |n| {
+        if let Some(b) = &bar {
+            b.inc(n)
+        }
+    };
+    if to_stdout {
+        let stdout = std::io::stdout().lock();
+        let written = bundle::write_bundle(
+            &store,
+            &plan,
+            std::io::BufWriter::with_capacity(1 << 20, stdout),
+            &mut progress,
+        )
+        .and_then(|w| {
+            let mut stdout = w.into_inner().map_err(|e| e.into_error())?;
+            std::io::Write::flush(&mut stdout)?;
+            Ok(())
+        });
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        written?;
+    } else {
+        let partial = output.with_extension("partial");
+        let file = std::fs::File::create(&partial)
+            .with_context(|| format!("creating {}", partial.display()))?;
+        let written = bundle::write_bundle(
+            &store,
+            &plan,
+            std::io::BufWriter::with_capacity(1 << 20, file),
+            &mut progress,
+        )
+        .and_then(|w| {
+            let file = w.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            Ok(())
+        });
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.into());
+        }
+        std::fs::rename(&partial, output)
+            .with_context(|| format!("renaming {} into place", partial.display()))?;
     }
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&partial);
-        return Err(e.into());
-    }
-    std::fs::rename(&partial, output)
-        .with_context(|| format!("renaming {} into place", partial.display()))?;
     drop(local);
-    for image in &chosen {
-        println!("exported {}", image.reference());
+    if json {
+        let summary = Exported {
+            output: output.display().to_string(),
+            images: chosen.iter().map(ExportImage::reference).collect(),
+            files: plan.files.len(),
+            bytes: plan.bytes(),
+            skipped: plan.skipped.clone(),
+        };
+        println!("{}", serde_json::to_string(&summary)?);
+        return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    // With the bundle on stdout, the summary goes beside the progress.
+    let say = |line: String| {
+        if to_stdout {
+            eprintln!("{line}")
+        } else {
+            println!("{line}")
+        }
+    };
+    for image in &chosen {
+        say(format!("exported {}", image.reference()));
+    }
+    say(format!(
         "wrote {}: {} images, {} files, {}",
-        output.display(),
+        if to_stdout {
+            "the bundle to stdout".to_owned()
+        } else {
+            output.display().to_string()
+        },
         chosen.len(),
         plan.files.len(),
         human_bytes(plan.bytes())
-    );
+    ));
     Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,8 @@ use super::{human_bytes, open_ready, runtime, upstreams, Daemon};
 use crate::cache::GcReport;
 use crate::config::Config;
 
-pub fn gc(config: &Config) -> anyhow::Result<ExitCode> {
+/// `json`: the report as the admin API answers it, on one line.
+pub fn gc(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let report: GcReport = if let Some(daemon) = Daemon::find(config) {
         runtime()?.block_on(async {
             let (_, r) = daemon
@@ -18,6 +19,10 @@ pub fn gc(config: &Config) -> anyhow::Result<ExitCode> {
         let ups = upstreams(config)?;
         open_ready(config, &ups)?.evict()?
     };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "evicted {} by size and {} by age, {} freed; {} -> {} ({} pinned and {} open left alone); {} tags of evicted manifests forgotten",
         report.evicted_size,

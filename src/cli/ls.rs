@@ -85,7 +85,8 @@ fn render_summary(s: &CacheSummary) -> String {
     match (s.max_size, s.high_water, s.low_water) {
         (Some(max), Some(high), Some(low)) => out.push_str(&format!(
             "; max_size {} (evicts above {} down to {})",
-            human_bytes(max),
+            // As the config writes it: 50GB, not 46.6 GiB.
+            crate::config::ByteSize(max),
             human_bytes(high),
             human_bytes(low)
         )),

@@ -31,7 +31,7 @@ pub use admin_client::Daemon;
 pub use export::export;
 pub use gc::gc;
 pub use healthcheck::{healthcheck, reachable_addr};
-pub use import::import;
+pub use import::{import, ImportTarget};
 pub use ls::ls;
 pub use purge::purge;
 pub use verify::verify;

@@ -47,7 +47,10 @@ struct Reporter {
 
 impl PrefetchProgress for Reporter {
     fn planned(&self, plan: &Plan) {
+        // Only now is there a total: until then the bar is a spinner (a bar
+        // of length 0 is drawn full).
         self.bar.set_length(plan.bytes);
+        self.bar.set_style(super::byte_style());
         if self.plain {
             let platforms = if plan.platforms.is_empty() {
                 String::new()
@@ -185,6 +188,34 @@ async fn through_daemon(
     Err(PrefetchError::Truncated)
 }
 
+/// Before the plan: a spinner and the image, no bar.
+fn waiting_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template("{msg:40} {spinner} planning")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+}
+
+fn message_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template("{msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+}
+
+/// What `--json` prints: the totals and each failure.
+#[derive(serde::Serialize)]
+struct Summary {
+    images: usize,
+    prefetched: usize,
+    manifests: u64,
+    blobs: u64,
+    bytes: u64,
+    failed: Vec<Failure>,
+}
+
+#[derive(serde::Serialize)]
+struct Failure {
+    image: String,
+    error: String,
+}
+
 /// `FILE` arguments hold one image per line (blank lines and `#` comments
 /// are skipped); anything else is an image reference.
 fn expand(args: &[String]) -> anyhow::Result<Vec<String>> {
@@ -205,10 +236,12 @@ fn expand(args: &[String]) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
+/// `json`: the summary as one JSON line instead of text.
 pub fn prefetch(
     config: &Config,
     args: &[String],
     platforms: &[String],
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let ups = upstreams(config)?;
     let names = expand(args)?;
@@ -251,9 +284,10 @@ pub fn prefetch(
         futures_util::stream::iter(images.iter())
             .map(|image| {
                 let bar = if tty {
-                    let bar = multi.add(ProgressBar::new(0));
-                    bar.set_style(super::byte_style());
+                    let bar = multi.add(ProgressBar::new_spinner());
+                    bar.set_style(waiting_style());
                     bar.set_message(image.canonical());
+                    bar.enable_steady_tick(std::time::Duration::from_millis(200));
                     bar
                 } else {
                     ProgressBar::hidden()
@@ -279,6 +313,9 @@ pub fn prefetch(
                             }
                         }
                         Err(e) => {
+                            // No bar left behind: a partial or empty one
+                            // would read as progress.
+                            reporter.bar.set_style(message_style());
                             reporter
                                 .bar
                                 .abandon_with_message(format!("{} FAILED", reporter.name));
@@ -315,15 +352,33 @@ pub fn prefetch(
             Err(e) => failed.push((name, e)),
         }
     }
-    println!(
-        "prefetched {ok} of {} images: {} manifests, {} blobs, {}",
-        names.len(),
-        total.manifests,
-        total.blobs,
-        human_bytes(total.bytes)
-    );
-    for (name, e) in &failed {
-        println!("FAILED {name}: {e}");
+    if json {
+        let summary = Summary {
+            images: names.len(),
+            prefetched: ok,
+            manifests: total.manifests,
+            blobs: total.blobs,
+            bytes: total.bytes,
+            failed: failed
+                .iter()
+                .map(|(image, e)| Failure {
+                    image: image.clone(),
+                    error: e.to_string(),
+                })
+                .collect(),
+        };
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "prefetched {ok} of {} images: {} manifests, {} blobs, {}",
+            names.len(),
+            total.manifests,
+            total.blobs,
+            human_bytes(total.bytes)
+        );
+        for (name, e) in &failed {
+            println!("FAILED {name}: {e}");
+        }
     }
     Ok(if failed.is_empty() {
         ExitCode::SUCCESS

@@ -38,7 +38,20 @@ fn purge_target(s: &str, ups: &Upstreams) -> anyhow::Result<PurgeTarget> {
     })
 }
 
-pub fn purge(config: &Config, targets: &[String], with_blobs: bool) -> anyhow::Result<ExitCode> {
+/// One target's outcome, for `--json`.
+#[derive(serde::Serialize)]
+struct Purged<'a> {
+    target: &'a str,
+    #[serde(flatten)]
+    report: &'a PurgeReport,
+}
+
+pub fn purge(
+    config: &Config,
+    targets: &[String],
+    with_blobs: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let ups = upstreams(config)?;
     let parsed = targets
         .iter()
@@ -87,10 +100,21 @@ pub fn purge(config: &Config, targets: &[String], with_blobs: bool) -> anyhow::R
         out
     };
     let mut missing = 0;
+    if json {
+        let purged: Vec<Purged> = reports
+            .iter()
+            .map(|(target, report)| Purged { target, report })
+            .collect();
+        println!("{}", serde_json::to_string(&purged)?);
+    }
     for (name, r) in &reports {
         if r.is_empty() {
             missing += 1;
-            println!("{name}: not in the cache");
+            if !json {
+                println!("{name}: not in the cache");
+            }
+        } else if json {
+            continue;
         } else {
             println!(
                 "{name}: removed {} tags, {} manifests, {} blobs ({})",

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cache::CacheConfig;
 pub use clients::{AuthConfig, RateLimitConfig};
-pub use listener::{AuditConfig, LimitsConfig, LogFormat, TlsConfig};
+pub use listener::{parse_listen, AuditConfig, LimitsConfig, LogFormat, TlsConfig};
 pub use presets::builtin_upstreams;
 pub use units::{ByteSize, FreeSpace, HumanDuration, SizeError};
 pub use upstream::{CredentialsError, HostPattern, HostPatternError, UpstreamConfig};
@@ -54,12 +54,18 @@ pub const SYSTEM_CONFIG_PATH: &str = "/etc/regcache/regcache.toml";
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Registry API listener.
+    #[serde(deserialize_with = "listener::listen_address")]
     pub listen: SocketAddr,
     /// `/metrics`, `/healthz`, `/readyz`, the status page and `/admin/*`.
+    #[serde(deserialize_with = "listener::listen_address")]
     pub admin_listen: SocketAddr,
     /// Optional: `/metrics`, `/healthz` and `/readyz` only, for a scraper
     /// or a Service that must not reach the admin API.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "listener::optional_listen_address"
+    )]
     pub metrics_listen: Option<SocketAddr>,
     /// Blob files, manifests and the index live here.
     pub cache_dir: PathBuf,
@@ -132,7 +138,7 @@ impl Default for Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{0}")]
+    #[error("{}", describe(.0))]
     Figment(#[from] Box<figment::Error>),
     #[error("config file {path}: {source}")]
     Unreadable {
@@ -141,6 +147,38 @@ pub enum ConfigError {
     },
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
+}
+
+/// figment's errors, each with its key as the user wrote it: `cache.max_size`
+/// in a file, `REGCACHE_CACHE__MAX_SIZE` in the environment (figment's own
+/// text says `default.cache.max_size`, its internal profile name).
+fn describe(error: &figment::Error) -> String {
+    let lines: Vec<String> = error
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let from_env = e
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.source.is_none() && m.name.contains("environment"));
+            let key = if from_env {
+                format!("REGCACHE_{}", e.path.join("__").to_ascii_uppercase())
+            } else {
+                e.path.join(".")
+            };
+            let place = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                Some(source) => format!(" (in {source})"),
+                None if from_env => " (in the environment)".into(),
+                None => String::new(),
+            };
+            if key.is_empty() {
+                format!("{}{place}", e.kind)
+            } else {
+                format!("{key}: {}{place}", e.kind)
+            }
+        })
+        .collect();
+    lines.join("; ")
 }
 
 impl Config {
@@ -338,6 +376,18 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("listne"), "{e}");
+            assert!(!e.contains("default."), "{e}");
+            assert!(e.starts_with("listne: unknown field"), "{e}");
+            jail.create_file("n.toml", "[cache]\nmax_sise = 1\n")?;
+            let e = Config::load(Some(Path::new("n.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("cache.max_sise: "), "{e}");
+            assert!(e.contains("(in ") && e.contains("n.toml)"), "{e}");
+            jail.set_env("REGCACHE_CACHE__MAX_SIZE", "lots");
+            let e = Config::load(None).unwrap_err().to_string();
+            assert!(e.starts_with("REGCACHE_CACHE__MAX_SIZE: "), "{e}");
+            jail.clear_env();
             jail.create_file("b.toml", "header_timeout = \"soon\"\n")?;
             let e = Config::load(Some(Path::new("b.toml")))
                 .unwrap_err()

@@ -74,20 +74,26 @@ impl std::str::FromStr for ByteSize {
 }
 
 impl fmt::Display for ByteSize {
-    /// The largest binary unit that states the size exactly, so that the
+    /// The unit, binary or decimal, that states the size exactly with the
+    /// smallest number: "50GB" prints as written (not 48828125KiB), and the
     /// printed form reads back to the same number.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (unit, m) in [
+        let (number, unit) = [
             ("TiB", 1u64 << 40),
             ("GiB", 1 << 30),
             ("MiB", 1 << 20),
             ("KiB", 1 << 10),
-        ] {
-            if self.0 >= m && self.0 % m == 0 {
-                return write!(f, "{}{unit}", self.0 / m);
-            }
-        }
-        write!(f, "{}B", self.0)
+            ("TB", 1_000_000_000_000),
+            ("GB", 1_000_000_000),
+            ("MB", 1_000_000),
+            ("KB", 1_000),
+        ]
+        .into_iter()
+        .filter(|(_, m)| self.0 >= *m && self.0 % m == 0)
+        .map(|(unit, m)| (self.0 / m, unit))
+        .min()
+        .unwrap_or((self.0, "B"));
+        write!(f, "{number}{unit}")
     }
 }
 
@@ -177,7 +183,9 @@ impl<'de> Deserialize<'de> for FreeSpace {
     }
 }
 
-/// A duration written as "5m", "30s", "7d" (or a number of seconds).
+/// A duration written as "5m", "30s", "7d". A bare number is refused:
+/// `7` could mean seconds or milliseconds, and `"7"` is refused by the
+/// parser, so both say to write the unit.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
@@ -205,20 +213,58 @@ impl<'de> Deserialize<'de> for HumanDuration {
         #[serde(untagged)]
         enum Raw {
             Text(String),
-            Seconds(u64),
+            Number(serde_json::Number),
         }
         match Raw::deserialize(d)? {
-            Raw::Seconds(s) => Ok(HumanDuration(Duration::from_secs(s))),
-            Raw::Text(t) => humantime::parse_duration(t.trim())
-                .map(HumanDuration)
-                .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
+            Raw::Number(n) => Err(serde::de::Error::custom(needs_a_unit(&n.to_string()))),
+            Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
         }
     }
+}
+
+fn needs_a_unit(n: &str) -> String {
+    let example = if n.chars().all(|c| c.is_ascii_digit()) {
+        format!("{n}s")
+    } else {
+        "7s".into()
+    };
+    format!(
+        "invalid duration {n}: a number needs a unit, write \"{example}\" (or 500ms, 5m, 1h, 7d)"
+    )
+}
+
+/// "7" says nothing about its unit either: the same advice as for 7.
+fn parse_duration(t: &str) -> Result<HumanDuration, String> {
+    let t = t.trim();
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(needs_a_unit(t));
+    }
+    humantime::parse_duration(t)
+        .map(HumanDuration)
+        .map_err(|e| format!("invalid duration {t:?}: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        #[derive(Deserialize)]
+        struct T {
+            d: HumanDuration,
+        }
+        let parse = |v: &str| toml::from_str::<T>(&format!("d = {v}")).map(|t| t.d.get());
+        assert_eq!(parse("\"7s\"").unwrap(), Duration::from_secs(7));
+        assert_eq!(parse("\"1h 30m\"").unwrap(), Duration::from_secs(5400));
+        for bare in ["7", "\"7\""] {
+            let e = parse(bare).unwrap_err().to_string();
+            assert!(e.contains("write \"7s\""), "{bare}: {e}");
+        }
+        let e = parse("7.5").unwrap_err().to_string();
+        assert!(e.contains("needs a unit"), "{e}");
+        assert!(parse("\"soon\"").is_err());
+    }
 
     #[test]
     fn sizes_parse_and_print_back() {
@@ -235,6 +281,9 @@ mod tests {
             assert_eq!(b.to_string().parse::<ByteSize>(), Ok(b));
         }
         assert_eq!(ByteSize(50 << 30).to_string(), "50GiB");
+        for written in ["50GB", "1TB", "512MiB", "1500KB", "4KiB", "12345B"] {
+            assert_eq!(written.parse::<ByteSize>().unwrap().to_string(), written);
+        }
     }
 
     #[test]

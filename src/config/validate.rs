@@ -118,6 +118,9 @@ impl Config {
                 }
             }
         }
+        if let Err(message) = check_log_level(&self.log_level) {
+            return invalid("log_level".into(), message);
+        }
         for (key, d) in [
             ("connect_timeout", self.connect_timeout),
             ("header_timeout", self.header_timeout),
@@ -131,9 +134,57 @@ impl Config {
     }
 }
 
+/// A level, or a filter of `target=level` directives with an optional
+/// default level. A bare word is read by tracing as a target (logging all
+/// of it at every level), which in a config is a misspelt level: refused.
+fn check_log_level(filter: &str) -> Result<(), String> {
+    use tracing_subscriber::filter::{Directive, LevelFilter};
+    let refuse = |what: &str| {
+        Err(format!(
+            "{what:?} is not a level (trace, debug, info, warn, error, off) nor a filter such as \"info,regcache=debug\""
+        ))
+    };
+    if filter.trim().is_empty() {
+        return refuse(filter);
+    }
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let valid = if directive.contains(['=', '[']) {
+            directive.parse::<Directive>().is_ok()
+        } else {
+            directive.parse::<LevelFilter>().is_ok()
+        };
+        if !valid {
+            return refuse(directive);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_level_must_be_a_level_or_a_filter() {
+        for good in [
+            "info",
+            "WARN",
+            "info,regcache=debug",
+            "regcache::http=trace",
+            "off",
+        ] {
+            assert!(check_log_level(good).is_ok(), "{good}");
+        }
+        for bad in ["verbose", "", "info,regcache=loud", "debug,chatty"] {
+            assert!(check_log_level(bad).is_err(), "{bad}");
+        }
+        let c = Config {
+            log_level: "verbose".into(),
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("log_level: \"verbose\""), "{e}");
+    }
 
     #[test]
     fn max_connections_per_client_must_be_positive() {

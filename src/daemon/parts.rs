@@ -40,14 +40,27 @@ pub enum BuildError {
     Upstreams(#[from] upstream::BuildError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("audit.log {target}: {source}")]
+    Audit {
+        target: String,
+        source: std::io::Error,
+    },
 }
 
 impl Parts {
+    /// What `serve` builds before it binds anything, and all that
+    /// `check-config` runs: every file the config names is opened here.
     pub fn build(config: &Config) -> Result<Parts, BuildError> {
         let metrics = Arc::new(Metrics::new());
         let upstreams = Upstreams::from_config(config, metrics.clone())?;
         let live = Live::build(config, &upstreams)?;
         let tls = Tls::load(&config.tls)?;
+        if let Some(target) = &config.audit.log {
+            check_audit_target(target).map_err(|source| BuildError::Audit {
+                target: target.clone(),
+                source,
+            })?;
+        }
         Ok(Parts {
             metrics,
             upstreams,
@@ -68,6 +81,34 @@ impl Live {
             pins,
             scrub: scrub(config),
         })
+    }
+}
+
+/// Whether the audit log can be opened as `serve` opens it (appending,
+/// created when missing), without creating it: `check-config` must not
+/// leave files behind.
+fn check_audit_target(target: &str) -> std::io::Result<()> {
+    if target == "stdout" {
+        return Ok(());
+    }
+    let path = std::path::Path::new(target);
+    match std::fs::OpenOptions::new().append(true).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            if std::fs::metadata(dir)?.is_dir() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(format!(
+                    "{} is not a directory",
+                    dir.display()
+                )))
+            }
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -165,5 +206,31 @@ mod tests {
         assert!(e.to_string().starts_with(&key), "{e}");
         assert!(check_config(&config).is_err());
         assert!(check_config(&Config::default()).is_ok());
+    }
+
+    #[test]
+    fn every_named_file_is_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let mut config = Config::default();
+        config.tls.cert_file = Some(missing.clone());
+        config.tls.key_file = Some(missing.clone());
+        let e = Parts::build(&config).err().unwrap().to_string();
+        assert!(
+            e.contains("tls.cert_file") && e.contains("missing.pem"),
+            "{e}"
+        );
+
+        let mut config = Config::default();
+        let log = dir.path().join("no-such-dir/audit.log");
+        config.audit.log = Some(log.display().to_string());
+        let e = Parts::build(&config).err().unwrap().to_string();
+        assert!(e.contains("no-such-dir/audit.log"), "{e}");
+        // A log that does not exist yet in a directory that does is fine,
+        // and is not created by the check.
+        let log = dir.path().join("audit.log");
+        config.audit.log = Some(log.display().to_string());
+        assert!(Parts::build(&config).is_ok());
+        assert!(!log.exists());
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use http::{Method, StatusCode};
 
 use super::error::{ApiError, Code};
-use crate::registry::{Digest, Reference, RepoName};
+use crate::registry::{looks_like_host, Digest, Reference, RepoName};
 use crate::upstream::{Upstream, Upstreams};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,11 +151,6 @@ fn not_configured(what: &str, host: &str) -> ApiError {
         Code::NameUnknown,
         format!("{what} {host:?} names no upstream configured on this mirror"),
     )
-}
-
-/// Shaped like a registry host: it has a dot or a port, or is `localhost`.
-fn looks_like_host(segment: &str) -> bool {
-    segment.contains('.') || segment.contains(':') || segment == "localhost"
 }
 
 fn choose_upstream(

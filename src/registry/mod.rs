@@ -16,5 +16,5 @@ pub use media_type::{
     accepts, manifest_media_type, sniff_manifest_media_type, AcceptList, MANIFEST_ACCEPT,
     MANIFEST_MEDIA_TYPES,
 };
-pub use name::{NameError, RepoName};
+pub use name::{looks_like_host, NameError, RepoName};
 pub use reference::{Reference, Tag, TagError};

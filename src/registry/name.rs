@@ -62,6 +62,13 @@ impl RepoName {
     }
 }
 
+/// Shaped like a registry host rather than a repository component: it has
+/// a dot or a port, or is `localhost` (Docker Hub namespaces cannot
+/// contain dots).
+pub fn looks_like_host(segment: &str) -> bool {
+    segment.contains('.') || segment.contains(':') || segment == "localhost"
+}
+
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
 fn valid_component(c: &str) -> bool {
     let bytes = c.as_bytes();

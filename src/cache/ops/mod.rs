@@ -29,8 +29,9 @@ impl Cache {
     pub fn import<R: Read>(
         &self,
         reader: R,
-        upstream_name: &dyn Fn(&str) -> Option<String>,
+        names: &dyn bundle::Names,
+        placement: &bundle::Placement,
     ) -> Result<bundle::ImportReport, bundle::BundleError> {
-        bundle::import(&self.storage, &self.index, reader, upstream_name)
+        bundle::import(&self.storage, &self.index, reader, names, placement)
     }
 }

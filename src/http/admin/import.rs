@@ -6,6 +6,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::respond::{error, json};
+use crate::cache::bundle::Placement;
 use crate::http::app::App;
 use crate::http::body::Body;
 
@@ -13,19 +14,35 @@ use crate::http::body::Body;
 /// as it arrives and installed only once all of it checked out (see
 /// `cache::bundle`). The body is handed to the blocking importer through a
 /// small channel, so memory stays bounded whatever the bundle's size.
+/// `?upstream=NAME&repo=REPO` place references that name no registry or
+/// repository (a bare tag).
 pub(super) async fn import(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
     use http_body_util::BodyExt;
+    let query = |key: &str| {
+        request.uri().query().and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.into_owned())
+        })
+    };
+    let placement = match Placement::new(
+        query("upstream").as_deref(),
+        query("repo").as_deref(),
+        &app.upstreams,
+    ) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
     let a = app.clone();
     let task = tokio::task::spawn_blocking(move || {
-        let upstream_name =
-            |n: &str| -> Option<String> { a.upstreams.get(n).map(|u| u.name.to_string()) };
         a.cache.import(
             ChannelReader {
                 rx,
                 current: bytes::Bytes::new(),
             },
-            &upstream_name,
+            &a.upstreams,
+            &placement,
         )
     });
     let mut body = request.into_body();

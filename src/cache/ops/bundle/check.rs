@@ -5,11 +5,9 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::names::{named, Named, Names, Placement};
 use super::read::Archive;
-use super::{
-    BundleError, ImportReport, ANNOTATION_REF_NAME, ANNOTATION_REPOSITORY, ANNOTATION_TAG,
-    ANNOTATION_UPSTREAM, OCI_INDEX,
-};
+use super::{BundleError, ImportReport, ANNOTATION_REF_NAME, OCI_INDEX};
 use crate::cache::storage::index::now_millis;
 use crate::cache::storage::{ContentStore, ContentStoreExt, Kind, TagEntry, TagRecord};
 use crate::registry::{references, sniff_manifest_media_type, Digest, RepoName, Tag};
@@ -34,7 +32,8 @@ pub(super) struct Plan {
 pub(super) fn check(
     store: &dyn ContentStore,
     archive: &Archive,
-    upstream_name: &dyn Fn(&str) -> Option<String>,
+    names: &dyn Names,
+    placement: &Placement,
 ) -> Result<Plan, BundleError> {
     let staged = &archive.staged;
     let manifest_bytes = |d: &Digest| -> Result<Option<Vec<u8>>, BundleError> {
@@ -54,7 +53,7 @@ pub(super) fn check(
             BundleError::Invalid(format!("index.json: unsupported digest {}", root.digest))
         })?;
         let annotations = root.annotations.clone().unwrap_or_default();
-        let reference = annotations
+        let mut reference = annotations
             .get(ANNOTATION_REF_NAME)
             .cloned()
             .unwrap_or_else(|| digest.to_string());
@@ -115,27 +114,31 @@ pub(super) fn check(
                 blobs.insert(d);
             }
         }
-        if let (Some(upstream), Some(repo), Some(tag)) = (
-            annotations.get(ANNOTATION_UPSTREAM),
-            annotations.get(ANNOTATION_REPOSITORY),
-            annotations.get(ANNOTATION_TAG),
-        ) {
-            RepoName::parse(repo).map_err(|e| BundleError::Invalid(format!("{reference}: {e}")))?;
-            Tag::parse(tag).map_err(|e| BundleError::Invalid(format!("{reference}: {e}")))?;
-            let local = match upstream_name(upstream) {
+        if let Some(Named {
+            upstream,
+            repo,
+            tag,
+        }) = named(&annotations, names, placement)?
+        {
+            RepoName::parse(&repo)
+                .map_err(|e| BundleError::Invalid(format!("{reference}: {e}")))?;
+            Tag::parse(&tag).map_err(|e| BundleError::Invalid(format!("{reference}: {e}")))?;
+            let local = match names.upstream(&upstream) {
                 Some(n) => n,
                 None => {
-                    if !report.unknown_upstreams.contains(upstream) {
+                    if !report.unknown_upstreams.contains(&upstream) {
                         report.unknown_upstreams.push(upstream.clone());
                     }
                     upstream.clone()
                 }
             };
+            // As recorded here: what a client pulls.
+            reference = format!("{local}/{repo}:{tag}");
             tags.push(TagToRecord {
                 record: TagRecord {
                     upstream: local,
-                    repo: repo.clone(),
-                    tag: tag.clone(),
+                    repo,
+                    tag,
                     entry: TagEntry {
                         digest: digest.clone(),
                         media_type: media_type.clone().unwrap_or_else(|| OCI_INDEX.to_owned()),

@@ -23,6 +23,7 @@
 mod check;
 mod export;
 mod install;
+mod names;
 mod read;
 
 use std::io::{self, Read};
@@ -34,6 +35,7 @@ use crate::cache::storage::{Kind, Storage};
 use crate::registry::{Descriptor, Digest, Sha256Hasher};
 
 pub use export::{plan_export, write_bundle};
+pub use names::{Names, Placement};
 
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// containerd's `ctr images import` names images by this one.
@@ -157,17 +159,18 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 /// Installs a bundle read from `reader` into the cache (see the module
-/// docs). `upstream_name` maps a recorded upstream to this mirror's name
-/// for it (its name or an alias), or None when it is not configured.
+/// docs). `names` maps the upstreams a bundle names to this mirror's;
+/// `placement` places references that name no registry or repository.
 /// Blocks: call it on the blocking pool.
 pub fn import<R: Read>(
     storage: &Storage,
     index: &Index,
     reader: R,
-    upstream_name: &dyn Fn(&str) -> Option<String>,
+    names: &dyn Names,
+    placement: &Placement,
 ) -> Result<ImportReport, BundleError> {
     let archive = read::read(storage.content.as_ref(), reader)?;
-    let plan = check::check(storage.content.as_ref(), &archive, upstream_name)?;
+    let plan = check::check(storage.content.as_ref(), &archive, names, placement)?;
     install::install(storage, index, archive, plan)
 }
 

@@ -90,8 +90,21 @@ fn bundle(s: &Side, image: &ExportImage) -> Vec<u8> {
     write_bundle(s.content(), &plan, Vec::new(), &mut |_| {}).unwrap()
 }
 
-fn same_name(n: &str) -> Option<String> {
-    Some(n.to_owned())
+/// Every upstream configured under the name the bundle gives it.
+struct SameName;
+
+impl Names for SameName {
+    fn upstream(&self, name: &str) -> Option<String> {
+        Some(name.to_owned())
+    }
+
+    fn repository(
+        &self,
+        _upstream: &str,
+        repo: crate::registry::RepoName,
+    ) -> crate::registry::RepoName {
+        repo
+    }
 }
 
 #[test]
@@ -99,7 +112,14 @@ fn round_trip_installs_content_and_tags() {
     let (src, image, digests) = source();
     let tar = bundle(&src, &image);
     for dst in [side(), fs_side()] {
-        let report = import(&dst.storage, &dst.index, tar.as_slice(), &same_name).unwrap();
+        let report = import(
+            &dst.storage,
+            &dst.index,
+            tar.as_slice(),
+            &SameName,
+            &Placement::default(),
+        )
+        .unwrap();
         assert_eq!(report.images, vec!["local/team/app:v1"]);
         assert_eq!(
             (report.manifests_added, report.blobs_added, report.tags),
@@ -117,7 +137,14 @@ fn round_trip_installs_content_and_tags() {
         // tmp/ holds nothing afterwards.
         assert!(dst.tmp_is_empty());
         // Importing again is harmless.
-        let again = import(&dst.storage, &dst.index, tar.as_slice(), &same_name).unwrap();
+        let again = import(
+            &dst.storage,
+            &dst.index,
+            tar.as_slice(),
+            &SameName,
+            &Placement::default(),
+        )
+        .unwrap();
         assert_eq!(again.already_cached, 3);
     }
 }
@@ -143,11 +170,25 @@ fn a_flipped_byte_or_a_cut_installs_nothing() {
         .unwrap();
     flipped[offset as usize + 1000] ^= 0x01;
     for dst in [side(), fs_side()] {
-        let e = import(&dst.storage, &dst.index, flipped.as_slice(), &same_name).unwrap_err();
+        let e = import(
+            &dst.storage,
+            &dst.index,
+            flipped.as_slice(),
+            &SameName,
+            &Placement::default(),
+        )
+        .unwrap_err();
         assert!(matches!(e, BundleError::Corrupt(_)), "{e}");
         // Cut short mid-layer, and at a header boundary.
         for cut in [offset as usize + 5000, offset as usize - 512] {
-            let e = import(&dst.storage, &dst.index, &tar[..cut], &same_name).unwrap_err();
+            let e = import(
+                &dst.storage,
+                &dst.index,
+                &tar[..cut],
+                &SameName,
+                &Placement::default(),
+            )
+            .unwrap_err();
             assert!(e.is_bad_bundle(), "{e}");
         }
         for d in &digests {
