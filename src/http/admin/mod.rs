@@ -135,7 +135,7 @@ fn admin_allowed(app: &App, headers: &http::HeaderMap) -> bool {
     policy
         .admin_token
         .as_ref()
-        .map_or(true, |token| token.accepts(headers))
+        .is_none_or(|token| token.accepts(headers))
 }
 
 fn query_flag(query: Option<&str>, name: &str) -> bool {
