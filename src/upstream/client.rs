@@ -92,7 +92,6 @@ pub struct Upstream {
     /// The upstream answered a Basic challenge: send credentials up front.
     basic_auth: std::sync::atomic::AtomicBool,
     breaker: CircuitBreaker,
-    breaker_cooldown: Duration,
     /// What was last logged about its health.
     transitions: Transitions,
     /// Caps blob fills against this upstream, so a burst of clients cannot
@@ -195,7 +194,6 @@ impl Upstream {
             hosts,
             basic_auth: std::sync::atomic::AtomicBool::new(false),
             breaker: CircuitBreaker::new(config.breaker_threshold, config.breaker_cooldown.get()),
-            breaker_cooldown: config.breaker_cooldown.get(),
             transitions: Transitions::new(config.name.as_str().into()),
             fill_slots: Arc::new(tokio::sync::Semaphore::new(
                 config.max_concurrent_fills.max(1),
@@ -475,12 +473,12 @@ impl Upstream {
                 upstream: self.name.to_string(),
             });
         }
-        // If this future is dropped (or gives up waiting for its turn)
-        // before the request is answered, a probe slot must be freed.
         if admission == Admission::Probe {
             self.transitions
-                .breaker(BreakerState::HalfOpen, self.breaker_cooldown, "");
+                .breaker(BreakerState::HalfOpen, self.breaker.cooldown(), "");
         }
+        // If this future is dropped (or gives up waiting for its turn)
+        // before the request is answered, a probe slot must be freed.
         let probe = ProbeGuard::new(&self.breaker, admission);
         if let Some(pace) = &self.pace {
             if pace.check().is_err() {
@@ -543,7 +541,7 @@ impl Upstream {
             Err(_) => {}
         }
         self.transitions
-            .breaker(state, self.breaker_cooldown, &cause);
+            .breaker(state, self.breaker.cooldown(), &cause);
         metrics
             .upstream_circuit_state
             .with_label_values(&[&*self.name])

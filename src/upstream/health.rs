@@ -118,6 +118,10 @@ impl CircuitBreaker {
         Self::state_of(&self.inner.lock())
     }
 
+    pub fn cooldown(&self) -> Duration {
+        self.cooldown
+    }
+
     fn state_of(inner: &Inner) -> BreakerState {
         match inner.open_until {
             None => BreakerState::Closed,
