@@ -286,7 +286,9 @@ fn init_tracing(format: LogFormat, level: &str) {
         .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().init(),
+        // Event fields at the top level ({"level":…,"status":200,…}), as
+        // log pipelines expect, not nested under "fields".
+        LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
 }

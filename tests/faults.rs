@@ -205,16 +205,20 @@ async fn ranges_on_cached_blobs() {
 
     let r = c
         .get(&url)
-        .header("Range", "bytes=oops")
+        .header("Range", "bytes=999999999-")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 416);
-    let v: serde_json::Value = r.json().await.unwrap();
-    assert!(v["errors"][0]["message"]
-        .as_str()
-        .unwrap()
-        .contains("Range"));
+    assert_eq!(r.status(), 416, "valid, but past the end");
+
+    // Invalid ranges are ignored (RFC 9110 §14.2): the whole blob.
+    for invalid in ["bytes=5-2", "bytes=oops"] {
+        let r = c.get(&url).header("Range", invalid).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{invalid}");
+        assert!(!r.headers().contains_key("content-range"), "{invalid}");
+        assert_eq!(r.headers()["content-length"], "1000", "{invalid}");
+        assert_eq!(r.bytes().await.unwrap(), &data[..], "{invalid}");
+    }
 
     let r = c.head(&url).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -649,4 +653,93 @@ async fn a_body_that_is_not_a_manifest_is_refused_and_never_cached() {
     assert_eq!(rc.cached_manifests(), [good.clone()].into_iter().collect());
     let (_, summary) = rc.admin_json("GET", "/admin/cache");
     assert_eq!(summary["manifests"]["objects"], 1, "{summary}");
+}
+
+/// A fake upstream whose every answer carries `cache_control`, and
+/// regcache with this `tag_ttl`; `test/app:v1` is a manifest there.
+async fn with_cache_control(cache_control: &str, tag_ttl: &str) -> (FakeUpstream, Regcache) {
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    fake.set_extra_headers(&[("cache-control", cache_control)]);
+    fake.add_manifest(
+        "test/app",
+        Some("v1"),
+        OCI_MANIFEST,
+        format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{}},"layers":[]}}"#)
+            .into_bytes(),
+    );
+    let rc = Regcache::start(&[UpstreamEntry::new("fake", &fake.url()).tag_ttl(tag_ttl)]);
+    (fake, rc)
+}
+
+async fn pull_v1(rc: &Regcache) {
+    let r = client()
+        .get(format!("{}/v2/test/app/manifests/v1", rc.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_max_age_shortens_tag_ttl_and_never_lengthens_it() {
+    let (fake, rc) = with_cache_control("max-age=1", "5m").await;
+    pull_v1(&rc).await;
+    pull_v1(&rc).await;
+    assert_eq!(fake.count("HEAD", "/manifests/v1"), 1, "fresh for a second");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    pull_v1(&rc).await;
+    assert_eq!(
+        fake.count("HEAD", "/manifests/v1"),
+        2,
+        "max-age=1 beat tag_ttl = 5m"
+    );
+
+    let (fake, rc) = with_cache_control("max-age=3600", "1s").await;
+    pull_v1(&rc).await;
+    pull_v1(&rc).await;
+    assert_eq!(fake.count("HEAD", "/manifests/v1"), 1);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    pull_v1(&rc).await;
+    assert_eq!(
+        fake.count("HEAD", "/manifests/v1"),
+        2,
+        "max-age=3600 does not outlast tag_ttl = 1s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_store_and_private_answers_are_relayed_and_never_cached() {
+    for cache_control in ["no-store", "private, max-age=600"] {
+        let (fake, rc) = with_cache_control(cache_control, "5m").await;
+        let tags = format!("{}/v2/test/app/tags/list", rc.url());
+        for _ in 0..3 {
+            pull_v1(&rc).await;
+            let (status, body) = get(&tags).await.unwrap();
+            assert_eq!(status, 200);
+            assert!(String::from_utf8_lossy(&body).contains("v1"));
+        }
+        assert_eq!(
+            fake.count("HEAD", "/manifests/v1"),
+            3,
+            "{cache_control}: every pull asks"
+        );
+        assert_eq!(
+            fake.count("GET", "/manifests/sha256:"),
+            3,
+            "{cache_control}: the manifest too"
+        );
+        assert_eq!(fake.count("GET", "/tags/list"), 3, "{cache_control}");
+        assert!(rc.cached_manifests().is_empty(), "{cache_control}");
+        let (status, repos) = rc.admin_json("GET", "/admin/repositories");
+        assert_eq!(status, 200);
+        assert!(
+            repos.as_array().is_some_and(|r| r.is_empty()),
+            "{cache_control}: no tag recorded: {repos}"
+        );
+        assert!(
+            rc.log().contains("outcome=\"bypass\""),
+            "{cache_control}: {}",
+            rc.log()
+        );
+    }
 }

@@ -575,3 +575,51 @@ async fn sigterm_lets_a_large_download_finish_then_exits_cleanly() {
     assert_eq!(body, data);
     assert_eq!(fake.count("GET", &format!("/blobs/{digest}")), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_access_lines_have_top_level_fields_with_bytes_sent_and_total_time() {
+    let fake = FakeUpstream::start_default().await;
+    let blob = random_bytes(1 << 20, 61);
+    let digest = fake.add_blob(blob.clone());
+    let rc = Regcache::start_with(
+        &[UpstreamEntry::new("fake", &fake.url())],
+        "log_format = \"json\"\n",
+    );
+    let url = format!("{}/v2/test/app/blobs/{digest}", rc.url());
+    let c = client();
+    for _ in 0..2 {
+        // A miss (streamed from the fill), then a hit (from the file).
+        let r = c.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap().len(), blob.len());
+    }
+    let r = c.head(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // The line is written when the body ends, just after the client has it.
+    rc.wait_for_log_count("\"regcache::access\"", 3).await;
+    let lines: Vec<serde_json::Value> = rc
+        .log()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|v: &serde_json::Value| v["target"] == "regcache::access")
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for (v, method, outcome, bytes) in [
+        (&lines[0], "GET", "miss", blob.len() as u64),
+        (&lines[1], "GET", "hit", blob.len() as u64),
+        (&lines[2], "HEAD", "hit", 0),
+    ] {
+        assert_eq!(v["level"], "INFO", "{v}");
+        assert_eq!(v["message"], "request", "{v}");
+        assert_eq!(v["status"], 200, "top-level, a number: {v}");
+        assert_eq!(v["method"], method, "{v}");
+        assert_eq!(v["outcome"], outcome, "{v}");
+        assert_eq!(v["bytes_sent"], bytes, "{v}");
+        assert_eq!(v["end"], "complete", "{v}");
+        let to_headers = v["ms_to_headers"].as_u64().expect("ms_to_headers");
+        let total = v["ms_total"].as_u64().expect("ms_total");
+        assert!(total >= to_headers, "{v}");
+        assert!(v.get("fields").is_none(), "not nested: {v}");
+    }
+}

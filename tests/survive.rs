@@ -191,6 +191,72 @@ async fn the_circuit_breaker_opens_half_opens_and_recovers() {
     );
 }
 
+/// WARN lines of regcache's log that contain `needle`.
+fn warns(rc: &Regcache, needle: &str) -> usize {
+    rc.log()
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains(needle))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_logged_at_warn_once_when_it_starts_and_once_when_it_ends() {
+    let (fake, rc) = start(
+        "5m",
+        &[("breaker_threshold", "3"), ("breaker_cooldown", "\"1s\"")],
+    )
+    .await;
+    fake.add_manifest(
+        "test/app",
+        Some("v1"),
+        OCI_MANIFEST,
+        manifest(1).into_bytes(),
+    );
+    fake.go_down().await;
+    let c = client();
+    for i in 0..10 {
+        let r = c
+            .get(format!("{}/v2/test/app/manifests/t{i}", rc.url()))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_server_error(), "{}", r.status());
+    }
+    let log = rc.log();
+    assert_eq!(warns(&rc, "upstream unreachable"), 1, "{log}");
+    assert_eq!(warns(&rc, "circuit breaker opened"), 1, "{log}");
+    assert_eq!(warns(&rc, "circuit breaker"), 1, "nothing else yet: {log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("circuit breaker opened") && l.contains("upstream=\"fake\"")),
+        "names the upstream: {log}"
+    );
+
+    // Back up: the probe after the cooldown closes the breaker, logged once.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    fake.restart().await.unwrap();
+    for i in 0..5 {
+        let r = c
+            .get(format!("{}/v2/test/app/manifests/v1?n={i}", rc.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = c
+            .get(format!("{}/v2/test/app/manifests/gone{i}", rc.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "the upstream answers");
+    }
+    let log = rc.log();
+    assert_eq!(warns(&rc, "circuit breaker half-open"), 1, "{log}");
+    assert_eq!(warns(&rc, "circuit breaker closed"), 1, "{log}");
+    assert_eq!(warns(&rc, "upstream reachable again"), 1, "{log}");
+    assert_eq!(warns(&rc, "upstream unreachable"), 1, "{log}");
+    assert_eq!(warns(&rc, "circuit breaker opened"), 1, "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_mode_never_dials_out_and_can_be_switched_live() {
     let (fake, mut rc) = start("1s", &[]).await;

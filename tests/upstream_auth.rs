@@ -161,6 +161,129 @@ async fn blob_redirects_are_followed_without_carrying_credentials_to_the_other_h
     );
 }
 
+/// WARN lines of regcache's log that contain `needle`.
+fn warns(rc: &Regcache, needle: &str) -> usize {
+    rc.log()
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains(needle))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_rate_limit_headroom_is_logged_once_when_it_starts_and_ends() {
+    let limit = ("ratelimit-limit", "100;w=21600");
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    fake.set_extra_headers(&[limit, ("ratelimit-remaining", "90;w=21600")]);
+    let digest = fake.add_manifest(
+        "test/app",
+        Some("v0"),
+        OCI_MANIFEST,
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#.to_vec(),
+    );
+    for i in 1..10 {
+        fake.set_tag("test/app", &format!("v{i}"), &digest);
+    }
+    let rc = Regcache::start(&[UpstreamEntry::new("fake", &fake.url())]);
+    let c = client();
+    let pull = |i: u32| {
+        let c = c.clone();
+        let url = format!("{}/v2/test/app/manifests/v{i}", rc.url());
+        async move { c.get(url).send().await.unwrap().status() }
+    };
+    assert_eq!(pull(0).await, 200);
+    assert_eq!(warns(&rc, "rate limit"), 0, "90 of 100 left is no news");
+    // Under a tenth left: one WARN however many pulls see it.
+    fake.set_extra_headers(&[limit, ("ratelimit-remaining", "9;w=21600")]);
+    for i in 1..5 {
+        assert_eq!(pull(i).await, 200);
+    }
+    assert_eq!(warns(&rc, "upstream rate limit low"), 1, "{}", rc.log());
+    assert!(rc.log().lines().any(|l| l.contains("rate limit low")
+        && l.contains("remaining=9")
+        && l.contains("limit=100")));
+    fake.set_extra_headers(&[limit, ("ratelimit-remaining", "100;w=21600")]);
+    for i in 5..8 {
+        assert_eq!(pull(i).await, 200);
+    }
+    assert_eq!(
+        warns(&rc, "upstream rate limit headroom recovered"),
+        1,
+        "{}",
+        rc.log()
+    );
+    assert_eq!(warns(&rc, "upstream rate limit low"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_token_server_is_logged_once_when_it_starts_and_ends() {
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    fake.add_manifest(
+        "test/app",
+        Some("v1"),
+        OCI_MANIFEST,
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#.to_vec(),
+    );
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let realm = format!("{}/token", fake.url());
+    let flag = failing.clone();
+    fake.set_on_request(move |r| {
+        if r.path.starts_with("/token") {
+            return Some(if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                response(500, &[], "token service down")
+            } else {
+                response(
+                    200,
+                    &[("content-type", "application/json")],
+                    r#"{"token":"t"}"#,
+                )
+            });
+        }
+        if r.header("authorization") != Some("Bearer t") {
+            let challenge = format!("Bearer realm=\"{realm}\",service=\"fake\"");
+            return Some(response(401, &[("www-authenticate", &challenge)], ""));
+        }
+        None
+    });
+    let rc = Regcache::start(&[UpstreamEntry::new("fake", &fake.url())]);
+    let c = client();
+    for i in 0..5 {
+        let r = c
+            .get(format!("{}/v2/test/app/manifests/t{i}", rc.url()))
+            .send()
+            .await
+            .unwrap();
+        assert!(!r.status().is_success(), "{}", r.status());
+    }
+    assert!(fake.count("GET", "/token") >= 5, "each pull tried a token");
+    assert_eq!(
+        warns(&rc, "upstream token fetch failing"),
+        1,
+        "{}",
+        rc.log()
+    );
+    assert!(rc
+        .log()
+        .lines()
+        .any(|l| l.contains("token fetch failing") && l.contains("500")));
+
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..3 {
+        let r = c
+            .get(format!("{}/v2/test/app/manifests/v1", rc.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(
+        warns(&rc, "upstream token fetch recovered"),
+        1,
+        "{}",
+        rc.log()
+    );
+    assert_eq!(warns(&rc, "upstream token fetch failing"), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_headers_become_gauges_and_auth_errors_name_the_upstream() {
     let fake = FakeUpstream::start(Behaviour {

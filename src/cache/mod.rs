@@ -197,7 +197,7 @@ impl Cache {
         let mut restored = 0;
         for r in self.storage.tags.tag_records()? {
             let known = self.index.tag(&r.upstream, &r.repo, &r.tag)?;
-            if known.map_or(true, |e| r.entry.checked_at > e.checked_at) {
+            if known.is_none_or(|e| r.entry.checked_at > e.checked_at) {
                 self.index.set_tag(&r.upstream, &r.repo, &r.tag, &r.entry)?;
                 let image = ops::reachable::reachable(
                     self.storage.content.as_ref(),

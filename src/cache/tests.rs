@@ -24,6 +24,8 @@ fn tag(name: &str, digest: &Digest, checked_at: u64) -> TagRecord {
             media_type: "application/vnd.oci.image.manifest.v1+json".into(),
             size: 1,
             checked_at,
+            max_age_ms: None,
+            unshared: false,
         },
     }
 }

@@ -3,15 +3,11 @@
 //! credentials or tokens: only who, what, and how it went.
 
 use std::io::Write;
-use std::pin::Pin;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use serde::Serialize;
 
-use super::body::{Body, BoxError};
+use super::body::Ending;
 
 /// Lines waiting for the writer thread; beyond this, lines are dropped and
 /// counted rather than letting a slow disk hold up requests.
@@ -64,7 +60,7 @@ impl AuditLog {
         Ok(AuditLog { lines: tx, dropped })
     }
 
-    fn write(&self, entry: &Entry) {
+    pub fn write(&self, entry: &Entry) {
         let Ok(mut line) = serde_json::to_string(entry) else {
             return;
         };
@@ -75,75 +71,14 @@ impl AuditLog {
     }
 }
 
-/// A response body that writes the audit entry when it ends or is dropped.
-pub struct Audited {
-    inner: Body,
-    log: AuditLog,
-    entry: Option<Entry>,
-    started: tokio::time::Instant,
-}
-
-impl Audited {
-    pub fn wrap(inner: Body, log: AuditLog, entry: Entry, started: tokio::time::Instant) -> Body {
-        use http_body_util::BodyExt;
-        Audited {
-            inner,
-            log,
-            entry: Some(entry),
-            started,
+impl Entry {
+    /// The entry once its response body has ended (`bytes` sent).
+    pub fn ended(mut self, bytes: u64, ending: Ending, elapsed: std::time::Duration) -> Entry {
+        self.bytes = bytes;
+        self.duration_ms = elapsed.as_millis() as u64;
+        if ending != Ending::Complete {
+            self.outcome = format!("{}+{}", self.outcome, ending.label());
         }
-        .boxed_unsync()
-    }
-
-    fn finish(&mut self, outcome_suffix: Option<&str>) {
-        if let Some(mut entry) = self.entry.take() {
-            entry.duration_ms = self.started.elapsed().as_millis() as u64;
-            if let Some(suffix) = outcome_suffix {
-                entry.outcome = format!("{}+{suffix}", entry.outcome);
-            }
-            self.log.write(&entry);
-        }
-    }
-}
-
-impl HttpBody for Audited {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(entry)) = (frame.data_ref(), self.entry.as_mut()) {
-                    entry.bytes += data.len() as u64;
-                }
-            }
-            Poll::Ready(Some(Err(_))) => self.finish(Some("aborted")),
-            Poll::Ready(None) => self.finish(None),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Audited {
-    fn drop(&mut self) {
-        // A client that went away before the end: still one line.
-        let unfinished = self
-            .entry
-            .as_ref()
-            .is_some_and(|_| !self.inner.is_end_stream());
-        self.finish(unfinished.then_some("client_gone"));
+        self
     }
 }

@@ -106,13 +106,7 @@ fn respond(
 ) -> Result<Response<Body>, ApiError> {
     let mut headers = blob_headers(digest);
     let (status, start, end) = match answer.size {
-        Some(size) => match parse_range(range_header, size).map_err(|e| {
-            ApiError::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                Code::RangeInvalid,
-                e.to_string(),
-            )
-        })? {
+        Some(size) => match parse_range(range_header, size) {
             RangeRequest::Full => (StatusCode::OK, 0, size),
             RangeRequest::Partial { start, end } => {
                 let content_range =

@@ -322,7 +322,7 @@ async fn dispatch(
     // The query carries routing (containerd's ns=) and paging, never secrets.
     let query = request.uri().query().unwrap_or("").to_owned();
     let mut log = RequestLog::new(peer.ip());
-    let mut response = match kind {
+    let response = match kind {
         Listener::Registry => super::api::handle(&app, peer.ip(), request, &mut log).await,
         Listener::Admin => {
             log.route = "admin";
@@ -334,7 +334,20 @@ async fn dispatch(
         }
     };
     let status = response.status().as_u16();
-    if let (Listener::Registry, Some(audit)) = (kind, &app.audit) {
+    if !matches!(kind, Listener::Registry) {
+        return response;
+    }
+    app.activity.record(&log, &method, &path, status);
+    app.metrics
+        .requests
+        .with_label_values(&[log.route, method.as_str(), &status.to_string()])
+        .inc();
+    app.metrics
+        .request_duration
+        .with_label_values(&[log.route])
+        .observe(started.elapsed().as_secs_f64());
+    let ms_to_headers = started.elapsed().as_millis() as u64;
+    let audit = app.audit.clone().map(|audit| {
         let digest = response
             .headers()
             .get("docker-content-digest")
@@ -358,22 +371,27 @@ async fn dispatch(
             },
             duration_ms: 0,
         };
-        let (parts, body) = response.into_parts();
-        response = hyper::Response::from_parts(
-            parts,
-            audit::Audited::wrap(body, audit.clone(), entry, started),
-        );
-    }
-    if matches!(kind, Listener::Registry) {
-        app.activity.record(&log, &method, &path, status);
-        app.metrics
-            .requests
-            .with_label_values(&[log.route, method.as_str(), &status.to_string()])
-            .inc();
-        app.metrics
-            .request_duration
-            .with_label_values(&[log.route])
-            .observe(started.elapsed().as_secs_f64());
+        (audit, entry)
+    });
+    // What the response promises to send: nothing after the headers of a
+    // HEAD, 204 or 304, whatever the body holds.
+    let length = if method == http::Method::HEAD || status == 204 || status == 304 {
+        Some(0)
+    } else {
+        response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .or_else(|| http_body::Body::size_hint(response.body()).exact())
+    };
+    // The line is written when the body ends, so it carries the bytes sent
+    // and the whole duration; in the connection's span, wherever that is.
+    let span = tracing::Span::current();
+    let (parts, body) = response.into_parts();
+    let body = super::body::tally(body, length, move |bytes_sent, ending| {
+        let elapsed = started.elapsed();
+        let _in = span.enter();
         tracing::info!(
             target: "regcache::access",
             client = %log.client,
@@ -385,11 +403,17 @@ async fn dispatch(
             route = log.route,
             upstream = log.upstream.as_deref().unwrap_or("-"),
             outcome = if log.outcome.is_empty() { "-" } else { log.outcome },
-            ms_to_headers = started.elapsed().as_millis() as u64,
+            ms_to_headers,
+            bytes_sent,
+            ms_total = elapsed.as_millis() as u64,
+            end = ending.label(),
             "request"
         );
-    }
-    response
+        if let Some((audit, entry)) = audit {
+            audit.write(&entry.ended(bytes_sent, ending, elapsed));
+        }
+    });
+    hyper::Response::from_parts(parts, body)
 }
 
 #[cfg(test)]

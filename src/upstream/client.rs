@@ -10,7 +10,7 @@ use parking_lot::RwLock;
 
 use super::auth::{bearer_header, Credentials, CredentialsError};
 use super::challenge::parse_challenges;
-use super::health::{Admission, BreakerState, CircuitBreaker, ProbeGuard};
+use super::health::{Admission, BreakerState, CircuitBreaker, ProbeGuard, Transitions};
 use super::hosts::{refusal_in, HostPolicy, Refusal, ScreeningResolver};
 use super::response::{describe, Response};
 use super::{BuildError, Failure, Shared, UpstreamError};
@@ -92,6 +92,8 @@ pub struct Upstream {
     /// The upstream answered a Basic challenge: send credentials up front.
     basic_auth: std::sync::atomic::AtomicBool,
     breaker: CircuitBreaker,
+    /// What was last logged about its health.
+    transitions: Transitions,
     /// Caps blob fills against this upstream, so a burst of clients cannot
     /// get the mirror banned.
     fill_slots: Arc<tokio::sync::Semaphore>,
@@ -201,6 +203,7 @@ impl Upstream {
             hosts,
             basic_auth: std::sync::atomic::AtomicBool::new(false),
             breaker: CircuitBreaker::new(config.breaker_threshold, config.breaker_cooldown.get()),
+            transitions: Transitions::new(config.name.as_str().into()),
             fill_slots: Arc::new(tokio::sync::Semaphore::new(
                 config.max_concurrent_fills.max(1),
             )),
@@ -480,8 +483,13 @@ impl Upstream {
                     .answer(&self.http, home_name, bearer, scope, credentials);
             let token = tokio::time::timeout(self.shared.header_timeout, answer)
                 .await
-                .map_err(|_| self.timeout())??;
-            return Ok(Some(bearer_header(&token)));
+                .map_err(|_| self.timeout())
+                .and_then(|r| r);
+            match &token {
+                Ok(_) => self.transitions.token(Ok(())),
+                Err(e) => self.transitions.token(Err(&e.to_string())),
+            };
+            return Ok(Some(bearer_header(&token?)));
         }
         if challenges.iter().any(|c| c.scheme == "basic") {
             if let Some(c) = credentials {
@@ -509,6 +517,10 @@ impl Upstream {
             return Err(UpstreamError::CircuitOpen {
                 upstream: self.name.to_string(),
             });
+        }
+        if admission == Admission::Probe {
+            self.transitions
+                .breaker(BreakerState::HalfOpen, self.breaker.cooldown(), "");
         }
         // If this future is dropped (or gives up waiting for its turn)
         // before the request is answered, a probe slot must be freed.
@@ -560,6 +572,21 @@ impl Upstream {
             Err(e) => e.failure(),
         };
         let state = probe.finish(failure);
+        let cause = match &sent {
+            Ok(r) => format!("status {}", r.status().as_u16()),
+            Err(e) => e.to_string(),
+        };
+        match &sent {
+            Err(UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. }) => {
+                self.transitions.reachable(Err(&cause));
+            }
+            Ok(_) => {
+                self.transitions.reachable(Ok(()));
+            }
+            Err(_) => {}
+        }
+        self.transitions
+            .breaker(state, self.breaker.cooldown(), &cause);
         metrics
             .upstream_circuit_state
             .with_label_values(&[&*self.name])
@@ -578,22 +605,26 @@ impl Upstream {
 
     /// Records Docker Hub's rate-limit headers (`ratelimit-limit: 100;w=21600`).
     pub fn record_ratelimit(&self, headers: &HeaderMap) {
-        for (header, kind) in [
-            ("ratelimit-limit", "limit"),
-            ("ratelimit-remaining", "remaining"),
-        ] {
-            let value = headers
+        let value = |header: &str| {
+            headers
                 .get(header)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.split(';').next())
-                .and_then(|v| v.trim().parse::<i64>().ok());
-            if let Some(v) = value {
+                .and_then(|v| v.trim().parse::<i64>().ok())
+        };
+        let limit = value("ratelimit-limit");
+        let remaining = value("ratelimit-remaining");
+        for (v, kind) in [(limit, "limit"), (remaining, "remaining")] {
+            if let Some(v) = v {
                 self.shared
                     .metrics
                     .upstream_ratelimit
                     .with_label_values(&[&*self.name, kind])
                     .set(v);
             }
+        }
+        if let (Some(limit), Some(remaining)) = (limit, remaining) {
+            self.transitions.ratelimit(remaining, limit);
         }
     }
 }

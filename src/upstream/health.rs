@@ -7,6 +7,8 @@
 //! request is let through as a probe (half-open); its success closes the
 //! breaker, its failure opens it for another cooldown.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -116,6 +118,10 @@ impl CircuitBreaker {
         Self::state_of(&self.inner.lock())
     }
 
+    pub fn cooldown(&self) -> Duration {
+        self.cooldown
+    }
+
     fn state_of(inner: &Inner) -> BreakerState {
         match inner.open_until {
             None => BreakerState::Closed,
@@ -154,6 +160,114 @@ impl Drop for ProbeGuard<'_> {
         if let Some(a) = self.admission.take() {
             self.breaker.abandon(&a);
         }
+    }
+}
+
+/// What was last logged about an upstream's health: each change is logged
+/// once at WARN, a steady state (a thousand requests to a dead upstream)
+/// not at all.
+pub(super) struct Transitions {
+    upstream: Arc<str>,
+    breaker: Mutex<BreakerState>,
+    unreachable: AtomicBool,
+    token_failing: AtomicBool,
+    ratelimit_low: AtomicBool,
+}
+
+/// Rate-limit headroom below this share of the limit is "low".
+const LOW_HEADROOM_PERCENT: i64 = 10;
+
+/// Whether `remaining` of `limit` is low headroom.
+pub(super) fn ratelimit_low(remaining: i64, limit: i64) -> bool {
+    limit > 0 && remaining.saturating_mul(100) < limit.saturating_mul(LOW_HEADROOM_PERCENT)
+}
+
+impl Transitions {
+    pub(super) fn new(upstream: Arc<str>) -> Transitions {
+        Transitions {
+            upstream,
+            breaker: Mutex::new(BreakerState::Closed),
+            unreachable: AtomicBool::new(false),
+            token_failing: AtomicBool::new(false),
+            ratelimit_low: AtomicBool::new(false),
+        }
+    }
+
+    /// The breaker is now in `state`; `cause` is the last failure seen.
+    /// Returns whether that was a change (and so was logged).
+    pub(super) fn breaker(&self, state: BreakerState, cooldown: Duration, cause: &str) -> bool {
+        let before = std::mem::replace(&mut *self.breaker.lock(), state);
+        let upstream = &*self.upstream;
+        match (before, state) {
+            (a, b) if a == b => return false,
+            (BreakerState::HalfOpen, BreakerState::Open) => tracing::warn!(
+                upstream,
+                cooldown = ?cooldown,
+                cause,
+                "circuit breaker re-opened: the probe failed"
+            ),
+            (_, BreakerState::Open) => tracing::warn!(
+                upstream,
+                cooldown = ?cooldown,
+                cause,
+                "circuit breaker opened: answering from the cache without contacting the upstream"
+            ),
+            (_, BreakerState::HalfOpen) => {
+                tracing::warn!(upstream, "circuit breaker half-open: sending one probe")
+            }
+            (_, BreakerState::Closed) => {
+                tracing::warn!(upstream, "circuit breaker closed: upstream recovered")
+            }
+        }
+        true
+    }
+
+    /// A request got an answer (`Ok`) or failed to reach the upstream.
+    pub(super) fn reachable(&self, outcome: Result<(), &str>) -> bool {
+        let upstream = &*self.upstream;
+        let failing = outcome.is_err();
+        if self.unreachable.swap(failing, Ordering::Relaxed) == failing {
+            return false;
+        }
+        match outcome {
+            Err(error) => tracing::warn!(upstream, error, "upstream unreachable"),
+            Ok(()) => tracing::warn!(upstream, "upstream reachable again"),
+        }
+        true
+    }
+
+    /// A token fetch succeeded or failed.
+    pub(super) fn token(&self, outcome: Result<(), &str>) -> bool {
+        let upstream = &*self.upstream;
+        let failing = outcome.is_err();
+        if self.token_failing.swap(failing, Ordering::Relaxed) == failing {
+            return false;
+        }
+        match outcome {
+            Err(error) => tracing::warn!(upstream, error, "upstream token fetch failing"),
+            Ok(()) => tracing::warn!(upstream, "upstream token fetch recovered"),
+        }
+        true
+    }
+
+    /// The upstream reported its rate limit and what remains of it.
+    pub(super) fn ratelimit(&self, remaining: i64, limit: i64) -> bool {
+        let upstream = &*self.upstream;
+        let low = ratelimit_low(remaining, limit);
+        if self.ratelimit_low.swap(low, Ordering::Relaxed) == low {
+            return false;
+        }
+        if low {
+            tracing::warn!(upstream, remaining, limit, "upstream rate limit low");
+        } else {
+            tracing::warn!(
+                upstream,
+                remaining,
+                limit,
+                "upstream rate limit headroom recovered"
+            );
+        }
+        true
     }
 }
 
@@ -235,5 +349,40 @@ mod tests {
         tokio::time::advance(Duration::from_secs(6)).await;
         drop(ProbeGuard::new(&b, b.admit()));
         assert_eq!(b.admit(), Admission::Probe);
+    }
+
+    #[test]
+    fn each_change_is_reported_once() {
+        let t = Transitions::new("up".into());
+        let cool = Duration::from_secs(30);
+        assert!(!t.breaker(BreakerState::Closed, cool, ""), "starts closed");
+        assert!(t.breaker(BreakerState::Open, cool, "503"));
+        assert!(!t.breaker(BreakerState::Open, cool, "503"));
+        assert!(t.breaker(BreakerState::HalfOpen, cool, ""));
+        assert!(t.breaker(BreakerState::Open, cool, "503"), "re-opened");
+        assert!(t.breaker(BreakerState::Closed, cool, ""));
+
+        assert!(!t.reachable(Ok(())));
+        assert!(t.reachable(Err("connection refused")));
+        assert!(!t.reachable(Err("connection refused")));
+        assert!(t.reachable(Ok(())));
+        assert!(!t.reachable(Ok(())));
+
+        assert!(t.token(Err("the token server answered 500")));
+        assert!(!t.token(Err("the token server answered 500")));
+        assert!(t.token(Ok(())));
+
+        assert!(!t.ratelimit(90, 100));
+        assert!(t.ratelimit(9, 100), "under 10% is low");
+        assert!(!t.ratelimit(3, 100));
+        assert!(t.ratelimit(100, 100), "a new window");
+    }
+
+    #[test]
+    fn low_headroom_is_under_a_tenth_of_the_limit() {
+        assert!(!ratelimit_low(10, 100));
+        assert!(ratelimit_low(9, 100));
+        assert!(ratelimit_low(0, 100));
+        assert!(!ratelimit_low(0, 0), "no limit known");
     }
 }

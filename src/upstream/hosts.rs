@@ -278,7 +278,7 @@ impl HostPolicy {
         }
         let (kept, refused): (Vec<_>, Vec<_>) = addrs
             .into_iter()
-            .partition(|a| internal_kind(a.ip()).map_or(true, |k| self.home_is(k)));
+            .partition(|a| internal_kind(a.ip()).is_none_or(|k| self.home_is(k)));
         match refused.first() {
             Some(first) if kept.is_empty() => Err(Refusal {
                 host: name.to_owned(),

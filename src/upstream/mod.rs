@@ -22,7 +22,7 @@ pub use challenge::{parse_challenges, Challenge};
 pub use client::{LastError, SettingsError, Upstream, UpstreamSettings};
 pub use error::{Failure, UpstreamError};
 pub use health::{Admission, BreakerState, CircuitBreaker};
-pub use response::{BodyStream, Response};
+pub use response::{BodyStream, Response, Sharing};
 
 use crate::config::Config;
 use crate::metrics::Metrics;

@@ -5,11 +5,11 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 
 use super::UpstreamError;
 
@@ -121,11 +121,81 @@ impl Response {
         }
     }
 
+    /// What the answer's caching headers allow a shared cache, for an
+    /// answer to `method`.
+    pub fn sharing(&self, method: &Method) -> Sharing {
+        sharing(method, self.status, &self.headers, SystemTime::now())
+    }
+
     /// Reads a small body (manifest, listing) whole: more than `limit` bytes
     /// is [`UpstreamError::TooLarge`], no data for the upstream's idle
     /// timeout is [`UpstreamError::Stalled`].
     pub async fn bytes(self, limit: usize) -> Result<Bytes, UpstreamError> {
         read_limited(self.content_length, self.body, limit, self.idle).await
+    }
+}
+
+/// What an upstream answer's `Cache-Control`, `Expires` and `Age` allow a
+/// cache shared by many clients (RFC 9111, as `http-cache-semantics`
+/// reads them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sharing {
+    /// Neither `no-store` nor `private`: the answer may be kept and given
+    /// to other clients.
+    pub storable: bool,
+    /// How long the answer stays fresh, when the upstream said so
+    /// explicitly (`max-age`, `s-maxage`, `Expires`, less `Age`). Without
+    /// such a header `tag_ttl` alone decides: a registry that says nothing
+    /// is not asking for every pull to be revalidated.
+    pub max_age: Option<Duration>,
+}
+
+fn sharing(method: &Method, status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Sharing {
+    use http_cache_semantics::{CacheOptions, CachePolicy};
+    // The request as the policy needs it: our own Authorization (tokens,
+    // credentials) is left out, since who may see what regcache caches
+    // is decided by its own rules, not by "authenticated, so private".
+    let mut request = http::Request::new(());
+    *request.method_mut() = method.clone();
+    let mut response = http::Response::new(());
+    *response.status_mut() = status;
+    *response.headers_mut() = headers.clone();
+    // Directives are case-insensitive (RFC 9111 §5.2); the crate compares
+    // them as written.
+    let lowered: Vec<_> = headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| http::HeaderValue::from_str(&v.to_ascii_lowercase()).ok())
+        .collect();
+    response.headers_mut().remove(http::header::CACHE_CONTROL);
+    for v in lowered {
+        response
+            .headers_mut()
+            .append(http::header::CACHE_CONTROL, v);
+    }
+    let options = CacheOptions {
+        shared: true,
+        ..CacheOptions::default()
+    };
+    let policy = CachePolicy::new_options(&request, &response, now, options);
+    let explicit = headers.contains_key(http::header::EXPIRES)
+        || headers
+            .get_all(http::header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|d| {
+                d.split('=')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .any(|d| d == "max-age" || d == "s-maxage");
+    Sharing {
+        storable: policy.is_storable(),
+        max_age: explicit.then(|| policy.time_to_live(now)),
     }
 }
 
@@ -239,6 +309,58 @@ mod tests {
             answer(200, broken).bytes(10).await,
             Err(UpstreamError::Body(_))
         ));
+    }
+
+    fn sharing_of(headers: &[(&str, &str)]) -> Sharing {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        sharing(&Method::HEAD, StatusCode::OK, &map, SystemTime::now())
+    }
+
+    #[test]
+    fn caching_headers_as_a_shared_cache_reads_them() {
+        let open = Sharing {
+            storable: true,
+            max_age: None,
+        };
+        assert_eq!(sharing_of(&[]), open, "silence leaves tag_ttl alone");
+        assert_eq!(sharing_of(&[("cache-control", "public")]), open);
+        assert_eq!(
+            sharing_of(&[("cache-control", "public, max-age=60")]),
+            Sharing {
+                storable: true,
+                max_age: Some(Duration::from_secs(60))
+            }
+        );
+        assert_eq!(
+            sharing_of(&[("cache-control", "max-age=60"), ("age", "50")]).max_age,
+            Some(Duration::from_secs(10)),
+            "what caches before us used up"
+        );
+        assert_eq!(
+            sharing_of(&[("cache-control", "max-age=600, s-maxage=5")]).max_age,
+            Some(Duration::from_secs(5)),
+            "s-maxage is for shared caches"
+        );
+        assert_eq!(
+            sharing_of(&[("expires", "Thu, 01 Jan 1970 00:00:00 GMT")]).max_age,
+            Some(Duration::ZERO)
+        );
+        for refused in ["no-store", "private", "private, max-age=60", "No-Store"] {
+            assert!(
+                !sharing_of(&[("cache-control", refused)]).storable,
+                "{refused}"
+            );
+        }
+        // Our own token on the request does not make the answer private.
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::CACHE_CONTROL, "max-age=60".parse().unwrap());
+        assert!(sharing(&Method::GET, StatusCode::OK, &headers, SystemTime::now()).storable);
     }
 
     #[tokio::test(start_paused = true)]

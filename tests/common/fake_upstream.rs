@@ -381,6 +381,14 @@ impl FakeUpstream {
         self.shared.state.lock().honour_range = on;
     }
 
+    /// Replace the headers added to every response.
+    pub fn set_extra_headers(&self, headers: &[(&str, &str)]) {
+        self.shared.state.lock().extra_headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
     /// Install the request hook (replaces any previous one). It runs after the
     /// request is recorded and before faults/routing.
     pub fn set_on_request<F>(&self, f: F)

@@ -30,6 +30,24 @@ pub struct Listing {
     pub filters_applied: Option<String>,
     pub body: String,
     pub checked_at: u64,
+    /// The upstream's `max-age` for it, when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_ms: Option<u64>,
+    /// The upstream forbade sharing it (`no-store`, `private`): not stored.
+    #[serde(skip)]
+    pub unshared: bool,
+}
+
+impl ttl::Confirmed for Listing {
+    fn checked_at(&self) -> u64 {
+        self.checked_at
+    }
+    fn max_age(&self) -> Option<std::time::Duration> {
+        self.max_age_ms.map(std::time::Duration::from_millis)
+    }
+    fn shared(&self) -> bool {
+        !self.unshared
+    }
 }
 
 pub struct ListingCache {
@@ -64,10 +82,7 @@ impl ListingCache {
         let what = format!("{suffix}?{}", query.unwrap_or(""));
         let key = NegativeCache::key(&upstream.name, repo.as_str(), &what);
         let asked_at = now_millis();
-        let cached = self.index.listing::<Listing>(&key)?.map(|l| {
-            let at = l.checked_at;
-            (l, at)
-        });
+        let cached = self.index.listing::<Listing>(&key)?;
         let refresh = || async {
             if let Some(e) = self.negative.get(&key).await {
                 return (Err(e), false);
@@ -127,6 +142,7 @@ async fn fetch(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
+    let sharing = response.sharing(&Method::GET);
     let content_type = header("content-type");
     let link = header("link");
     let filters_applied = header("oci-filters-applied");
@@ -145,7 +161,11 @@ async fn fetch(
         filters_applied,
         body,
         checked_at: now_millis(),
+        max_age_ms: sharing.max_age.map(|d| d.as_millis() as u64),
+        unshared: !sharing.storable,
     };
-    index.set_listing(key, &listing)?;
+    if !listing.unshared {
+        index.set_listing(key, &listing)?;
+    }
     Ok(listing)
 }

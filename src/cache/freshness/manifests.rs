@@ -53,7 +53,8 @@ pub struct ManifestCache {
     /// Synchronous moka: its calls take a short lock and never wait on
     /// I/O, and a purge on the blocking pool can drop entries directly.
     hot: moka::sync::Cache<Digest, Arc<Manifest>>,
-    digest_flights: SingleFlight<Digest, Result<Arc<Manifest>, CacheError>>,
+    /// With whether the answer may be stored and shared.
+    digest_flights: SingleFlight<Digest, Result<(Arc<Manifest>, bool), CacheError>>,
     tag_flights: SingleFlight<TagKey, Result<TagEntry, CacheError>>,
     negative: NegativeCache,
 }
@@ -179,7 +180,7 @@ impl ManifestCache {
                 // A flight that ended between our look at the store and
                 // this one's start has stored it already.
                 if let Some(m) = read_stored(&store, &index, &digest).await? {
-                    return Ok(m);
+                    return Ok((m, true));
                 }
                 let work = fetch_by_digest(&upstream, &repo, &digest, &store, &index, &metrics);
                 negative.remembering(negative_key, ttl, work).await
@@ -189,13 +190,17 @@ impl ManifestCache {
             .digest_flights
             .run(digest.clone(), fetch, task_panicked)
             .await;
-        let manifest = result?;
-        self.hot.insert(digest.clone(), manifest.clone());
-        let outcome = if joined {
+        let (manifest, shared) = result?;
+        let outcome = if !shared {
+            Outcome::Bypass
+        } else if joined {
             Outcome::Coalesced
         } else {
             Outcome::Miss
         };
+        if shared {
+            self.hot.insert(digest.clone(), manifest.clone());
+        }
         self.count(upstream, "manifest", outcome);
         Ok((manifest, outcome))
     }
@@ -212,11 +217,7 @@ impl ManifestCache {
         let asked_at = now_millis();
         let cached = self
             .index
-            .tag(&upstream.name, repo.as_str(), tag.as_str())?
-            .map(|e| {
-                let at = e.checked_at;
-                (e, at)
-            });
+            .tag(&upstream.name, repo.as_str(), tag.as_str())?;
         let negative_key = NegativeCache::key(&upstream.name, repo.as_str(), tag.as_str());
         let refresh = || async {
             if let Some(e) = self.negative.get(&negative_key).await {
@@ -255,8 +256,21 @@ impl ManifestCache {
     }
 }
 
+impl ttl::Confirmed for TagEntry {
+    fn checked_at(&self) -> u64 {
+        self.checked_at
+    }
+    fn max_age(&self) -> Option<std::time::Duration> {
+        self.max_age_ms.map(std::time::Duration::from_millis)
+    }
+    fn shared(&self) -> bool {
+        !self.unshared
+    }
+}
+
 /// Asks the upstream where a tag points now, with a HEAD, and records it:
-/// in its tag file, then in the index.
+/// in its tag file, then in the index, unless the upstream's answer may
+/// not be shared (`no-store`, `private`).
 async fn revalidate_tag(
     upstream: &Upstream,
     repo: &RepoName,
@@ -266,6 +280,7 @@ async fn revalidate_tag(
     health: &Health,
 ) -> Result<TagEntry, CacheError> {
     let response = ask_manifest(upstream, Method::HEAD, repo, tag.as_str()).await?;
+    let sharing = response.sharing(&Method::HEAD);
     let headers = response.headers();
     let digest = headers
         .get("docker-content-digest")
@@ -283,28 +298,34 @@ async fn revalidate_tag(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
+    let with_sharing = |sharing: upstream::Sharing, digest, media_type, size| TagEntry {
+        digest,
+        media_type,
+        size,
+        checked_at: now_millis(),
+        max_age_ms: sharing.max_age.map(|d| d.as_millis() as u64),
+        unshared: !sharing.storable,
+    };
     let entry = match (digest, media_type, size) {
-        (Some(digest), Some(media_type), Some(size)) => TagEntry {
-            digest,
-            media_type,
-            size,
-            checked_at: now_millis(),
-        },
+        (Some(digest), Some(media_type), Some(size)) => {
+            with_sharing(sharing, digest, media_type, size)
+        }
         // Some registries answer HEAD without the digest: GET by tag and
-        // hash the bytes instead.
+        // hash the bytes instead; that answer's caching headers count.
         _ => {
             let fetched = get_manifest(upstream, repo, tag.as_str()).await?;
             let media_type = checked(upstream, repo, tag.as_str(), &fetched)?;
-            TagEntry {
-                digest: Digest::sha256_of(&fetched.bytes),
-                media_type,
-                size: fetched.bytes.len() as u64,
-                checked_at: now_millis(),
-            }
+            let digest = Digest::sha256_of(&fetched.bytes);
+            let size = fetched.bytes.len() as u64;
+            with_sharing(fetched.sharing, digest, media_type, size)
         }
     };
     if entry.size > MAX_MANIFEST_SIZE as u64 {
         return Err(CacheError::ManifestTooLarge);
+    }
+    if entry.unshared {
+        tracing::debug!(upstream = %upstream.name, repo = %repo, tag = %tag, "the upstream forbids sharing this tag's answer; not recorded");
+        return Ok(entry);
     }
     let record = TagRecord {
         upstream: upstream.name.to_string(),
@@ -359,6 +380,7 @@ async fn ask_manifest(
 struct Fetched {
     bytes: Bytes,
     content_type: Option<String>,
+    sharing: upstream::Sharing,
 }
 
 /// `GET manifests/<reference>` with the full Accept set: the bytes, at most
@@ -370,6 +392,7 @@ async fn get_manifest(
 ) -> Result<Fetched, CacheError> {
     let response = ask_manifest(upstream, Method::GET, repo, reference).await?;
     let content_type = content_type(response.headers());
+    let sharing = response.sharing(&Method::GET);
     let bytes = response
         .bytes(MAX_MANIFEST_SIZE)
         .await
@@ -378,6 +401,7 @@ async fn get_manifest(
     Ok(Fetched {
         bytes,
         content_type,
+        sharing,
     })
 }
 
@@ -431,7 +455,7 @@ async fn fetch_by_digest(
     store: &Storage,
     index: &Index,
     metrics: &Metrics,
-) -> Result<Arc<Manifest>, CacheError> {
+) -> Result<(Arc<Manifest>, bool), CacheError> {
     let fetched = get_manifest(upstream, repo, &digest.to_string()).await?;
     let actual = Digest::sha256_of(&fetched.bytes);
     if actual != *digest {
@@ -443,6 +467,16 @@ async fn fetch_by_digest(
     }
     let media_type = checked(upstream, repo, &digest.to_string(), &fetched)?;
     let bytes = fetched.bytes;
+    let manifest = Arc::new(Manifest {
+        digest: digest.clone(),
+        media_type: media_type.clone(),
+        bytes: bytes.clone(),
+    });
+    // Content-addressed, but still the upstream's to keep private.
+    if !fetched.sharing.storable {
+        tracing::debug!(upstream = %upstream.name, repo = %repo, %digest, "the upstream forbids sharing this manifest; not stored");
+        return Ok((manifest, false));
+    }
     let to_store = bytes.clone();
     let store = store.content.clone();
     let d = digest.clone();
@@ -454,9 +488,5 @@ async fn fetch_by_digest(
         Some(&media_type),
     )?;
     index.link(&upstream.name, repo.as_str(), digest)?;
-    Ok(Arc::new(Manifest {
-        digest: digest.clone(),
-        media_type,
-        bytes,
-    }))
+    Ok((manifest, true))
 }

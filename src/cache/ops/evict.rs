@@ -597,6 +597,8 @@ mod tests {
                     media_type: "application/vnd.oci.image.manifest.v1+json".into(),
                     size: manifest.len() as u64,
                     checked_at: 0,
+                    max_age_ms: None,
+                    unshared: false,
                 },
             )
             .unwrap();

@@ -380,6 +380,8 @@ mod tests {
                     media_type: "m".into(),
                     size: 1,
                     checked_at: 0,
+                    max_age_ms: None,
+                    unshared: false,
                 },
             };
             store.put_tag(&record).unwrap();

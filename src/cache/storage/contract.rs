@@ -126,6 +126,8 @@ fn tag_records_replace_and_delete() {
                 media_type: "application/vnd.oci.image.manifest.v1+json".into(),
                 size: n,
                 checked_at: n,
+                max_age_ms: None,
+                unshared: false,
             },
         };
         store.put_tag(&record("v1", 1)).unwrap();

@@ -93,6 +93,8 @@ mod tests {
                 media_type: "application/vnd.oci.image.index.v1+json".into(),
                 size: 9,
                 checked_at,
+                max_age_ms: None,
+                unshared: false,
             },
         }
     }

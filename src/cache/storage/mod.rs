@@ -156,6 +156,15 @@ pub struct TagEntry {
     pub size: u64,
     /// When the upstream last confirmed this mapping, unix milliseconds.
     pub checked_at: u64,
+    /// How long the upstream said the answer stays fresh (its
+    /// `Cache-Control: max-age`), when it said so: it can shorten
+    /// `tag_ttl` for this tag, never lengthen it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_ms: Option<u64>,
+    /// The upstream forbade sharing this answer (`no-store`, `private`):
+    /// it answers the request that asked, and is never stored.
+    #[serde(skip)]
+    pub unshared: bool,
 }
 
 /// A tag with its place: what a tag record holds.

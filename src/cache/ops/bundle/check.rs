@@ -144,6 +144,8 @@ pub(super) fn check(
                         media_type: media_type.clone().unwrap_or_else(|| OCI_INDEX.to_owned()),
                         size: bytes.len() as u64,
                         checked_at: now_millis(),
+                        max_age_ms: None,
+                        unshared: false,
                     },
                 },
                 closure: closure.clone(),

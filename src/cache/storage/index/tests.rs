@@ -118,15 +118,22 @@ fn tags_round_trip() {
         media_type: "m".into(),
         size: 3,
         checked_at: 9,
+        max_age_ms: None,
+        unshared: false,
     };
     index
         .set_tag("docker.io", "library/alpine", "3", &e)
         .unwrap();
     assert_eq!(
         index.tag("docker.io", "library/alpine", "3").unwrap(),
-        Some(e)
+        Some(e.clone())
     );
     assert_eq!(index.tag("docker.io", "library/alpine", "4").unwrap(), None);
+    // Records written before max_age_ms existed still read; it is left out
+    // of records that have none.
+    let old = r#"{"digest":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","media_type":"m","size":3,"checked_at":9}"#;
+    assert_eq!(serde_json::from_str::<TagEntry>(old).unwrap(), e);
+    assert_eq!(serde_json::to_string(&e).unwrap(), old);
     let all = index.all_tags().unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(
