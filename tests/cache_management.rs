@@ -91,6 +91,9 @@ async fn eviction_drops_to_low_water_in_lru_order_keeping_pinned_touched_and_ope
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(summary["max_size"].as_u64(), Some(max_size));
+    // The index entries of a run go (durably) before its files: wait for
+    // the run to end before looking at the files.
+    rc.wait_for_log_count("eviction run", 1).await;
 
     assert!(
         rc.blob_path(&big).exists(),
