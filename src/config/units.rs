@@ -216,6 +216,8 @@ impl<'de> Deserialize<'de> for HumanDuration {
             Number(serde_json::Number),
         }
         match Raw::deserialize(d)? {
+            // Zero is zero in every unit ("0" turns the scrub off).
+            Raw::Number(n) if n.as_u64() == Some(0) => Ok(HumanDuration(Duration::ZERO)),
             Raw::Number(n) => Err(serde::de::Error::custom(needs_a_unit(&n.to_string()))),
             Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
         }
@@ -236,6 +238,9 @@ fn needs_a_unit(n: &str) -> String {
 /// "7" says nothing about its unit either: the same advice as for 7.
 fn parse_duration(t: &str) -> Result<HumanDuration, String> {
     let t = t.trim();
+    if !t.is_empty() && t.chars().all(|c| c == '0') {
+        return Ok(HumanDuration(Duration::ZERO));
+    }
     if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
         return Err(needs_a_unit(t));
     }
@@ -263,6 +268,9 @@ mod tests {
         }
         let e = parse("7.5").unwrap_err().to_string();
         assert!(e.contains("needs a unit"), "{e}");
+        // Zero needs no unit.
+        assert_eq!(parse("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse("\"0\"").unwrap(), Duration::ZERO);
         assert!(parse("\"soon\"").is_err());
     }
 
