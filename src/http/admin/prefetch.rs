@@ -10,21 +10,15 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Response, StatusCode};
 use parking_lot::Mutex;
-use tokio::task::JoinHandle;
 
-use super::respond::{error, json_line, text_stream};
-use crate::cache::prefetch::{self, Plan, PrefetchError, PrefetchProgress, Prefetched};
+use super::respond::{error, progress_stream};
+use crate::cache::prefetch::{self, Plan, PrefetchProgress};
 use crate::http::app::App;
 use crate::http::body::Body;
 use crate::registry::{Reference, RepoName};
-
-/// How often the stream looks at the progress.
-const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
 /// Written by the prefetch, sampled by the response stream: a slow reader
 /// costs no memory.
@@ -108,56 +102,23 @@ pub async fn prefetch(app: &Arc<App>, query: Option<&str>) -> Response<Body> {
             result
         })
     };
-    let events = futures_util::stream::unfold(
-        Events {
-            shared,
-            task: Some(task),
-            plan_sent: false,
-            sent_bytes: 0,
-        },
-        Events::next,
-    );
-    text_stream(StatusCode::OK, "application/x-ndjson", events)
-}
-
-struct Events {
-    shared: Arc<Shared>,
-    task: Option<JoinHandle<Result<Prefetched, PrefetchError>>>,
-    plan_sent: bool,
-    sent_bytes: u64,
-}
-
-impl Events {
-    async fn next(mut self) -> Option<(std::io::Result<Bytes>, Events)> {
-        loop {
-            let task = self.task.as_mut()?;
-            // Looked at first: whatever the task did before it finished is
-            // then visible below, so no progress line is lost at the end.
-            let finished = task.is_finished();
-            if !self.plan_sent {
-                let plan = self.shared.plan.lock().clone();
-                if let Some(plan) = plan {
-                    self.plan_sent = true;
-                    return Some((json_line(serde_json::json!({ "plan": plan })), self));
-                }
+    let (mut plan_sent, mut sent_bytes) = (false, 0);
+    let pending = move || {
+        if !plan_sent {
+            if let Some(plan) = shared.plan.lock().clone() {
+                plan_sent = true;
+                return Some(serde_json::json!({ "plan": plan }));
             }
-            let cached = self.shared.cached.load(Ordering::Relaxed);
-            if cached != self.sent_bytes {
-                self.sent_bytes = cached;
-                return Some((
-                    json_line(serde_json::json!({ "cached_bytes": cached })),
-                    self,
-                ));
-            }
-            if finished {
-                let outcome = match self.task.take()?.await {
-                    Ok(Ok(done)) => serde_json::json!({ "done": done }),
-                    Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
-                    Err(e) => serde_json::json!({ "error": format!("prefetch task failed: {e}") }),
-                };
-                return Some((json_line(outcome), self));
-            }
-            tokio::time::sleep(SAMPLE_EVERY).await;
         }
-    }
+        let cached = shared.cached.load(Ordering::Relaxed);
+        (cached != sent_bytes).then(|| {
+            sent_bytes = cached;
+            serde_json::json!({ "cached_bytes": cached })
+        })
+    };
+    progress_stream(task, pending, |result| match result {
+        Ok(Ok(done)) => serde_json::json!({ "done": done }),
+        Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
+        Err(e) => serde_json::json!({ "error": format!("prefetch task failed: {e}") }),
+    })
 }

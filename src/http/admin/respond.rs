@@ -72,3 +72,53 @@ pub(super) fn json_line(value: serde_json::Value) -> std::io::Result<bytes::Byte
     s.push('\n');
     Ok(bytes::Bytes::from(s))
 }
+
+/// How often a progress stream looks at its job.
+const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The NDJSON answer of a long admin job (prefetch, verify): every line
+/// `pending` has while the job runs (it keeps its own "already sent"
+/// state), sampled a few times a second so a slow reader costs no memory,
+/// then one last line from `last` with the job's result. The job runs on
+/// whether or not the client stays.
+pub(super) fn progress_stream<T, P, L>(
+    job: tokio::task::JoinHandle<T>,
+    pending: P,
+    last: L,
+) -> Response<Body>
+where
+    T: Send + 'static,
+    P: FnMut() -> Option<serde_json::Value> + Send + 'static,
+    L: FnOnce(Result<T, tokio::task::JoinError>) -> serde_json::Value + Send + 'static,
+{
+    struct State<T, P, L> {
+        job: Option<tokio::task::JoinHandle<T>>,
+        pending: P,
+        last: Option<L>,
+    }
+    let lines = futures_util::stream::unfold(
+        State {
+            job: Some(job),
+            pending,
+            last: Some(last),
+        },
+        |mut state| async move {
+            loop {
+                let job = state.job.as_mut()?;
+                // Looked at first: whatever the job did before it finished
+                // is then visible below, so no line is lost at the end.
+                let finished = job.is_finished();
+                if let Some(line) = (state.pending)() {
+                    return Some((json_line(line), state));
+                }
+                if finished {
+                    let result = state.job.take()?.await;
+                    let last = state.last.take()?;
+                    return Some((json_line(last(result)), state));
+                }
+                tokio::time::sleep(SAMPLE_EVERY).await;
+            }
+        },
+    );
+    text_stream(StatusCode::OK, "application/x-ndjson", lines)
+}

@@ -13,22 +13,15 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Response, StatusCode};
 use parking_lot::Mutex;
-use tokio::task::JoinHandle;
 
-use super::respond::{error, json_line, text_stream};
-use crate::cache::scrub::{Pass, VerifyPlan, VerifyProgress};
+use super::respond::{error, progress_stream};
+use crate::cache::scrub::{VerifyPlan, VerifyProgress};
 use crate::cache::verify::Problem;
-use crate::cache::CacheError;
 use crate::http::app::App;
 use crate::http::body::Body;
-
-/// How often the stream looks at the progress.
-const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
 /// Written by the pass, read by the response stream. Problems wait in a
 /// queue until sent: at most one per cached object.
@@ -84,63 +77,27 @@ pub async fn verify(app: &Arc<App>, repair: bool) -> Response<Body> {
             result
         })
     };
-    let events = futures_util::stream::unfold(
-        Events {
-            shared,
-            task: Some(task),
-            plan_sent: false,
-            sent_bytes: 0,
-        },
-        Events::next,
-    );
-    text_stream(StatusCode::OK, "application/x-ndjson", events)
-}
-
-struct Events {
-    shared: Arc<Shared>,
-    task: Option<JoinHandle<Result<Pass, CacheError>>>,
-    plan_sent: bool,
-    sent_bytes: u64,
-}
-
-impl Events {
-    async fn next(mut self) -> Option<(std::io::Result<Bytes>, Events)> {
-        loop {
-            let task = self.task.as_mut()?;
-            // Looked at first: whatever the pass did before it finished is
-            // then visible below, so no line is lost at the end.
-            let finished = task.is_finished();
-            if !self.plan_sent {
-                let plan = self.shared.plan.lock().clone();
-                if let Some(plan) = plan {
-                    self.plan_sent = true;
-                    return Some((json_line(serde_json::json!({ "plan": plan })), self));
-                }
+    let (mut plan_sent, mut sent_bytes) = (false, 0);
+    let pending = move || {
+        if !plan_sent {
+            if let Some(plan) = shared.plan.lock().clone() {
+                plan_sent = true;
+                return Some(serde_json::json!({ "plan": plan }));
             }
-            let problem = self.shared.problems.lock().pop_front();
-            if let Some(problem) = problem {
-                return Some((json_line(serde_json::json!({ "problem": problem })), self));
-            }
-            let checked = self.shared.checked.load(Ordering::Relaxed);
-            if checked != self.sent_bytes {
-                self.sent_bytes = checked;
-                return Some((
-                    json_line(serde_json::json!({ "checked_bytes": checked })),
-                    self,
-                ));
-            }
-            if finished {
-                let outcome = match self.task.take()?.await {
-                    Ok(Ok(p)) if p.complete => serde_json::json!({ "done": p.report }),
-                    Ok(Ok(_)) => {
-                        serde_json::json!({ "error": "stopped: the daemon is shutting down" })
-                    }
-                    Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
-                    Err(e) => serde_json::json!({ "error": format!("verify task failed: {e}") }),
-                };
-                return Some((json_line(outcome), self));
-            }
-            tokio::time::sleep(SAMPLE_EVERY).await;
         }
-    }
+        if let Some(problem) = shared.problems.lock().pop_front() {
+            return Some(serde_json::json!({ "problem": problem }));
+        }
+        let checked = shared.checked.load(Ordering::Relaxed);
+        (checked != sent_bytes).then(|| {
+            sent_bytes = checked;
+            serde_json::json!({ "checked_bytes": checked })
+        })
+    };
+    progress_stream(task, pending, |result| match result {
+        Ok(Ok(p)) if p.complete => serde_json::json!({ "done": p.report }),
+        Ok(Ok(_)) => serde_json::json!({ "error": "stopped: the daemon is shutting down" }),
+        Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
+        Err(e) => serde_json::json!({ "error": format!("verify task failed: {e}") }),
+    })
 }
