@@ -97,6 +97,25 @@ impl fmt::Display for ByteSize {
     }
 }
 
+impl ByteSize {
+    /// For people, not for config files: one decimal in the largest binary
+    /// unit that fits ("1.5 GiB", "512 B").
+    pub fn approx(self) -> String {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut v = self.0 as f64;
+        let mut unit = 0;
+        while v >= 1024.0 && unit < UNITS.len() - 1 {
+            v /= 1024.0;
+            unit += 1;
+        }
+        if unit == 0 {
+            format!("{} B", self.0)
+        } else {
+            format!("{v:.1} {}", UNITS[unit])
+        }
+    }
+}
+
 impl fmt::Debug for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
