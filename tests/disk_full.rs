@@ -158,7 +158,14 @@ async fn a_full_disk_refuses_fills_up_front_serves_hits_and_recovers_by_itself()
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200, "tag ci-{i}: the manifest is cached");
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        assert_eq!(
+            status,
+            200,
+            "tag ci-{i}: the manifest is cached: {body}\n{}",
+            rc.log()
+        );
     }
     // sled takes those writes into memory and fails when it flushes them
     // (the daemon flushes every 2 s): from then on it refuses every write

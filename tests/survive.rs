@@ -486,3 +486,46 @@ async fn a_hung_upstream_costs_a_stale_tag_stale_timeout_not_the_header_timeout(
         "answered stale after {took:?}: the header timeout (20 s), not stale_timeout (0.5 s)"
     );
 }
+
+/// docker and containerd check a tag they hold with a HEAD only. Such a tag
+/// must be servable whole through a later outage: the HEAD that asked the
+/// upstream also brings the manifest's body in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_only_ever_asked_by_head_is_served_whole_through_an_outage() {
+    let (fake, rc) = start("1s", &[]).await;
+    let digest = fake.add_manifest(
+        "test/app",
+        Some("v1"),
+        OCI_MANIFEST,
+        manifest(7).into_bytes(),
+    );
+    let url = format!("{}/v2/test/app/manifests/v1", rc.url());
+    let c = client();
+    let r = c
+        .head(&url)
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + NO_HANG;
+    while !rc.cached_manifests().contains(&digest) {
+        assert!(
+            Instant::now() < deadline,
+            "the HEAD did not bring the body in; log:\n{}",
+            rc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fake.go_down().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = c
+        .get(&url)
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a GET after the outage began");
+    assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+    assert_eq!(r.bytes().await.unwrap(), manifest(7).as_bytes());
+}

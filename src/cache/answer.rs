@@ -258,6 +258,11 @@ impl Cache {
                     return Ok(ManifestAnswer::NotAcceptable);
                 }
                 if head {
+                    // Asked upstream just now: have the body too, so the
+                    // tag can be served whole through an outage.
+                    if matches!(outcome, Outcome::Miss | Outcome::Revalidated) {
+                        self.manifests.warm(upstream, repo, &entry.digest);
+                    }
                     return Ok(ManifestAnswer::Found {
                         digest: entry.digest,
                         media_type: entry.media_type,

@@ -23,6 +23,16 @@ pub struct SingleFlight<K, V: Clone> {
     tasks: TaskTracker,
 }
 
+/// A second handle on the same flights (a background caller joins them).
+impl<K, V: Clone> Clone for SingleFlight<K, V> {
+    fn clone(&self) -> Self {
+        SingleFlight {
+            inflight: self.inflight.clone(),
+            tasks: self.tasks.clone(),
+        }
+    }
+}
+
 /// Frees a flight's key however its task ends.
 struct Release<K: Eq + Hash, V: Clone> {
     table: Table<K, V>,
@@ -80,6 +90,12 @@ where
             }
         };
         (flight.await, joined)
+    }
+
+    /// The tracker flights run on, for work that starts one in the
+    /// background.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
     }
 
     pub fn in_flight(&self) -> usize {

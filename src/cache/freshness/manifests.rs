@@ -151,6 +151,57 @@ impl ManifestCache {
         Ok(Some(manifest))
     }
 
+    /// The digest's one upstream fetch, for its single flight.
+    fn fetch_once(
+        &self,
+        upstream: &Arc<Upstream>,
+        repo: &RepoName,
+        digest: &Digest,
+        negative_key: String,
+    ) -> impl FnOnce() -> futures_util::future::BoxFuture<
+        'static,
+        Result<(Arc<Manifest>, bool), CacheError>,
+    > {
+        let upstream = upstream.clone();
+        let repo = repo.clone();
+        let digest = digest.clone();
+        let store = self.storage.clone();
+        let index = self.index.clone();
+        let metrics = self.metrics.clone();
+        let negative = self.negative.clone();
+        let ttl = upstream.settings().negative_ttl;
+        move || {
+            Box::pin(async move {
+                // A flight that ended between our look at the store and
+                // this one's start has stored it already.
+                if let Some(m) = read_stored(&store, &index, &digest).await? {
+                    return Ok((m, true));
+                }
+                let work = fetch_by_digest(&upstream, &repo, &digest, &store, &index, &metrics);
+                negative.remembering(negative_key, ttl, work).await
+            })
+        }
+    }
+
+    /// Brings a manifest into the store in the background unless it is
+    /// in the hot set. A HEAD by tag (how docker and containerd check a tag
+    /// they hold) records only where the tag points; without the body, an
+    /// outage later would answer that HEAD stale but fail the GET.
+    pub fn warm(&self, upstream: &Arc<Upstream>, repo: &RepoName, digest: &Digest) {
+        if self.hot.contains_key(digest) {
+            return;
+        }
+        let key = NegativeCache::key(&upstream.name, repo.as_str(), &digest.to_string());
+        let fetch = self.fetch_once(upstream, repo, digest, key);
+        let flights = self.digest_flights.clone();
+        let digest = digest.clone();
+        self.digest_flights.tasks().spawn(async move {
+            if let (Err(e), _) = flights.run(digest.clone(), fetch, task_panicked).await {
+                tracing::debug!(%digest, error = %e, "fetching a tag's manifest after its HEAD failed");
+            }
+        });
+    }
+
     /// The manifest with this digest: cached, or fetched once and cached.
     pub async fn by_digest(
         &self,
@@ -167,25 +218,7 @@ impl ManifestCache {
             self.count(upstream, "manifest", Outcome::Negative);
             return Err(e);
         }
-        let fetch = {
-            let upstream = upstream.clone();
-            let repo = repo.clone();
-            let digest = digest.clone();
-            let store = self.storage.clone();
-            let index = self.index.clone();
-            let metrics = self.metrics.clone();
-            let negative = self.negative.clone();
-            let ttl = upstream.settings().negative_ttl;
-            move || async move {
-                // A flight that ended between our look at the store and
-                // this one's start has stored it already.
-                if let Some(m) = read_stored(&store, &index, &digest).await? {
-                    return Ok((m, true));
-                }
-                let work = fetch_by_digest(&upstream, &repo, &digest, &store, &index, &metrics);
-                negative.remembering(negative_key, ttl, work).await
-            }
-        };
+        let fetch = self.fetch_once(upstream, repo, digest, negative_key);
         let (result, joined) = self
             .digest_flights
             .run(digest.clone(), fetch, task_panicked)
@@ -436,8 +469,13 @@ async fn read_stored(
     else {
         return Ok(None);
     };
-    let media_type = index
-        .get(Kind::Manifest, digest)?
+    // A failing index (a full disk) must not fail a stored manifest: its
+    // media type can be read from the bytes.
+    let recorded = index.get(Kind::Manifest, digest).unwrap_or_else(|e| {
+        tracing::debug!(%digest, error = %e, "index lookup failed; sniffing the media type");
+        None
+    });
+    let media_type = recorded
         .and_then(|e| e.media_type)
         .or_else(|| sniff_manifest_media_type(&bytes))
         .ok_or(CacheError::BadManifestAnswer)?;
