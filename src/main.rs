@@ -43,7 +43,7 @@ enum Command {
     },
     /// Remove images or blobs from the cache.
     #[command(
-        after_help = "Examples:\n  regcache purge docker.io/library/alpine:3.20\n  regcache purge --blobs ghcr.io/org/app@sha256:...\n  regcache purge sha256:..."
+        after_help = "Examples:\n  regcache purge alpine:3.20\n  regcache purge --blobs registry.example/org/app@sha256:...\n  regcache purge sha256:..."
     )]
     Purge {
         /// Also remove the image's blobs that no other cached tag uses.
@@ -78,7 +78,7 @@ enum Command {
     },
     /// Pull images into the cache: image references, or files with one per line.
     #[command(
-        after_help = "Examples:\n  regcache prefetch docker.io/library/alpine:3.20 ghcr.io/org/app:v1\n  regcache prefetch --platform linux/amd64,linux/arm64 images.txt"
+        after_help = "Examples:\n  regcache prefetch alpine:3.20 registry.example/org/app:v1\n  regcache prefetch --platform linux/amd64,linux/arm64 images.txt"
     )]
     Prefetch {
         /// Only these platforms of a multi-platform image (os/arch[/variant], comma-separated).
@@ -87,7 +87,7 @@ enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
-        /// An image reference (`docker.io/library/alpine:3.20`, `alpine:3.20`
+        /// An image reference (`registry.example/team/app:v1`, `alpine:3.20`
         /// on the default upstream), or a file with one per line (`#` comments).
         #[arg(required = true, value_name = "FILE|IMAGE")]
         images: Vec<String>,
@@ -113,7 +113,7 @@ enum Command {
     /// Install a bundle written by `export`, or any OCI archive (verifying
     /// every digest).
     #[command(
-        after_help = "Examples:\n  regcache import bundle.tar\n  regcache import --upstream docker.io --repo team/app app-v2.tar   # oci-archive:app-v2.tar:v2"
+        after_help = "Examples:\n  regcache import bundle.tar\n  regcache import --upstream local --repo team/app app-v2.tar   # oci-archive:app-v2.tar:v2"
     )]
     Import {
         /// The tar to install: an OCI image layout (`regcache export`,
@@ -152,7 +152,7 @@ Environment: REGCACHE_<KEY> sets any key over the file, `__` for nesting:
 Examples:
   regcache --config /etc/regcache/regcache.toml        # serve
   regcache check-config --config regcache.toml
-  regcache prefetch docker.io/library/alpine:3.20",
+  regcache prefetch alpine:3.20",
         d.listen,
         d.admin_listen,
         d.cache_dir.display(),
