@@ -175,6 +175,12 @@ async fn a_full_disk_refuses_fills_up_front_serves_hits_and_recovers_by_itself()
     assert_eq!(r.status, 503);
     let why = String::from_utf8_lossy(&r.body);
     assert!(why.contains("index"), "{why}");
+    // With the index failed too, what is cached is still served.
+    let r = c.get(blob(&cached_digest)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a hit with the index failed");
+    assert_eq!(r.bytes().await.unwrap(), cached);
+    let r = c.get(&tag).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a cached tag with the index failed");
     // Not ready, and said so.
     assert!(
         wait_ready(&rc, 503, Duration::from_secs(10)).await,

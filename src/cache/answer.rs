@@ -192,7 +192,13 @@ impl Cache {
         let Some(object) = self.open_blob(digest).await? else {
             return Ok(None);
         };
-        match self.index.get(Kind::Blob, digest)? {
+        // A failing index (a full disk) must not fail a hit: without the
+        // record there is nothing to compare, and the file is served.
+        let recorded = self.index.get(Kind::Blob, digest).unwrap_or_else(|e| {
+            tracing::debug!(%digest, error = %e, "index lookup failed; serving the file");
+            None
+        });
+        match recorded {
             Some(entry) if entry.size != object.size => {
                 let evictor = self.evictor.clone();
                 let d = digest.clone();

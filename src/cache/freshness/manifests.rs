@@ -248,9 +248,15 @@ impl ManifestCache {
         tag: &Tag,
     ) -> Result<(TagEntry, Outcome), CacheError> {
         let asked_at = now_millis();
+        // A failing index (a full disk) is a tag not known here: asked of
+        // the upstream, as on a cold cache.
         let cached = self
             .index
-            .tag(&upstream.name, repo.as_str(), tag.as_str())?;
+            .tag(&upstream.name, repo.as_str(), tag.as_str())
+            .unwrap_or_else(|e| {
+                tracing::debug!(upstream = %upstream.name, %repo, %tag, error = %e, "index lookup failed");
+                None
+            });
         let negative_key = NegativeCache::key(&upstream.name, repo.as_str(), tag.as_str());
         let refresh = || async {
             if let Some(e) = self.negative.get(&negative_key).await {
@@ -271,7 +277,9 @@ impl ManifestCache {
                     // A flight that ended between our index read and this
                     // one's start has asked already: take its answer.
                     let answered = index
-                        .tag(&upstream.name, repo.as_str(), tag.as_str())?
+                        .tag(&upstream.name, repo.as_str(), tag.as_str())
+                        .ok()
+                        .flatten()
                         .filter(|e| e.checked_at >= asked_at);
                     if let Some(entry) = answered {
                         return Ok(entry);
