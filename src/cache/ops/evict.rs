@@ -133,12 +133,12 @@ impl Pins {
 }
 
 /// One object [`Evictor::remove_all`] took out of the cache.
-struct Removed {
-    kind: Kind,
-    digest: Digest,
+pub struct Removed {
+    pub kind: Kind,
+    pub digest: Digest,
     reason: Reason,
     /// The bytes its index entry recorded.
-    size: u64,
+    pub size: u64,
     /// Where a quarantined file went.
     location: Option<String>,
 }
@@ -248,7 +248,10 @@ impl Evictor {
     /// startup reconcile indexes again), never an entry without its file.
     /// Returns what was removed (present in the index or on disk) with the
     /// bytes each held.
-    fn remove_all(&self, victims: Vec<(Kind, Digest, Reason)>) -> Result<Vec<Removed>, IndexError> {
+    pub fn remove_all(
+        &self,
+        victims: Vec<(Kind, Digest, Reason)>,
+    ) -> Result<Vec<Removed>, IndexError> {
         let mut entries = Vec::with_capacity(victims.len());
         for (kind, digest, reason) in victims {
             let entry = self.index.remove(kind, &digest)?;

@@ -289,19 +289,23 @@ pub fn purge_image(
     } else {
         HashSet::new()
     };
+    let mut victims = Vec::new();
     for d in &doomed.manifests {
         cache.manifests.forget(d);
-        if let Some(size) = cache.evictor.remove(Kind::Manifest, d, Reason::Purge)? {
-            report.manifests.push(d.to_string());
-            report.bytes_freed += size;
-        }
+        victims.push((Kind::Manifest, d.clone(), Reason::Purge));
     }
     if with_blobs {
         for d in doomed.blobs.difference(&kept_blobs) {
-            if let Some(size) = cache.evictor.remove(Kind::Blob, d, Reason::Purge)? {
-                report.blobs.push(d.to_string());
-                report.bytes_freed += size;
-            }
+            victims.push((Kind::Blob, d.clone(), Reason::Purge));
+        }
+    }
+    // One batch: one flush makes every index removal durable before any
+    // file goes, however many objects the image has.
+    for removed in cache.evictor.remove_all(victims)? {
+        report.bytes_freed += removed.size;
+        match removed.kind {
+            Kind::Manifest => report.manifests.push(removed.digest.to_string()),
+            Kind::Blob => report.blobs.push(removed.digest.to_string()),
         }
     }
     report.manifests.sort();
