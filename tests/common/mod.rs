@@ -16,5 +16,6 @@ pub mod images;
 pub mod ns_shim;
 pub mod regcache;
 pub mod registry;
+pub mod seaweedfs;
 pub mod tls;
 pub mod token_server;

@@ -15,6 +15,7 @@
 //! so that "not committed" and "fill registered" are one step; it is one
 //! metadata lookup.
 
+pub mod bucket;
 pub mod fs;
 mod fs_tags;
 pub mod index;
