@@ -351,3 +351,80 @@ fn a_cache_written_by_the_filesystem_layout_is_served_as_it_is() {
     assert_eq!(cache.reconcile().unwrap().added, 1);
     assert!(cache.has_blob(&digest).unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_at_a_trickle_slows_nobody_and_memory_stays_within_the_ring() {
+    use crate::cache::flight::fill::{FILL_CHUNK, RING_BYTES, WRITE_QUEUE};
+    let layer: &'static [u8] = Box::leak(
+        (0..24u32 * 1024 * 1024)
+            .map(|i| (i.wrapping_mul(2654435761) >> 9) as u8)
+            .collect::<Vec<u8>>()
+            .into_boxed_slice(),
+    );
+    let size = layer.len() as u64;
+    let (upstream, requests) = serving(layer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let cache = Arc::new(memory_cache(&store, dir.path()));
+    let repo = RepoName::parse("team/app").unwrap();
+    let digest = Digest::sha256_of(layer);
+
+    // The trickle reader starts the fill, takes one chunk and stops.
+    let slow = cache.blob(&upstream, &repo, &digest, false).await.unwrap();
+    let mut slow_body = Box::pin(slow.body.unwrap().stream(0, size));
+    let mut slow_got = slow_body.next().await.unwrap().unwrap().to_vec();
+    let ring = cache
+        .fills
+        .progress(&digest)
+        .and_then(|p| p.borrow().ring.clone());
+    let ring = ring.expect("a streaming fill has its ring");
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let (ring, done) = (ring.clone(), done.clone());
+        async move {
+            let mut most = 0;
+            while !done.load(Ordering::SeqCst) {
+                most = most.max(ring.held());
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            most
+        }
+    });
+
+    let mut fast = Vec::new();
+    for _ in 0..19 {
+        let (cache, upstream, repo, digest) = (
+            cache.clone(),
+            upstream.clone(),
+            repo.clone(),
+            digest.clone(),
+        );
+        fast.push(tokio::spawn(async move {
+            let answer = cache.blob(&upstream, &repo, &digest, false).await.unwrap();
+            collect(answer.body.unwrap(), size).await.unwrap()
+        }));
+    }
+    for t in fast {
+        assert!(
+            t.await.unwrap() == layer,
+            "every fast reader gets every byte"
+        );
+    }
+    done.store(true, Ordering::SeqCst);
+    let most = sampler.await.unwrap();
+    // The 19 got the whole blob, so the fill is complete, while the trickle
+    // reader still holds its first chunk: nobody waited for it.
+    assert!(slow_got.len() <= FILL_CHUNK);
+    assert!(
+        most <= RING_BYTES + (WRITE_QUEUE + 2) * FILL_CHUNK,
+        "the ring held {most} bytes"
+    );
+    while let Some(chunk) = slow_body.next().await {
+        slow_got.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(
+        slow_got == layer,
+        "the trickle reader gets every byte right"
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "one upstream GET");
+}

@@ -20,13 +20,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use futures_util::StreamExt;
+use bytes::{Bytes, BytesMut};
+use futures_util::{FutureExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use super::ring::Ring;
 use crate::cache::health::Health;
 use crate::cache::storage::index::Index;
 use crate::cache::storage::{ContentStore, Kind, ReadAt, Staged};
@@ -35,9 +36,22 @@ use crate::metrics::Metrics;
 use crate::registry::{Digest, RepoName, Sha256Hasher};
 use crate::upstream::{self, Upstream, UpstreamError};
 
-/// Store I/O happens in chunks this large: one blocking-pool hop and one
+/// Store reads happen in chunks this large: one blocking-pool hop and one
 /// syscall per 256 KiB, not per network packet.
 pub const IO_CHUNK: usize = 256 * 1024;
+
+/// A fill hands on the upstream's bytes in chunks this large: one write,
+/// one hash update and one wake-up of the readers each.
+pub const FILL_CHUNK: usize = 256 * 1024;
+
+/// A buffer with less room than this left is not filled further.
+const MIN_CHUNK: usize = 32 * 1024;
+
+/// Recent bytes of a fill kept in memory for its readers (see [`Ring`]).
+pub const RING_BYTES: usize = 4 * 1024 * 1024;
+
+/// Chunks waiting for the writer at most; the fill waits beyond that.
+pub(crate) const WRITE_QUEUE: usize = 4;
 
 /// A fill re-reads the free space each time it has staged this much more,
 /// so one without a length (or longer than the room) stops at the floor.
@@ -65,6 +79,10 @@ pub enum Phase {
 pub struct Progress {
     /// Bytes staged so far.
     pub written: u64,
+    /// Bytes received so far: in the ring, the write queue or the file.
+    pub received: u64,
+    /// The fill's recent bytes, while it streams.
+    pub ring: Option<Arc<Ring>>,
     pub phase: Phase,
 }
 
@@ -164,6 +182,8 @@ impl Fills {
         }
         let (tx, rx) = watch::channel(Progress {
             written: 0,
+            received: 0,
+            ring: None,
             phase: Phase::Connecting,
         });
         table.insert(
@@ -185,6 +205,12 @@ impl Fills {
             progress: rx,
             joined: false,
         })
+    }
+
+    /// A running fill's progress, to watch it from a test.
+    #[cfg(test)]
+    pub fn progress(&self, digest: &Digest) -> Option<watch::Receiver<Progress>> {
+        self.table.lock().get(digest).map(|r| r.progress.clone())
     }
 
     /// Fills running now.
@@ -241,7 +267,11 @@ impl Entry {
                 if matches!(e, CacheError::DigestMismatch { .. }) {
                     fills.metrics.digest_mismatches.inc();
                 }
-                tx.send_modify(|p| p.phase = Phase::Failed(e.clone()));
+                tx.send_modify(|p| {
+                    p.phase = Phase::Failed(e.clone());
+                    // Its memory goes with the failure.
+                    p.ring = None;
+                });
                 e.fill_result_label()
             }
         };
@@ -285,68 +315,34 @@ impl Fills {
         let store = self.store.clone();
         let staged = tokio::task::spawn_blocking(move || store.begin()).await??;
         let reader = staged.reader().filter(|_| self.store.reads_while_staged());
+        let ring = Arc::new(Ring::new(RING_BYTES));
         tx.send_modify(|p| {
+            p.ring = Some(ring.clone());
             p.phase = Phase::Streaming {
                 reader: reader.clone(),
                 size,
             }
         });
 
-        let idle = upstream.idle_timeout();
-        let mut sink = Sink {
-            staged: Some(staged),
-            hasher: Sha256Hasher::default(),
-            written: 0,
-            pending: BytesMut::with_capacity(IO_CHUNK),
-            size,
-            health: self.health.clone(),
-            next_room_check: ROOM_CHECK_EVERY,
-        };
-        let mut body = response.bytes_stream();
-        // Bytes at the start of a restarted (200) stream that are staged already.
-        let mut skip: u64 = 0;
-        let mut resumes = 0;
-        loop {
-            let next = match tokio::time::timeout(idle, body.next()).await {
-                Err(_) => Err(UpstreamError::Stalled(idle).into()),
-                Ok(Some(Err(e))) => Err(CacheError::from(e)),
-                Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
-                Ok(None) => Ok(None),
-            };
-            match next {
-                Ok(Some(mut chunk)) => {
-                    let dropped = skip.min(chunk.len() as u64);
-                    skip -= dropped;
-                    let chunk = chunk.split_off(dropped as usize);
-                    if !chunk.is_empty() {
-                        upstream.count_received(chunk.len());
-                        // With a length, the sink holds the upstream to it;
-                        // without one, only the bound does.
-                        if size.is_none() && sink.total_with(chunk.len()) > max_blob_size {
-                            return Err(too_large());
-                        }
-                        sink.push(&chunk, tx).await?;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) if resumes < MAX_RESUMES && sink.size.is_some() => {
-                    // The upstream went away mid-blob: keep what we have and
-                    // ask for the rest, so clients see a slower transfer, not
-                    // a failure. The hasher carries on where it was.
-                    resumes += 1;
-                    self.metrics.fills_resumed.inc();
-                    sink.flush(tx).await?;
-                    tracing::warn!(%digest, upstream = %upstream.name, error = %e, from = sink.written, attempt = resumes, "upstream body broke; resuming");
-                    let (resumed, already) =
-                        resume(upstream, repo, digest, sink.written, sink.size).await?;
-                    body = resumed.bytes_stream();
-                    skip = already;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        sink.flush(tx).await?;
-        let (staged, hasher, written) = sink.finish()?;
+        // Writes overlap the receive: a writer on its own blocking thread
+        // hashes and appends each chunk while the next one arrives, fed by
+        // a short queue that holds the fill back when the disk is slower.
+        let (queue, writer) = Writer::start(staged, ring.clone(), self.health.clone());
+        let received = self
+            .receive(upstream, repo, digest, response, size, tx, &ring, &queue)
+            .await;
+        // The writer ends once the queue is closed and drained; a failed
+        // receive waits for it too, so the staged write is gone before the
+        // failure is published.
+        drop(queue);
+        let written = writer
+            .await
+            .map_err(|e| CacheError::Internal(format!("the fill's writer: {e}")))?;
+        // The writer's error first: it is why a receive stopped early.
+        let (staged, hasher) = written?;
+        received?;
+        let written = staged.len();
+        tx.send_modify(|p| p.written = written);
         if let Some(expected) = size.filter(|&s| s != written) {
             return Err(CacheError::SizeMismatch {
                 expected,
@@ -430,77 +426,165 @@ async fn resume(
     }
 }
 
-/// The fill's side of the staged write: buffers to large writes, hashes,
-/// and publishes progress.
-struct Sink {
-    /// Lent to the blocking pool for each write, and back.
-    staged: Option<Box<dyn Staged>>,
-    hasher: Sha256Hasher,
-    written: u64,
-    pending: BytesMut,
-    size: Option<u64>,
-    health: Arc<Health>,
-    /// Staged bytes at which the free space is read again.
-    next_room_check: u64,
-}
+/// The fill's writer: hashes and appends chunks on one blocking thread, in
+/// the order they were received, and tells the ring what is durable.
+struct Writer;
 
-impl Sink {
-    /// What would be staged with `more` bytes.
-    fn total_with(&self, more: usize) -> u64 {
-        self.written + (self.pending.len() + more) as u64
-    }
+type WriterResult = Result<(Box<dyn Staged>, Sha256Hasher), CacheError>;
 
-    async fn push(&mut self, chunk: &[u8], tx: &watch::Sender<Progress>) -> Result<(), CacheError> {
-        let total = self.total_with(chunk.len());
-        if let Some(expected) = self.size.filter(|&s| total > s) {
-            return Err(CacheError::SizeMismatch {
-                expected,
-                actual: total,
-            });
-        }
-        self.pending.extend_from_slice(chunk);
-        if self.pending.len() >= IO_CHUNK {
-            self.flush(tx).await?;
-        }
-        Ok(())
-    }
-
-    /// Hashes and appends what is pending on the blocking pool.
-    async fn flush(&mut self, tx: &watch::Sender<Progress>) -> Result<(), CacheError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let data = self.pending.split().freeze();
-        let mut hasher = std::mem::take(&mut self.hasher);
-        let mut staged = self.staged.take().ok_or_else(lost)?;
-        let room = (self.written >= self.next_room_check).then(|| {
-            self.next_room_check = self.written + ROOM_CHECK_EVERY;
-            self.health.clone()
-        });
-        let (staged, hasher) = tokio::task::spawn_blocking(move || -> Result<_, CacheError> {
-            if let Some(room) = room {
-                room.room_for(None)?;
+impl Writer {
+    fn start(
+        mut staged: Box<dyn Staged>,
+        ring: Arc<Ring>,
+        health: Arc<Health>,
+    ) -> (
+        tokio::sync::mpsc::Sender<Bytes>,
+        tokio::task::JoinHandle<WriterResult>,
+    ) {
+        let (queue, mut chunks) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let writer = tokio::task::spawn_blocking(move || -> WriterResult {
+            let mut hasher = Sha256Hasher::default();
+            let mut next_room_check = ROOM_CHECK_EVERY;
+            while let Some(chunk) = chunks.blocking_recv() {
+                if staged.len() >= next_room_check {
+                    next_room_check = staged.len() + ROOM_CHECK_EVERY;
+                    health.room_for(None)?;
+                }
+                hasher.update(&chunk);
+                staged.append(&chunk)?;
+                ring.set_durable(staged.len());
             }
-            hasher.update(&data);
-            staged.append(&data)?;
             Ok((staged, hasher))
-        })
-        .await??;
-        self.written = staged.len();
-        self.staged = Some(staged);
-        self.hasher = hasher;
-        let written = self.written;
-        tx.send_modify(|p| p.written = written);
-        Ok(())
-    }
-
-    fn finish(self) -> Result<(Box<dyn Staged>, Sha256Hasher, u64), CacheError> {
-        let staged = self.staged.ok_or_else(lost)?;
-        Ok((staged, self.hasher, self.written))
+        });
+        (queue, writer)
     }
 }
 
-/// A write that failed on the blocking pool took the staged write with it.
-fn lost() -> CacheError {
-    CacheError::Internal("the staged write was lost by an earlier failure".into())
+impl Fills {
+    /// Receives the upstream's body into the ring and the writer's queue,
+    /// in chunks of [`FILL_CHUNK`], resuming a broken body where it broke.
+    #[allow(clippy::too_many_arguments)]
+    async fn receive(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        digest: &Digest,
+        response: upstream::Response,
+        size: Option<u64>,
+        tx: &watch::Sender<Progress>,
+        ring: &Ring,
+        queue: &tokio::sync::mpsc::Sender<Bytes>,
+    ) -> Result<(), CacheError> {
+        let idle = upstream.idle_timeout();
+        let max_blob_size = upstream.settings().max_blob_size;
+        let mut pending = ring.buffer(FILL_CHUNK);
+        // Bytes handed on: to the ring and the writer.
+        let mut received: u64 = 0;
+        let mut body = response.bytes_stream();
+        // Bytes at the start of a restarted (200) stream that are staged already.
+        let mut skip: u64 = 0;
+        let mut resumes = 0;
+        loop {
+            let next = match body.next().now_or_never() {
+                Some(item) => Ok(item),
+                None => {
+                    // Nothing more has arrived: hand on what has, so that
+                    // on a slow link readers get bytes as they come, not a
+                    // chunk at a time.
+                    received += hand_on(&mut pending, ring, queue, tx).await?;
+                    tokio::time::timeout(idle, body.next()).await
+                }
+            };
+            let next = match next {
+                Err(_) => Err(UpstreamError::Stalled(idle).into()),
+                Ok(Some(Err(e))) => Err(CacheError::from(e)),
+                Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
+                Ok(None) => Ok(None),
+            };
+            match next {
+                Ok(Some(chunk)) => {
+                    let dropped = skip.min(chunk.len() as u64);
+                    skip -= dropped;
+                    let mut rest = &chunk[dropped as usize..];
+                    if rest.is_empty() {
+                        continue;
+                    }
+                    upstream.count_received(rest.len());
+                    let total = received + (pending.len() + rest.len()) as u64;
+                    // With a length, the upstream is held to it; without
+                    // one, only the bound is.
+                    if let Some(expected) = size.filter(|&s| total > s) {
+                        return Err(CacheError::SizeMismatch {
+                            expected,
+                            actual: total,
+                        });
+                    }
+                    if size.is_none() && total > max_blob_size {
+                        return Err(CacheError::BlobTooLarge {
+                            upstream: upstream.name.to_string(),
+                            limit: max_blob_size,
+                        });
+                    }
+                    // Copied once, into a reused buffer, so that a chunk
+                    // handed on is one large write and one slice.
+                    while !rest.is_empty() {
+                        let n = (pending.capacity() - pending.len()).min(rest.len());
+                        pending.extend_from_slice(&rest[..n]);
+                        rest = &rest[n..];
+                        if pending.len() == pending.capacity() {
+                            received += hand_on(&mut pending, ring, queue, tx).await?;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) if resumes < MAX_RESUMES && size.is_some() => {
+                    // The upstream went away mid-blob: keep what we have and
+                    // ask for the rest, so clients see a slower transfer, not
+                    // a failure. The hasher carries on where it was.
+                    resumes += 1;
+                    self.metrics.fills_resumed.inc();
+                    received += hand_on(&mut pending, ring, queue, tx).await?;
+                    tracing::warn!(%digest, upstream = %upstream.name, error = %e, from = received, attempt = resumes, "upstream body broke; resuming");
+                    let (resumed, already) = resume(upstream, repo, digest, received, size).await?;
+                    body = resumed.bytes_stream();
+                    skip = already;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        hand_on(&mut pending, ring, queue, tx).await?;
+        Ok(())
+    }
+}
+
+/// Hands the pending chunk to the writer and to the readers. The next one
+/// goes into the rest of the same buffer (a partial chunk, on a slow link),
+/// or into a reused one. Returns its length.
+async fn hand_on(
+    pending: &mut BytesMut,
+    ring: &Ring,
+    queue: &tokio::sync::mpsc::Sender<Bytes>,
+    tx: &watch::Sender<Progress>,
+) -> Result<u64, CacheError> {
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let chunk = pending.split().freeze();
+    if pending.capacity() < MIN_CHUNK {
+        *pending = ring.buffer(FILL_CHUNK);
+    }
+    let len = chunk.len() as u64;
+    // Queued first: the ring evicts only what the writer made durable, so
+    // what readers see is always in the queue or the file.
+    if queue.send(chunk.clone()).await.is_err() {
+        // The writer stopped on an error; the caller collects it.
+        return Err(CacheError::Internal("the fill's writer stopped".into()));
+    }
+    ring.push(chunk);
+    let received = ring.received();
+    tx.send_modify(|p| {
+        p.received = received;
+        p.written = ring.durable();
+    });
+    Ok(len)
 }

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod fill;
 pub mod readers;
+pub mod ring;
 pub mod single_flight;
 
 pub use body::{body_stream, wait_for_headers, BodySource, UNKNOWN_SIZE};
