@@ -142,9 +142,7 @@ impl Bucket {
                 Claim::Held { holder, age }
             });
         }
-        Err(BucketError::Settings(format!(
-            "{key}: the lease kept vanishing between create and read"
-        )))
+        Err(BucketError::LeaseVanished(key.to_string()))
     }
 
     /// Replaces a stale lease; `None` when someone else was quicker.

@@ -70,6 +70,10 @@ pub enum BucketError {
     Mismatch { key: String, actual: Digest },
     #[error("object store settings: {0}")]
     Settings(String),
+    #[error("{key} is {size} bytes, over the {max}-byte bound")]
+    TooLarge { key: String, size: u64, max: u64 },
+    #[error("{0}: the lease kept vanishing between create and read")]
+    LeaseVanished(String),
 }
 
 impl BucketError {
@@ -324,19 +328,37 @@ impl Bucket {
             return Ok(None);
         };
         if stored.size > max_size {
-            return Err(BucketError::Settings(format!(
-                "{key} is {} bytes, over the {max_size}-byte bound",
-                stored.size
-            )));
+            return Err(BucketError::TooLarge {
+                key: key.to_string(),
+                size: stored.size,
+                max: max_size,
+            });
         }
-        let parts: Vec<Bytes> = tokio::time::timeout(self.timeout, body.try_collect())
+        // Bounded by what arrives, not by what the HEAD claimed: a store
+        // that sends more than it announced is cut off at the bound.
+        let name = key.to_string();
+        let collect = body.try_fold(Vec::new(), |mut acc: Vec<u8>, chunk| {
+            let name = name.clone();
+            async move {
+                if (acc.len() + chunk.len()) as u64 > max_size {
+                    return Err(BucketError::TooLarge {
+                        key: name,
+                        size: (acc.len() + chunk.len()) as u64,
+                        max: max_size,
+                    });
+                }
+                acc.extend_from_slice(&chunk);
+                Ok(acc)
+            }
+        });
+        let parts = tokio::time::timeout(self.timeout, collect)
             .await
             .map_err(|_| BucketError::Timeout {
                 op: "get",
                 key: key.to_string(),
                 timeout: self.timeout,
             })??;
-        let bytes: Bytes = parts.concat().into();
+        let bytes = Bytes::from(parts);
         let actual = Digest::sha256_of(&bytes);
         if &actual != digest {
             return Err(BucketError::Mismatch {
