@@ -17,7 +17,9 @@
 //! 3 × runs: they are short and noisy), `REGCACHE_BENCH_BLOB_MIB` (default 200),
 //! `REGCACHE_BENCH_LOAD_SECS` (manifest load per run, default 5),
 //! `REGCACHE_BENCH_CLIENTS` (concurrent cold pulls, default 20),
-//! `REGCACHE_BENCH_CONNS` (manifest load connections, default 16).
+//! `REGCACHE_BENCH_CONNS` (manifest load connections, default 16),
+//! `REGCACHE_BENCH_BIN` (the regcache binary to measure, default the one
+//! this bench was built with: a variant build, e.g. another chunk size).
 //!
 //! How it measures:
 //! * Every proxy runs with its defaults as deployed: regcache at log level
@@ -214,6 +216,13 @@ struct Proxy {
     dir: tempfile::TempDir,
 }
 
+/// The regcache binary under measurement.
+fn regcache_bin() -> PathBuf {
+    std::env::var_os("REGCACHE_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_regcache")))
+}
+
 impl Proxy {
     fn start(kind: Kind, upstream_url: &str) -> Proxy {
         match kind {
@@ -239,7 +248,7 @@ impl Proxy {
         fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("regcache.log");
         let log = fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_regcache"));
+        let mut cmd = Command::new(regcache_bin());
         cmd.arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -1098,7 +1107,7 @@ fn machine() -> Vec<(String, String)> {
             "regcache".into(),
             format!(
                 "{} ({})",
-                env!("CARGO_BIN_EXE_regcache"),
+                regcache_bin().display(),
                 if rev.is_empty() { "no git".into() } else { rev }
             ),
         ),
