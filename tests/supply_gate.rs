@@ -341,6 +341,8 @@ enum Mode {
     Review,
     /// Never answer (until the test ends).
     Hang,
+    /// Answer with a redirect to `/followed` on this server.
+    Redirect,
 }
 
 /// A small in-process admission webhook: counts reviews, keeps them.
@@ -396,6 +398,10 @@ fn serve_review(
 ) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut length = 0;
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+        return;
+    }
     let mut line = String::new();
     loop {
         line.clear();
@@ -416,12 +422,27 @@ fn serve_review(
     if reader.read_exact(&mut body).is_err() {
         return;
     }
-    let review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     count.fetch_add(1, Ordering::SeqCst);
+    let path = request_line.split_whitespace().nth(1).unwrap_or_default();
+    review["_path"] = json!(path);
     reviews.lock().unwrap().push(review.clone());
-    if *mode.lock().unwrap() == Mode::Hang {
-        std::thread::sleep(Duration::from_secs(90));
-        return;
+    let mut stream = stream;
+    let mode = *mode.lock().unwrap();
+    match mode {
+        Mode::Hang => {
+            std::thread::sleep(Duration::from_secs(90));
+            return;
+        }
+        Mode::Redirect => {
+            let here = stream.local_addr().unwrap();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{here}/followed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            return;
+        }
+        Mode::Review => {}
     }
     let repo = review["repository"].as_str().unwrap_or_default();
     let answer = if denied.contains(&repo) {
@@ -430,7 +451,6 @@ fn serve_review(
         json!({"allowed": true, "reason": "clean"})
     };
     let answer = serde_json::to_vec(&answer).unwrap();
-    let mut stream = stream;
     let _ = write!(
         stream,
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -596,6 +616,22 @@ async fn a_hung_webhook_is_bounded_by_its_timeout_and_on_error_decides() {
         "{}",
         rc.log()
     );
+
+    // A webhook that redirects is not followed: its answer is an error.
+    hook.set_mode(Mode::Redirect);
+    rc.write_config(&upstreams, &admission(&hook.url(), "deny"));
+    rc.sighup_and_wait("config reloaded").await;
+    let other = &fixtures.docker_list;
+    let other_path = format!("/v2/{}/manifests/{}", other.repo, other.tag);
+    assert_denied(&rc, &other_path, "answered 307").await;
+    let followed = hook
+        .reviews
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["_path"] == "/followed")
+        .count();
+    assert_eq!(followed, 0, "the redirect was followed");
 }
 
 // --- signatures --------------------------------------------------------------
