@@ -425,3 +425,55 @@ async fn describe(
         user: subject.user.map(str::to_owned),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HumanDuration;
+
+    fn settings(keep: Duration) -> AdmissionSettings {
+        AdmissionSettings::build(&AdmissionConfig {
+            url: "http://scanner.example:8080/review".into(),
+            timeout: HumanDuration(Duration::from_secs(1)),
+            on_error: OnError::Deny,
+            cache_verdicts: HumanDuration(keep),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn verdicts_expire_after_cache_verdicts() {
+        let s = settings(Duration::from_secs(60));
+        let now = now_millis();
+        let v = |at| Verdict {
+            allowed: true,
+            reason: String::new(),
+            at,
+        };
+        assert!(fresh(&s, &v(now)));
+        assert!(fresh(&s, &v(now - 59_000)));
+        assert!(!fresh(&s, &v(now - 61_000)));
+        assert!(!fresh(&settings(Duration::ZERO), &v(now)));
+    }
+
+    #[test]
+    fn verdicts_are_kept_per_upstream_repository_and_digest() {
+        let d: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        assert_ne!(key("up", "team/a", &d), key("up", "team/b", &d));
+        assert_ne!(key("up", "team/a", &d), key("other", "team/a", &d));
+        assert_eq!(
+            record_key(&key("up", "r", &d)),
+            format!("admission:up\0r\0{}", d.hex())
+        );
+    }
+
+    #[test]
+    fn a_verdict_must_say_allowed() {
+        let a: Answer = serde_json::from_str(r#"{"allowed": false, "reason": "CVE"}"#).unwrap();
+        assert!(!a.allowed);
+        assert_eq!(a.reason, "CVE");
+        assert!(serde_json::from_str::<Answer>(r#"{"reason": "no verdict"}"#).is_err());
+        let a: Answer = serde_json::from_str(r#"{"allowed": true}"#).unwrap();
+        assert!(a.allowed && a.reason.is_empty());
+    }
+}

@@ -321,8 +321,9 @@ impl Gate {
                 None => unreviewed.push(p.clone()),
             }
         }
-        // A client that skips the manifest: review the cached manifests
-        // that reference the blob, as if it had asked for them.
+        // A client that skips the manifest: review a cached manifest that
+        // references the blob, as if it had asked for it. One review at
+        // most, so the blob waits no longer than `timeout` for it.
         for p in unreviewed {
             let Ok(Some(m)) = cache.local_manifest(&p).await else {
                 continue;
@@ -339,6 +340,7 @@ impl Gate {
                 Ok(()) => return Ok(()),
                 Err(reason) => denied = Some(reason),
             }
+            break;
         }
         Err(refuse(
             RefusalKind::AdmissionDenied,
