@@ -219,6 +219,13 @@ async fn blocked_digests_are_refused_as_manifests_index_children_and_blobs_only_
         "is blocked",
     )
     .await;
+    let head = client()
+        .head(format!("{}/v2/team/shared/manifests/bad", rc.url()))
+        .header("accept", MANIFEST_ACCEPT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 403, "a HEAD is refused too");
     // Its own layer, which only it reaches; the shared one while no other
     // image is known to reach it.
     assert_denied(
@@ -278,14 +285,14 @@ async fn blocked_digests_are_refused_as_manifests_index_children_and_blobs_only_
     images::assert_pulls_from(&fixtures.docker_schema2, &rc.host()).await;
 
     let refusals = rc.metric("regcache_blocked_refusals_total{upstream=\"local\"}");
-    assert!(refusals >= 8.0, "{refusals}\n{}", rc.metrics());
+    assert!(refusals >= 9.0, "{refusals}\n{}", rc.metrics());
     let lines = std::fs::read_to_string(&audit).unwrap_or_default();
     let policy_lines: Vec<Value> = lines
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["event"] == "blocked")
         .collect();
-    assert!(policy_lines.len() >= 8, "{lines}");
+    assert!(policy_lines.len() >= 9, "{lines}");
     assert!(policy_lines.iter().any(|v| v["digest"] == bad.as_str()
         && v["reason"]
             .as_str()
