@@ -465,3 +465,63 @@ impl Gate {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{SignatureRule, UpstreamConfig};
+
+    #[test]
+    fn bad_files_are_refused_naming_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.policy.blocked_digests_file = Some(dir.path().join("absent"));
+        let e = GateSettings::from_config(&config)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("policy.blocked_digests_file: "), "{e}");
+
+        let mut config = Config {
+            upstreams: Some(vec![UpstreamConfig {
+                require_signatures: vec![SignatureRule {
+                    repos: vec!["team/*".into()],
+                    public_key_file: dir.path().join("cosign.pub"),
+                }],
+                ..UpstreamConfig::new("internal", "https://registry.example")
+            }]),
+            default_upstream: "internal".into(),
+            ..Config::default()
+        };
+        let e = GateSettings::from_config(&config)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("upstreams[0] (internal).require_signatures[0].public_key_file: "),
+            "{e}"
+        );
+
+        let key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/cosign/cosign.pub"
+        );
+        if let Some(u) = config.upstreams.as_mut() {
+            u[0].require_signatures[0].public_key_file = key.into();
+        }
+        let settings = GateSettings::from_config(&config).unwrap();
+        let team = RepoName::parse("team/app").unwrap();
+        let other = RepoName::parse("other/app").unwrap();
+        assert_eq!(settings.signatures.keys_for("internal", &team).0.len(), 1);
+        assert!(settings
+            .signatures
+            .keys_for("internal", &other)
+            .0
+            .is_empty());
+        assert!(settings
+            .signatures
+            .keys_for("elsewhere", &team)
+            .0
+            .is_empty());
+    }
+}
