@@ -74,6 +74,16 @@ pub struct Metrics {
     pub verified_bytes: IntCounterVec,
     /// Background scrub passes that went through the whole cache.
     pub scrub_passes: IntCounter,
+    // The supply-chain gate (`policy::gate`).
+    /// Requests refused because a digest is blocked, by upstream.
+    pub blocked_refusals: IntCounterVec,
+    /// Admission reviews, by upstream and verdict (allowed, denied, error).
+    pub admission_reviews: IntCounterVec,
+    /// Requests refused by an admission verdict, by upstream.
+    pub admission_denials: IntCounterVec,
+    /// Manifests refused for their signature, by upstream and reason
+    /// (missing, invalid, mismatch, unavailable).
+    pub signature_refusals: IntCounterVec,
 }
 
 /// Registers a metric built from constant names; a failure here is a bug in
@@ -231,6 +241,26 @@ impl Metrics {
             token_fetches: counter(
                 "upstream_token_fetches_total",
                 "Token requests sent to upstream token servers.",
+            ),
+            blocked_refusals: counters(
+                "blocked_refusals_total",
+                "Requests refused because the manifest, its index or every manifest that reaches the blob is blocked, by upstream.",
+                &["upstream"],
+            ),
+            admission_reviews: counters(
+                "admission_reviews_total",
+                "Admission webhook reviews, by upstream and verdict (allowed, denied, error).",
+                &["upstream", "verdict"],
+            ),
+            admission_denials: counters(
+                "admission_denials_total",
+                "Requests refused by an admission verdict (or on_error = deny), by upstream.",
+                &["upstream"],
+            ),
+            signature_refusals: counters(
+                "signature_refusals_total",
+                "Manifests refused by require_signatures, by upstream and reason (missing, invalid, mismatch, unavailable).",
+                &["upstream", "reason"],
             ),
             registry,
             process: process_registry(),

@@ -33,6 +33,7 @@ pub use flight::{RunningFill, IO_CHUNK, UNKNOWN_SIZE};
 pub use freshness::{Listing, Manifest, MAX_MANIFEST_SIZE};
 pub use health::Floor;
 pub use ops::bundle;
+pub use ops::content_view;
 pub use ops::evict::{GcReport, Pins, Policy, Reason};
 pub use ops::manage;
 pub use ops::prefetch;

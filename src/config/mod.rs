@@ -11,6 +11,7 @@ mod cache;
 mod clients;
 mod listener;
 mod presets;
+mod supply;
 mod units;
 mod upstream;
 mod validate;
@@ -27,6 +28,7 @@ pub use cache::CacheConfig;
 pub use clients::{AuthConfig, RateLimitConfig};
 pub use listener::{parse_listen, AuditConfig, LimitsConfig, LogFormat, TlsConfig};
 pub use presets::builtin_upstreams;
+pub use supply::{AdmissionConfig, OnError, PolicyConfig, SignatureRule};
 pub use units::{ByteSize, FreeSpace, HumanDuration, SizeError};
 pub use upstream::{CredentialsError, HostPattern, HostPatternError, UpstreamConfig};
 
@@ -104,6 +106,12 @@ pub struct Config {
     /// Size bound, age limit and eviction of the cache (`[cache]`).
     #[serde(default)]
     pub cache: CacheConfig,
+    /// The supply-chain gate: blocked digests (`[policy]`) and the
+    /// admission webhook (`[admission]`, off when absent).
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<AdmissionConfig>,
     /// Absent in every source means the built-in presets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstreams: Option<Vec<UpstreamConfig>>,
@@ -131,6 +139,8 @@ impl Default for Config {
             log_level: "info".into(),
             offline: false,
             cache: CacheConfig::default(),
+            policy: PolicyConfig::default(),
+            admission: None,
             upstreams: None,
         }
     }

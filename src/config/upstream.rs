@@ -94,6 +94,10 @@ pub struct UpstreamConfig {
     /// private or unspecified address (public ones always are).
     #[serde(default)]
     pub redirect_hosts: Vec<String>,
+    /// Cosign signatures required for repositories matching a rule's globs
+    /// (`[{ repos = ["team/*"], public_key_file = "..." }]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub require_signatures: Vec<super::SignatureRule>,
 }
 
 /// An `auth_hosts` or `redirect_hosts` entry: a host name or IP address,
@@ -293,6 +297,7 @@ impl UpstreamConfig {
             pin: Vec::new(),
             auth_hosts: None,
             redirect_hosts: Vec::new(),
+            require_signatures: Vec::new(),
         }
     }
 

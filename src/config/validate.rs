@@ -69,6 +69,9 @@ impl Config {
                 format!("{:?} names no configured upstream", self.default_upstream),
             );
         }
+        if let Some(Err((key, message))) = self.admission.as_ref().map(|a| a.check()) {
+            return invalid(key, message);
+        }
         if self.tls.enabled() && (self.tls.cert_file.is_none() || self.tls.key_file.is_none()) {
             return invalid("tls".into(), "cert_file and key_file go together".into());
         }

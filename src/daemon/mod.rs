@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::http::{serve, Activity, App, AuditLog, Listener, ServeOptions, Shutdown};
+use crate::policy::gate::Gate;
 
 pub use parts::{check_config, eviction, BuildError, Live, Parts};
 
@@ -81,6 +82,7 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
         audit,
         started: std::time::Instant::now(),
         activity: Activity::default(),
+        gate: Gate::new(live.gate),
     });
 
     // The index is reconciled with the files in the background: hits are

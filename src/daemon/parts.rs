@@ -10,6 +10,7 @@ use crate::cache::{Floor, Pins, Policy};
 use crate::config::{Config, FreeSpace};
 use crate::http::{Tls, TlsError};
 use crate::metrics::Metrics;
+use crate::policy::gate::GateSettings;
 use crate::policy::{ClientPolicy, PolicyError};
 use crate::registry::RepoName;
 use crate::upstream::{self, Upstreams};
@@ -29,6 +30,8 @@ pub struct Live {
     pub eviction: Policy,
     pub pins: Pins,
     pub scrub: ScrubSettings,
+    /// Blocked digests, signature rules, the admission webhook.
+    pub gate: GateSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +83,7 @@ impl Live {
             eviction,
             pins,
             scrub: scrub(config),
+            gate: GateSettings::from_config(config)?,
         })
     }
 }
@@ -116,7 +120,9 @@ fn check_audit_target(target: &str) -> std::io::Result<()> {
 /// compiles (globs, credential files, the admin token). For `check-config`
 /// and the management commands; `serve` gets the same from [`Parts::build`].
 pub fn check_config(config: &Config) -> Result<(), PolicyError> {
-    ClientPolicy::from_config(config).map(drop)
+    ClientPolicy::from_config(config)?;
+    GateSettings::from_config(config)?;
+    Ok(())
 }
 
 /// The background scrub's settings of `[cache]`.

@@ -78,6 +78,7 @@ fn apply(app: &App, tls: Option<&Tls>, new: &Config, live: Live) {
     // Size bounds, pins and the scrub apply at once (gc_interval at restart).
     app.cache.configure_eviction(live.eviction, live.pins);
     app.cache.configure_scrub(live.scrub);
+    app.gate.apply(live.gate);
     let old = &app.config;
     for (key, changed) in [
         ("listen", old.listen != new.listen),

@@ -8,6 +8,7 @@ use super::audit::AuditLog;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::policy::gate::Gate;
 use crate::policy::ClientPolicy;
 use crate::upstream::Upstreams;
 
@@ -26,6 +27,8 @@ pub struct App {
     pub started: std::time::Instant,
     /// Most pulled images and recent denials, for the status page.
     pub activity: Activity,
+    /// Blocked digests, signatures, admission: checked on every answer.
+    pub gate: Gate,
 }
 
 impl App {

@@ -60,7 +60,8 @@ impl AuditLog {
         Ok(AuditLog { lines: tx, dropped })
     }
 
-    pub fn write(&self, entry: &Entry) {
+    /// One line: a request's [`Entry`], or a policy refusal's own line.
+    pub fn write<T: Serialize>(&self, entry: &T) {
         let Ok(mut line) = serde_json::to_string(entry) else {
             return;
         };

@@ -34,6 +34,7 @@ pub async fn blob(
             client: log.client_key(),
             metrics: app.metrics.clone(),
         });
+    super::refusals::check_blob(app, route, digest, log).await?;
     let answer = app
         .cache
         .blob(&route.upstream, &route.repo, digest, head)

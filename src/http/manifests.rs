@@ -9,6 +9,7 @@ use super::body::{self, Body};
 use super::error::{ApiError, Code};
 use super::headers::mark_stale;
 use super::passthrough;
+use super::refusals;
 use super::route::Route;
 use crate::cache::{Manifest, ManifestAnswer, Outcome};
 use crate::registry::{AcceptList, Digest, Reference};
@@ -32,12 +33,33 @@ pub async fn manifest(
             }
             ApiError::from_cache(&e.error, Code::ManifestUnknown)
         })?;
+    let tag = match reference {
+        Reference::Tag(t) => Some(t.as_str()),
+        Reference::Digest(_) => None,
+    };
     match answer {
         ManifestAnswer::NotAcceptable => {
             // The client accepts none of what is cached: ask the upstream
             // with the client's own Accept and relay the answer uncached.
             log.outcome = Outcome::Bypass.label();
-            passthrough::relay_manifest(route, reference, &accept, head).await
+            let response = passthrough::relay_manifest(route, reference, &accept, head).await?;
+            if app.gate.is_active(&route.upstream.name, &route.repo) {
+                // The policy checks go by the digest relayed.
+                let digest = response
+                    .headers()
+                    .get("docker-content-digest")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<Digest>().ok())
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::FORBIDDEN,
+                            Code::Denied,
+                            "the upstream's answer names no digest, which the policy checks need",
+                        )
+                    })?;
+                refusals::check_manifest(app, route, tag, &digest, None, log).await?;
+            }
+            Ok(response)
         }
         ManifestAnswer::Found {
             digest,
@@ -48,6 +70,7 @@ pub async fn manifest(
             stale,
         } => {
             log.outcome = outcome.label();
+            refusals::check_manifest(app, route, tag, &digest, manifest.clone(), log).await?;
             let mut response =
                 manifest_response(&digest, &media_type, size, manifest.as_ref(), headers);
             if stale {

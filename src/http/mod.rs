@@ -18,6 +18,7 @@ mod listings;
 mod manifests;
 mod passthrough;
 pub mod range;
+mod refusals;
 pub mod route;
 mod server;
 mod tls;

@@ -4,8 +4,10 @@
 mod access;
 mod admin;
 mod clients;
+pub mod gate;
 mod ratelimit;
 
+pub(crate) use access::glob_set;
 pub use access::{
     AccessListError, PatternError, Refused, RepoRules, RulesError, UpstreamRules, UserAccess,
 };
@@ -40,6 +42,10 @@ pub enum PolicyError {
     Auth(#[source] AuthFileError),
     #[error("auth.admin_token_file: {0}")]
     AdminToken(#[source] AdminTokenError),
+    /// The supply-chain gate's files and settings (blocked digests,
+    /// signature keys, the admission client).
+    #[error(transparent)]
+    Gate(#[from] gate::GateError),
 }
 
 impl ClientPolicy {

@@ -2,6 +2,7 @@
 //! scrub, purges and summaries, prefetch, bundles for air-gapped sites.
 
 pub mod bundle;
+pub mod content_view;
 pub mod evict;
 pub mod manage;
 pub mod prefetch;

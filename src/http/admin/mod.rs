@@ -6,7 +6,8 @@
 //! `DELETE /admin/manifests/<upstream>/<repo>:<tag>` (or `@<digest>`),
 //! `DELETE /admin/blobs/<digest>`, `POST /admin/gc`, `POST /admin/import`,
 //! `POST /admin/prefetch` (see `prefetch`), `POST /admin/verify` (see
-//! `verify`).
+//! `verify`), `GET`/`POST /admin/blocked` and
+//! `GET /admin/signatures/<upstream>/<repo>@<digest>` (see `supply`).
 //!
 //! `/admin/*` and the status page are served under the rule of `access`:
 //! the admin token when `auth.admin_token_file` is set, else requests from
@@ -19,6 +20,7 @@ mod prefetch;
 mod purge;
 mod respond;
 mod status;
+mod supply;
 mod verify;
 
 use std::net::SocketAddr;
@@ -146,6 +148,20 @@ pub async fn admin_service(
             purge::purge_manifest(&app, &percent_decode(rest), with_blobs).await
         } else {
             method_not_allowed("DELETE")
+        };
+    }
+    if let Some(rest) = path.strip_prefix("/admin/signatures/") {
+        return if method == Method::GET {
+            supply::signature(&app, &percent_decode(rest)).await
+        } else {
+            method_not_allowed("GET")
+        };
+    }
+    if path == "/admin/blocked" {
+        return match method {
+            Method::GET => supply::blocked(&app),
+            Method::POST => supply::reload_blocked(&app).await,
+            _ => method_not_allowed("GET, POST"),
         };
     }
     if let Some(rest) = path.strip_prefix("/admin/blobs/") {
