@@ -10,6 +10,7 @@
 mod cache;
 mod clients;
 mod listener;
+mod notifications;
 mod presets;
 mod units;
 mod upstream;
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 pub use cache::CacheConfig;
 pub use clients::{AuthConfig, RateLimitConfig};
 pub use listener::{parse_listen, AuditConfig, LimitsConfig, LogFormat, TlsConfig};
+pub use notifications::{NotificationConfig, EVENT_NAMES};
 pub use presets::builtin_upstreams;
 pub use units::{ByteSize, FreeSpace, HumanDuration, SizeError};
 pub use upstream::{CredentialsError, HostPattern, HostPatternError, UpstreamConfig};
@@ -107,6 +109,9 @@ pub struct Config {
     /// Absent in every source means the built-in presets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstreams: Option<Vec<UpstreamConfig>>,
+    /// Receivers of events (`[[notifications]]`), none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationConfig>,
 }
 
 impl Default for Config {
@@ -132,6 +137,7 @@ impl Default for Config {
             offline: false,
             cache: CacheConfig::default(),
             upstreams: None,
+            notifications: Vec::new(),
         }
     }
 }

@@ -94,6 +94,32 @@ pub struct UpstreamConfig {
     /// private or unspecified address (public ones always are).
     #[serde(default)]
     pub redirect_hosts: Vec<String>,
+    /// Globs over `repository:tag` (`"library/*:3.*"`) whose first digest
+    /// seen is kept: a move upstream is refused until accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub immutable_tags: Vec<String>,
+    /// A cached tag the upstream answers 404 for is still served (true) or
+    /// is dropped and answered 404 (false).
+    #[serde(default = "default_keep_deleted")]
+    pub keep_deleted: bool,
+    /// A tag moving more than this many times within `tag_churn_window` is
+    /// flagged (WARN and a metric); at most 19, the history holds 20 moves.
+    #[serde(default = "default_tag_churn_moves")]
+    pub tag_churn_moves: u32,
+    #[serde(default = "default_tag_churn_window")]
+    pub tag_churn_window: HumanDuration,
+}
+
+fn default_keep_deleted() -> bool {
+    true
+}
+
+fn default_tag_churn_moves() -> u32 {
+    5
+}
+
+fn default_tag_churn_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(24 * 3600))
 }
 
 /// An `auth_hosts` or `redirect_hosts` entry: a host name or IP address,
@@ -293,6 +319,10 @@ impl UpstreamConfig {
             pin: Vec::new(),
             auth_hosts: None,
             redirect_hosts: Vec::new(),
+            immutable_tags: Vec::new(),
+            keep_deleted: default_keep_deleted(),
+            tag_churn_moves: default_tag_churn_moves(),
+            tag_churn_window: default_tag_churn_window(),
         }
     }
 

@@ -51,7 +51,7 @@ fn glob(pattern: &str) -> Result<Glob, PatternError> {
         })
 }
 
-fn glob_set(patterns: &[String]) -> Result<GlobSet, PatternError> {
+pub(super) fn glob_set(patterns: &[String]) -> Result<GlobSet, PatternError> {
     let mut builder = GlobSetBuilder::new();
     for p in patterns {
         builder.add(glob(p)?);

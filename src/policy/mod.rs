@@ -5,6 +5,7 @@ mod access;
 mod admin;
 mod clients;
 mod ratelimit;
+mod tags;
 
 pub use access::{
     AccessListError, PatternError, Refused, RepoRules, RulesError, UpstreamRules, UserAccess,
@@ -12,6 +13,7 @@ pub use access::{
 pub use admin::{AdminToken, AdminTokenError};
 pub use clients::{client_address, AuthError, AuthFileError, Authenticator};
 pub use ratelimit::{ClientLimiter, Throttled};
+pub use tags::ImmutableTags;
 
 use std::sync::Arc;
 

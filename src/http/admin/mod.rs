@@ -6,7 +6,8 @@
 //! `DELETE /admin/manifests/<upstream>/<repo>:<tag>` (or `@<digest>`),
 //! `DELETE /admin/blobs/<digest>`, `POST /admin/gc`, `POST /admin/import`,
 //! `POST /admin/prefetch` (see `prefetch`), `POST /admin/verify` (see
-//! `verify`).
+//! `verify`), `GET /admin/tags/<upstream>/<repo>:<tag>/history` and
+//! `POST .../accept` (see `tags`).
 //!
 //! `/admin/*` and the status page are served under the rule of `access`:
 //! the admin token when `auth.admin_token_file` is set, else requests from
@@ -19,6 +20,7 @@ mod prefetch;
 mod purge;
 mod respond;
 mod status;
+mod tags;
 mod verify;
 
 use std::net::SocketAddr;
@@ -147,6 +149,9 @@ pub async fn admin_service(
         } else {
             method_not_allowed("DELETE")
         };
+    }
+    if let Some(rest) = path.strip_prefix("/admin/tags/") {
+        return tags::tags(&app, &method, &percent_decode(rest)).await;
     }
     if let Some(rest) = path.strip_prefix("/admin/blobs/") {
         return if method == Method::DELETE {
