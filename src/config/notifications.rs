@@ -32,7 +32,8 @@ pub struct NotificationConfig {
     #[serde(default = "default_timeout")]
     pub timeout: HumanDuration,
     /// Attempts after the first when delivery fails (connection error,
-    /// timeout, 5xx, 408, 429); then the event is counted `failed`.
+    /// timeout, 5xx, 408, 429; not another 4xx or a redirect elsewhere);
+    /// then the event is counted `failed`.
     #[serde(default = "default_retries")]
     pub retries: u32,
     /// Events waiting for this receiver; when full, the oldest is dropped
