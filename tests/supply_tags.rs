@@ -239,9 +239,24 @@ async fn an_immutable_tag_keeps_its_first_digest_until_the_refused_move_is_accep
     let out = rc.cli(&["tags", "accept", "local/team/app:v1"]);
     assert!(!out.success(), "{out:?}");
     assert!(out.stderr.contains("no refused move"), "{out:?}");
-    // Still pinned, now to the accepted digest.
+    // Still pinned, now to the accepted digest: moved again, refused again.
+    let (third, _) = push_image(&upstream, "team/app", "v1", "pinned-3");
     past_tag_ttl().await;
     assert_eq!(client_digest(&pinned).await, second);
+    assert_eq!(history(&rc, "local", "team/app:v1")["pending"], third);
+    assert_eq!(
+        rc.metric("regcache_tag_moves_refused_total{upstream=\"local\"}"),
+        2.0
+    );
+    // The upstream moves it back: nothing waits any more.
+    let (back, _) = push_image(&upstream, "team/app", "v1", "pinned-2");
+    assert_eq!(back, second, "the same image again");
+    past_tag_ttl().await;
+    assert_eq!(client_digest(&pinned).await, second);
+    let h = history(&rc, "local", "team/app:v1");
+    assert!(h["pending"].is_null(), "{h}");
+    assert_eq!(h["moves"][0]["action"], "withdrawn");
+    assert_eq!(h["moves"][0]["old_digest"], third);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

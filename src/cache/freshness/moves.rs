@@ -109,7 +109,22 @@ pub(super) fn checked(
                 }
             }
         }
-        _ => fresh,
+        // Back where it is kept: a refused move waits no more.
+        Some(_) => {
+            if let Some(refused) = history.pending().cloned() {
+                tracing::info!(upstream = name, repo = r, tag = t, digest = %fresh.digest, withdrawn = %refused.new_digest, "an immutable tag is back at its kept digest upstream: the refused move waits no more");
+                history.push(TagMove {
+                    at: fresh.checked_at,
+                    old_digest: refused.new_digest,
+                    new_digest: fresh.digest.clone(),
+                    action: MoveAction::Withdrawn,
+                    media_type: fresh.media_type.clone(),
+                    size: fresh.size,
+                });
+            }
+            fresh
+        }
+        None => fresh,
     };
     if history != before {
         if let Err(e) = index.set_tag_history(name, r, t, &history) {

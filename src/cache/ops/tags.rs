@@ -33,7 +33,7 @@ pub struct MoveReport {
     pub time: String,
     pub old_digest: Digest,
     pub new_digest: Digest,
-    /// `followed`, `refused` or `accepted`.
+    /// `followed`, `refused`, `accepted` or `withdrawn`.
     pub action: MoveAction,
 }
 

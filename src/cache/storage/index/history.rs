@@ -21,6 +21,9 @@ pub enum MoveAction {
     Refused,
     /// An operator accepted a refused move (`regcache tags accept`).
     Accepted,
+    /// The upstream moved an immutable tag back to the digest served: the
+    /// refused move before it is no longer waiting.
+    Withdrawn,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,6 +161,9 @@ mod tests {
         assert_eq!(h.pending().map(|m| m.at), Some(1));
         h.push(moved(2, 1, MoveAction::Accepted));
         assert!(h.pending().is_none());
+        h.push(moved(3, 2, MoveAction::Refused));
+        h.push(moved(4, 3, MoveAction::Withdrawn));
+        assert!(h.pending().is_none(), "the upstream moved back");
     }
 
     #[test]
