@@ -175,6 +175,15 @@ async fn a_tag_pushed_again_upstream_shows_in_its_history_the_metric_and_the_aud
     let out = rc.cli(&["tags", "history", "--json", "local/team/app:v1"]);
     let json: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(json["moves"].as_array().unwrap().len(), 2);
+    // With the daemon stopped, the CLI reads the index itself: the history
+    // was kept.
+    let mut rc = rc;
+    rc.terminate();
+    let out = rc.cli(&["tags", "history", "--json", "local/team/app:v1"]);
+    assert!(out.success(), "{out:?}");
+    let json: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["moves"].as_array().unwrap().len(), 2);
+    assert_eq!(json["digest"], third);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
