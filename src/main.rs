@@ -131,6 +131,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A tag's history of moves upstream, and accepting a refused move of
+    /// an immutable tag.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  regcache tags history registry.example/team/app:v1\n  regcache tags accept registry.example/team/app:v1"
+    )]
+    Tags(TagsCommand),
+}
+
+#[derive(Subcommand)]
+enum TagsCommand {
+    /// The tag's recorded moves (newest first), and a refused move waiting.
+    #[command(after_help = "Example:\n  regcache tags history registry.example/team/app:v1")]
+    History {
+        /// Print JSON (the admin API's answer).
+        #[arg(long)]
+        json: bool,
+        /// A tag (any image reference with a tag).
+        #[arg(value_name = "IMAGE")]
+        image: String,
+    },
+    /// Serve the digest an immutable tag's refused move points at.
+    #[command(after_help = "Example:\n  regcache tags accept registry.example/team/app:v1")]
+    Accept {
+        /// Print JSON (the admin API's answer).
+        #[arg(long)]
+        json: bool,
+        /// An immutable tag with a refused move (any image reference).
+        #[arg(value_name = "IMAGE")]
+        image: String,
+    },
 }
 
 /// The top-level help's epilogue: the defaults, taken from the code so it
@@ -230,6 +261,12 @@ fn main() -> ExitCode {
             let target = regcache::cli::ImportTarget { upstream, repo };
             regcache::cli::import(c, &bundle, &target, json)
         }),
+        Command::Tags(TagsCommand::History { json, image }) => {
+            manage(&config, |c| regcache::cli::tags::history(c, &image, json))
+        }
+        Command::Tags(TagsCommand::Accept { json, image }) => {
+            manage(&config, |c| regcache::cli::tags::accept(c, &image, json))
+        }
         Command::Serve => {
             let log_format = config.log_format;
             init_tracing(log_format, &config.log_level);

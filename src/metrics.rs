@@ -84,6 +84,16 @@ pub struct Metrics {
     /// Manifests refused for their signature, by upstream and reason
     /// (missing, invalid, mismatch, unavailable).
     pub signature_refusals: IntCounterVec,
+    /// Tag history and policy, by upstream: moves followed, moves of
+    /// immutable tags refused, tags flagged for moving too often, cached
+    /// tags served although the upstream deleted them.
+    pub tag_moves: IntCounterVec,
+    pub tag_moves_refused: IntCounterVec,
+    pub tag_churn_flagged: IntCounterVec,
+    pub deleted_tags_kept: IntCounterVec,
+    /// Events for notification receivers, by event and outcome (sent,
+    /// failed, dropped).
+    pub notifications: IntCounterVec,
 }
 
 /// Registers a metric built from constant names; a failure here is a bug in
@@ -262,6 +272,31 @@ impl Metrics {
                 "Manifests refused by require_signatures, by upstream and reason (missing, invalid, mismatch, unavailable).",
                 &["upstream", "reason"],
             ),
+            tag_moves: counters(
+                "tag_moves_total",
+                "Tags found moved to a new digest on revalidation and followed, by upstream.",
+                &["upstream"],
+            ),
+            tag_moves_refused: counters(
+                "tag_moves_refused_total",
+                "Moves of immutable tags refused (the first digest is still served), by upstream.",
+                &["upstream"],
+            ),
+            tag_churn_flagged: counters(
+                "tag_churn_flagged_total",
+                "Tags flagged for moving more than tag_churn_moves times within tag_churn_window, by upstream.",
+                &["upstream"],
+            ),
+            deleted_tags_kept: counters(
+                "deleted_tags_kept_total",
+                "Cached tags the upstream deleted (404) that are still served (keep_deleted), by upstream.",
+                &["upstream"],
+            ),
+            notifications: counters(
+                "notifications_total",
+                "Events for notification receivers, by event and outcome (sent, failed, dropped).",
+                &["event", "outcome"],
+            ),
             registry,
             process: process_registry(),
         };
@@ -295,6 +330,29 @@ impl Metrics {
         }
         for by in ["scrub", "admin"] {
             self.verified_bytes.with_label_values(&[by]);
+        }
+    }
+
+    /// The per-upstream policy series, at 0 from the start, so that a
+    /// dashboard shows them and `increase()` sees the first one.
+    pub fn init_upstream(&self, upstream: &str) {
+        for m in [
+            &self.tag_moves,
+            &self.tag_moves_refused,
+            &self.tag_churn_flagged,
+            &self.deleted_tags_kept,
+            &self.blocked_refusals,
+            &self.admission_denials,
+        ] {
+            m.with_label_values(&[upstream]);
+        }
+        for verdict in ["allowed", "denied", "error"] {
+            self.admission_reviews
+                .with_label_values(&[upstream, verdict]);
+        }
+        for reason in ["missing", "invalid", "mismatch", "unavailable"] {
+            self.signature_refusals
+                .with_label_values(&[upstream, reason]);
         }
     }
 

@@ -38,6 +38,7 @@ pub use ops::evict::{GcReport, Pins, Policy, Reason};
 pub use ops::manage;
 pub use ops::prefetch;
 pub use ops::scrub;
+pub use ops::tags;
 pub use ops::verify;
 pub use outcome::Outcome;
 pub use storage::index::{ContentEntry, Index, IndexError, ReconcileReport, Totals};

@@ -1,5 +1,5 @@
 //! The management commands, one file each: `healthcheck`, `ls`, `purge`,
-//! `gc`, `verify`, `prefetch`, `export`, `import`. This file holds what
+//! `gc`, `verify`, `prefetch`, `export`, `import`, `tags`. This file holds what
 //! they share: opening the local cache, the runtime, output helpers.
 //!
 //! Each first asks whether a daemon answers on `admin_listen`
@@ -20,6 +20,7 @@ mod import;
 mod ls;
 pub mod prefetch;
 mod purge;
+pub mod tags;
 mod verify;
 
 use std::io::IsTerminal;

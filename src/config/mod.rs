@@ -10,6 +10,7 @@
 mod cache;
 mod clients;
 mod listener;
+mod notifications;
 mod presets;
 mod supply;
 mod units;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use cache::CacheConfig;
 pub use clients::{AuthConfig, RateLimitConfig};
 pub use listener::{parse_listen, AuditConfig, LimitsConfig, LogFormat, TlsConfig};
+pub use notifications::{NotificationConfig, EVENT_NAMES};
 pub use presets::builtin_upstreams;
 pub use supply::{AdmissionConfig, OnError, PolicyConfig, SignatureRule};
 pub use units::{ByteSize, FreeSpace, HumanDuration, SizeError};
@@ -115,6 +117,9 @@ pub struct Config {
     /// Absent in every source means the built-in presets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstreams: Option<Vec<UpstreamConfig>>,
+    /// Receivers of events (`[[notifications]]`), none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationConfig>,
 }
 
 impl Default for Config {
@@ -142,6 +147,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             admission: None,
             upstreams: None,
+            notifications: Vec::new(),
         }
     }
 }

@@ -98,6 +98,32 @@ pub struct UpstreamConfig {
     /// (`[{ repos = ["team/*"], public_key_file = "..." }]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub require_signatures: Vec<super::SignatureRule>,
+    /// Globs over `repository:tag` (`"library/*:3.*"`) whose first digest
+    /// seen is kept: a move upstream is refused until accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub immutable_tags: Vec<String>,
+    /// A cached tag the upstream answers 404 for is still served (true) or
+    /// is dropped and answered 404 (false).
+    #[serde(default = "default_keep_deleted")]
+    pub keep_deleted: bool,
+    /// A tag moving more than this many times within `tag_churn_window` is
+    /// flagged (WARN and a metric); at most 19, the history holds 20 moves.
+    #[serde(default = "default_tag_churn_moves")]
+    pub tag_churn_moves: u32,
+    #[serde(default = "default_tag_churn_window")]
+    pub tag_churn_window: HumanDuration,
+}
+
+fn default_keep_deleted() -> bool {
+    true
+}
+
+fn default_tag_churn_moves() -> u32 {
+    5
+}
+
+fn default_tag_churn_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(24 * 3600))
 }
 
 /// An `auth_hosts` or `redirect_hosts` entry: a host name or IP address,
@@ -298,6 +324,10 @@ impl UpstreamConfig {
             auth_hosts: None,
             redirect_hosts: Vec::new(),
             require_signatures: Vec::new(),
+            immutable_tags: Vec::new(),
+            keep_deleted: default_keep_deleted(),
+            tag_churn_moves: default_tag_churn_moves(),
+            tag_churn_window: default_tag_churn_window(),
         }
     }
 

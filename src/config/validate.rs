@@ -121,6 +121,19 @@ impl Config {
                 }
             }
         }
+        for (i, u) in upstreams.iter().enumerate() {
+            if !(1..=19).contains(&u.tag_churn_moves) || u.tag_churn_window.0.is_zero() {
+                return invalid(
+                    format!("upstreams[{i}] ({}).tag_churn_moves, tag_churn_window", u.name),
+                    "need 1 <= tag_churn_moves <= 19 (a tag's history holds 20 moves) and a window greater than zero".into(),
+                );
+            }
+        }
+        for (i, n) in self.notifications.iter().enumerate() {
+            if let Some(message) = n.problem() {
+                return invalid(format!("notifications[{i}]"), message);
+            }
+        }
         if let Err(message) = check_log_level(&self.log_level) {
             return invalid("log_level".into(), message);
         }

@@ -73,6 +73,18 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
         ),
         None => None,
     };
+    // Events (tag moves, refusals, upstreams down) go to the audit log
+    // and to the notification receivers, delivered from here on.
+    if let Some(audit) = &audit {
+        let audit = audit.clone();
+        upstreams
+            .notifier()
+            .set_audit(Box::new(move |event| audit.write_event(event)));
+    }
+    let _notifying = upstreams
+        .notifier()
+        .start()
+        .context("starting notification delivery")?;
     let app = Arc::new(App {
         config,
         upstreams,

@@ -95,6 +95,7 @@ fn apply(app: &App, tls: Option<&Tls>, new: &Config, live: Live) {
                 || old.header_timeout != new.header_timeout
                 || old.idle_timeout != new.idle_timeout,
         ),
+        ("notifications", old.notifications != new.notifications),
     ] {
         if changed {
             needs_restart.push(key.to_owned());

@@ -72,6 +72,20 @@ impl AuditLog {
     }
 }
 
+impl AuditLog {
+    /// An event that no request's line tells (a tag moved upstream, a move
+    /// refused): one line of its own, `{"time", "event", ...}`.
+    pub fn write_event(&self, event: &serde_json::Value) {
+        let Ok(mut line) = serde_json::to_string(event) else {
+            return;
+        };
+        line.push('\n');
+        if let Err(TrySendError::Full(_)) = self.lines.try_send(line) {
+            self.dropped.inc();
+        }
+    }
+}
+
 impl Entry {
     /// The entry once its response body has ended (`bytes` sent).
     pub fn ended(mut self, bytes: u64, ending: Ending, elapsed: std::time::Duration) -> Entry {

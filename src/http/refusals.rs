@@ -2,7 +2,8 @@
 //! is checked (`policy::gate`), and a refusal becomes 403 `DENIED` with
 //! its reason. The bookkeeping of each kind of refusal — its metric, its
 //! audit line — is one function here ([`blocked`], [`admission_denied`],
-//! [`signature_invalid`]), the one place to add more (a notification).
+//! [`signature_invalid`]), which also notifies the `[[notifications]]`
+//! receivers.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use super::app::{App, RequestLog};
 use super::error::{ApiError, Code};
 use super::route::Route;
 use crate::cache::Manifest;
+use crate::notify::Event;
 use crate::policy::gate::{Refusal, RefusalKind, SigReason, Subject};
 use crate::registry::Digest;
 
@@ -81,6 +83,13 @@ fn blocked(app: &App, upstream: &str, route: &Route, log: &mut RequestLog, r: &R
         .inc();
     log.outcome = "blocked";
     audit(app, "blocked", route, log, r);
+    let (upstream, repository, digest, reason) = event_fields(route, r);
+    route.upstream.notifier().emit_unaudited(Event::Blocked {
+        upstream,
+        repository,
+        digest,
+        reason,
+    });
 }
 
 /// The admission webhook (or `on_error = "deny"`) refused.
@@ -91,6 +100,16 @@ fn admission_denied(app: &App, upstream: &str, route: &Route, log: &mut RequestL
         .inc();
     log.outcome = "admission_denied";
     audit(app, "admission_denied", route, log, r);
+    let (upstream, repository, digest, reason) = event_fields(route, r);
+    route
+        .upstream
+        .notifier()
+        .emit_unaudited(Event::AdmissionDenied {
+            upstream,
+            repository,
+            digest,
+            reason,
+        });
 }
 
 /// `require_signatures` refused: no signature, or none that verifies.
@@ -108,6 +127,26 @@ fn signature_invalid(
         .inc();
     log.outcome = "signature_invalid";
     audit(app, "signature_invalid", route, log, r);
+    let (upstream, repository, digest, reason) = event_fields(route, r);
+    route
+        .upstream
+        .notifier()
+        .emit_unaudited(Event::SignatureInvalid {
+            upstream,
+            repository,
+            digest,
+            reason,
+        });
+}
+
+/// Upstream, repository, digest and reason of a refusal, for its event.
+fn event_fields(route: &Route, r: &Refusal) -> (String, String, String, String) {
+    (
+        route.upstream.name.to_string(),
+        route.repo.as_str().to_string(),
+        r.digest.to_string(),
+        r.reason.clone(),
+    )
 }
 
 /// The audit line of a refusal (beside the request's own line, which

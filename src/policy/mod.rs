@@ -6,6 +6,7 @@ mod admin;
 mod clients;
 pub mod gate;
 mod ratelimit;
+mod tags;
 
 pub(crate) use access::glob_set;
 pub use access::{
@@ -14,6 +15,7 @@ pub use access::{
 pub use admin::{AdminToken, AdminTokenError};
 pub use clients::{client_address, AuthError, AuthFileError, Authenticator};
 pub use ratelimit::{ClientLimiter, Throttled};
+pub use tags::ImmutableTags;
 
 use std::sync::Arc;
 

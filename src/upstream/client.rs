@@ -15,6 +15,7 @@ use super::hosts::{refusal_in, HostPolicy, Refusal, ScreeningResolver};
 use super::response::{describe, Response};
 use super::{BuildError, Failure, Shared, UpstreamError};
 use crate::config::UpstreamConfig;
+use crate::policy::ImmutableTags;
 use crate::registry::RepoName;
 
 /// Hosts that all mean Docker Hub.
@@ -42,6 +43,13 @@ pub struct UpstreamSettings {
     pub max_blob_size: u64,
     /// How long a stale answer waits for its revalidation.
     pub stale_timeout: Duration,
+    /// Tags whose first digest is kept (`immutable_tags`).
+    pub immutable_tags: ImmutableTags,
+    /// A cached tag the upstream deleted is still served.
+    pub keep_deleted: bool,
+    /// More moves than this within `tag_churn_window` flag a tag.
+    pub tag_churn_moves: u32,
+    pub tag_churn_window: Duration,
 }
 
 /// Why an upstream's settings could not be taken from its config.
@@ -57,6 +65,9 @@ pub enum SettingsError {
     Rules(String),
     #[error(transparent)]
     Hosts(#[from] crate::config::HostPatternError),
+    /// An `immutable_tags` pattern does not compile.
+    #[error("immutable_tags: {0}")]
+    ImmutableTags(String),
 }
 
 impl UpstreamSettings {
@@ -74,6 +85,11 @@ impl UpstreamSettings {
             public_only: c.public_only,
             max_blob_size: c.max_blob_size.0,
             stale_timeout: c.stale_timeout.get(),
+            immutable_tags: ImmutableTags::new(&c.immutable_tags)
+                .map_err(|e| SettingsError::ImmutableTags(e.to_string()))?,
+            keep_deleted: c.keep_deleted,
+            tag_churn_moves: c.tag_churn_moves,
+            tag_churn_window: c.tag_churn_window.get(),
         })
     }
 }
@@ -254,6 +270,11 @@ impl Upstream {
 
     pub fn header_timeout(&self) -> Duration {
         self.shared.header_timeout
+    }
+
+    /// Where events about this upstream and its content go.
+    pub fn notifier(&self) -> &crate::notify::Notifier {
+        &self.shared.notifier
     }
 
     pub fn settings(&self) -> UpstreamSettings {
@@ -587,6 +608,17 @@ impl Upstream {
         }
         self.transitions
             .breaker(state, self.breaker.cooldown(), &cause);
+        if let Some(down) = self.transitions.announce(state) {
+            let upstream = self.name.to_string();
+            self.shared.notifier.emit(if down {
+                crate::notify::Event::UpstreamDown {
+                    upstream,
+                    reason: cause,
+                }
+            } else {
+                crate::notify::Event::UpstreamUp { upstream }
+            });
+        }
         metrics
             .upstream_circuit_state
             .with_label_values(&[&*self.name])

@@ -172,6 +172,8 @@ pub(super) struct Transitions {
     unreachable: AtomicBool,
     token_failing: AtomicBool,
     ratelimit_low: AtomicBool,
+    /// Last announced as down (unreachable, or its breaker open).
+    announced_down: AtomicBool,
 }
 
 /// Rate-limit headroom below this share of the limit is "low".
@@ -190,6 +192,7 @@ impl Transitions {
             unreachable: AtomicBool::new(false),
             token_failing: AtomicBool::new(false),
             ratelimit_low: AtomicBool::new(false),
+            announced_down: AtomicBool::new(false),
         }
     }
 
@@ -234,6 +237,15 @@ impl Transitions {
             Ok(()) => tracing::warn!(upstream, "upstream reachable again"),
         }
         true
+    }
+
+    /// Whether the upstream is now down (unreachable, or its breaker not
+    /// closed)
+    /// or up, when that changed since the last announcement: an
+    /// `upstream_down` or `upstream_up` event, once per change.
+    pub(super) fn announce(&self, breaker: BreakerState) -> Option<bool> {
+        let down = self.unreachable.load(Ordering::Relaxed) || breaker != BreakerState::Closed;
+        (self.announced_down.swap(down, Ordering::Relaxed) != down).then_some(down)
     }
 
     /// A token fetch succeeded or failed.
@@ -376,6 +388,20 @@ mod tests {
         assert!(t.ratelimit(9, 100), "under 10% is low");
         assert!(!t.ratelimit(3, 100));
         assert!(t.ratelimit(100, 100), "a new window");
+    }
+
+    #[test]
+    fn down_and_up_are_announced_once_per_change() {
+        let t = Transitions::new("up".into());
+        assert_eq!(t.announce(BreakerState::Closed), None);
+        t.reachable(Err("connection refused"));
+        assert_eq!(t.announce(BreakerState::Closed), Some(true));
+        assert_eq!(t.announce(BreakerState::Open), None, "still down");
+        t.reachable(Ok(()));
+        assert_eq!(t.announce(BreakerState::Open), None, "breaker still open");
+        assert_eq!(t.announce(BreakerState::HalfOpen), None, "only probing");
+        assert_eq!(t.announce(BreakerState::Closed), Some(false));
+        assert_eq!(t.announce(BreakerState::Open), Some(true), "5xx opened it");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub use response::{BodyStream, Response, Sharing};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 
 /// What every upstream shares.
 pub struct Shared {
@@ -36,6 +37,8 @@ pub struct Shared {
     metrics: Arc<Metrics>,
     /// The global `offline` switch.
     offline: AtomicBool,
+    /// Where events go (`[[notifications]]`, the audit log).
+    notifier: Notifier,
 }
 
 /// The configured upstreams; nothing else is ever dialled.
@@ -83,6 +86,7 @@ impl Upstreams {
     pub fn from_config(config: &Config, metrics: Arc<Metrics>) -> Result<Upstreams, BuildError> {
         let shared = Arc::new(Shared {
             tokens: TokenCache::new(metrics.token_fetches.clone()),
+            notifier: Notifier::new(&config.notifications, metrics.notifications.clone()),
             connect_timeout: config.connect_timeout.get(),
             header_timeout: config.header_timeout.get(),
             idle_timeout: config.idle_timeout.get(),
@@ -93,6 +97,7 @@ impl Upstreams {
         let mut by_name = HashMap::new();
         for u in config.upstreams() {
             let upstream = Arc::new(Upstream::new(&u, shared.clone())?);
+            shared.metrics.init_upstream(&u.name);
             for n in std::iter::once(&u.name).chain(&u.aliases) {
                 by_name.insert(n.to_ascii_lowercase(), upstream.clone());
             }
@@ -123,6 +128,11 @@ impl Upstreams {
 
     pub fn all(&self) -> &[Arc<Upstream>] {
         &self.all
+    }
+
+    /// Where every upstream's (and the cache's) events go.
+    pub fn notifier(&self) -> &Notifier {
+        &self.shared.notifier
     }
 
     pub fn set_offline(&self, offline: bool) {

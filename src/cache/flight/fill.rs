@@ -264,8 +264,16 @@ impl Entry {
             }
             Err(e) => {
                 tracing::warn!(%digest, upstream = %upstream.name, error = %e, io_kind = ?e.io_kind(), "fill failed; nothing cached");
-                if matches!(e, CacheError::DigestMismatch { .. }) {
+                if let CacheError::DigestMismatch { expected, actual } = e {
                     fills.metrics.digest_mismatches.inc();
+                    upstream
+                        .notifier()
+                        .emit(crate::notify::Event::DigestMismatch {
+                            upstream: upstream.name.to_string(),
+                            repository: repo.to_string(),
+                            expected: expected.to_string(),
+                            actual: actual.to_string(),
+                        });
                 }
                 tx.send_modify(|p| {
                     p.phase = Phase::Failed(e.clone());

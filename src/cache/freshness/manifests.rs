@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
 
+use super::moves;
 use super::negative::NegativeCache;
 use super::ttl;
 use crate::cache::flight::SingleFlight;
@@ -270,6 +271,7 @@ impl ManifestCache {
                 let store = self.storage.clone();
                 let index = self.index.clone();
                 let health = self.health.clone();
+                let metrics = self.metrics.clone();
                 let negative = self.negative.clone();
                 let negative_key = negative_key.clone();
                 let ttl = upstream.settings().negative_ttl;
@@ -284,14 +286,31 @@ impl ManifestCache {
                     if let Some(entry) = answered {
                         return Ok(entry);
                     }
-                    let work = revalidate_tag(&upstream, &repo, &tag, &store, &index, &health);
+                    let work =
+                        revalidate_tag(&upstream, &repo, &tag, &store, &index, &health, &metrics);
                     negative.remembering(negative_key, ttl, work).await
                 }
             };
             let key = (upstream.name.clone(), repo.clone(), tag.clone());
             self.tag_flights.run(key, revalidate, task_panicked).await
         };
-        let (entry, outcome) = ttl::lookup(upstream, cached, refresh).await?;
+        let (entry, outcome) = match ttl::lookup(upstream, cached.clone(), refresh).await {
+            // The upstream deleted a tag held here: served on, or no more
+            // (`keep_deleted`).
+            Err(e) if e.is_not_found() => {
+                let Some(cached) = cached else {
+                    return Err(e);
+                };
+                match moves::deleted(upstream, repo, tag, &self.index, &self.metrics, cached) {
+                    Some(kept) => (kept, Outcome::Stale),
+                    None => {
+                        self.forget_tag(upstream, repo, tag).await;
+                        return Err(e);
+                    }
+                }
+            }
+            answer => answer?,
+        };
         self.count(upstream, "tag", outcome);
         Ok((entry, outcome))
     }
@@ -319,6 +338,7 @@ async fn revalidate_tag(
     store: &Storage,
     index: &Index,
     health: &Health,
+    metrics: &Metrics,
 ) -> Result<TagEntry, CacheError> {
     let response = ask_manifest(upstream, Method::HEAD, repo, tag.as_str()).await?;
     let sharing = response.sharing(&Method::HEAD);
@@ -364,6 +384,9 @@ async fn revalidate_tag(
     if entry.size > MAX_MANIFEST_SIZE as u64 {
         return Err(CacheError::ManifestTooLarge);
     }
+    // A move is recorded; an immutable tag keeps its digest (even for an
+    // answer that may not be stored).
+    let entry = moves::checked(upstream, repo, tag, index, metrics, entry);
     if entry.unshared {
         tracing::debug!(upstream = %upstream.name, repo = %repo, tag = %tag, "the upstream forbids sharing this tag's answer; not recorded");
         return Ok(entry);
@@ -506,6 +529,14 @@ async fn fetch_by_digest(
     let actual = Digest::sha256_of(&fetched.bytes);
     if actual != *digest {
         metrics.digest_mismatches.inc();
+        upstream
+            .notifier()
+            .emit(crate::notify::Event::DigestMismatch {
+                upstream: upstream.name.to_string(),
+                repository: repo.to_string(),
+                expected: digest.to_string(),
+                actual: actual.to_string(),
+            });
         return Err(CacheError::DigestMismatch {
             expected: digest.clone(),
             actual,

@@ -4,6 +4,7 @@
 
 pub mod listings;
 pub mod manifests;
+mod moves;
 pub mod negative;
 pub mod ttl;
 

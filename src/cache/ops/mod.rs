@@ -1,5 +1,6 @@
 //! Operations on the cache as a whole: eviction, verify and the online
-//! scrub, purges and summaries, prefetch, bundles for air-gapped sites.
+//! scrub, purges and summaries, prefetch, bundles for air-gapped sites,
+//! tag histories.
 
 pub mod bundle;
 pub mod content_view;
@@ -8,6 +9,7 @@ pub mod manage;
 pub mod prefetch;
 pub(super) mod reachable;
 pub mod scrub;
+pub mod tags;
 pub mod verify;
 
 use std::io::Read;

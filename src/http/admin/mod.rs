@@ -6,8 +6,10 @@
 //! `DELETE /admin/manifests/<upstream>/<repo>:<tag>` (or `@<digest>`),
 //! `DELETE /admin/blobs/<digest>`, `POST /admin/gc`, `POST /admin/import`,
 //! `POST /admin/prefetch` (see `prefetch`), `POST /admin/verify` (see
-//! `verify`), `GET`/`POST /admin/blocked` and
-//! `GET /admin/signatures/<upstream>/<repo>@<digest>` (see `supply`).
+//! `verify`), `GET`/`POST /admin/blocked`,
+//! `GET /admin/signatures/<upstream>/<repo>@<digest>` (see `supply`),
+//! `GET /admin/tags/<upstream>/<repo>:<tag>/history` and
+//! `POST .../accept` (see `tags`).
 //!
 //! `/admin/*` and the status page are served under the rule of `access`:
 //! the admin token when `auth.admin_token_file` is set, else requests from
@@ -21,6 +23,7 @@ mod purge;
 mod respond;
 mod status;
 mod supply;
+mod tags;
 mod verify;
 
 use std::net::SocketAddr;
@@ -163,6 +166,9 @@ pub async fn admin_service(
             Method::POST => supply::reload_blocked(&app).await,
             _ => method_not_allowed("GET, POST"),
         };
+    }
+    if let Some(rest) = path.strip_prefix("/admin/tags/") {
+        return tags::tags(&app, &method, &percent_decode(rest)).await;
     }
     if let Some(rest) = path.strip_prefix("/admin/blobs/") {
         return if method == Method::DELETE {

@@ -96,6 +96,8 @@ struct Trees {
     /// repository may read: private content is served per repository,
     /// never by digest alone.
     links: sled::Tree,
+    /// Each tag's recent moves (`history`), keyed as `tags`.
+    tag_history: sled::Tree,
 }
 
 impl Trees {
@@ -111,6 +113,7 @@ impl Trees {
             tags: db.open_tree("tags")?,
             listings: db.open_tree("listings")?,
             links: db.open_tree("links")?,
+            tag_history: db.open_tree("tag_history")?,
             db,
         })
     }
@@ -553,5 +556,8 @@ pub struct ReconcileReport {
     pub tags_restored: usize,
 }
 
+mod history;
 #[cfg(test)]
 mod tests;
+
+pub use history::{MoveAction, TagHistory, TagMove, HISTORY_LEN};
