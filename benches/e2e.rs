@@ -1316,6 +1316,9 @@ fn main() {
     let mut link_crowd = Series::default();
     let mut link_gets = Series::default();
     for run in 0..throttled_runs {
+        // The link's own delivery, without a proxy: what "÷ link" can reach.
+        let direct = pull_checked(throttle.addr, &blob_path, size, "direct pull via the link");
+        link_one.reference.push(direct.mib_s() / link_mib_s);
         for &k in &kinds {
             let p = Proxy::start(k, &throttled_url);
             sync_disks();
@@ -1504,7 +1507,10 @@ fn main() {
     if throttled_runs > 0 {
         let (oa, ob) = (m(&link_one.regcache), m(&link_one.peer));
         rows.push(row(
-            format!("cold pull via a {link_mib_s} MiB/s upstream link, 1 client ÷ link"),
+            format!(
+                "cold pull via a {link_mib_s} MiB/s upstream link, 1 client ÷ link (direct: {})",
+                fmt_num(m(&link_one.reference))
+            ),
             oa,
             ob,
             oa / ob,
@@ -1701,7 +1707,10 @@ fn main() {
     runs_line("warm MiB/s (reference: nginx sendfile)", &warm);
     runs_line("cold MiB/s (reference: direct from upstream)", &cold);
     runs_line("cold time to first byte ms (reference: direct)", &cold_ttfb);
-    runs_line("throttled link, 1 client ÷ link", &link_one);
+    runs_line(
+        "throttled link, 1 client ÷ link (reference: direct through the link)",
+        &link_one,
+    );
     runs_line("throttled link, slowest of the clients ÷ link", &link_crowd);
     runs_line("throttled link, upstream blob GETs", &link_gets);
     runs_line(
