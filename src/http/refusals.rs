@@ -83,12 +83,13 @@ fn blocked(app: &App, upstream: &str, route: &Route, log: &mut RequestLog, r: &R
         .inc();
     log.outcome = "blocked";
     audit(app, "blocked", route, log, r);
-    let (upstream, repository, digest, reason) = event_fields(route, r);
-    route.upstream.notifier().emit_unaudited(Event::Blocked {
-        upstream,
-        repository,
-        digest,
-        reason,
+    notify(route, r, |upstream, repository, digest, reason| {
+        Event::Blocked {
+            upstream,
+            repository,
+            digest,
+            reason,
+        }
     });
 }
 
@@ -100,16 +101,14 @@ fn admission_denied(app: &App, upstream: &str, route: &Route, log: &mut RequestL
         .inc();
     log.outcome = "admission_denied";
     audit(app, "admission_denied", route, log, r);
-    let (upstream, repository, digest, reason) = event_fields(route, r);
-    route
-        .upstream
-        .notifier()
-        .emit_unaudited(Event::AdmissionDenied {
+    notify(route, r, |upstream, repository, digest, reason| {
+        Event::AdmissionDenied {
             upstream,
             repository,
             digest,
             reason,
-        });
+        }
+    });
 }
 
 /// `require_signatures` refused: no signature, or none that verifies.
@@ -127,26 +126,25 @@ fn signature_invalid(
         .inc();
     log.outcome = "signature_invalid";
     audit(app, "signature_invalid", route, log, r);
-    let (upstream, repository, digest, reason) = event_fields(route, r);
-    route
-        .upstream
-        .notifier()
-        .emit_unaudited(Event::SignatureInvalid {
+    notify(route, r, |upstream, repository, digest, reason| {
+        Event::SignatureInvalid {
             upstream,
             repository,
             digest,
             reason,
-        });
+        }
+    });
 }
 
-/// Upstream, repository, digest and reason of a refusal, for its event.
-fn event_fields(route: &Route, r: &Refusal) -> (String, String, String, String) {
-    (
+/// Sends a refusal to the notification receivers, as the event `make`
+/// builds from its upstream, repository, digest and reason.
+fn notify(route: &Route, r: &Refusal, make: impl FnOnce(String, String, String, String) -> Event) {
+    route.upstream.notifier().emit_unaudited(make(
         route.upstream.name.to_string(),
         route.repo.as_str().to_string(),
         r.digest.to_string(),
         r.reason.clone(),
-    )
+    ));
 }
 
 /// The audit line of a refusal (beside the request's own line, which
