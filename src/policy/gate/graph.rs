@@ -49,13 +49,13 @@ impl Graph {
         let known: HashSet<Digest> = self.state.lock().edges.keys().cloned().collect();
         let source = cache.manifest_source();
         let read = tokio::task::spawn_blocking(move || read_new(&source, &known)).await;
+        let read = read
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
         match read {
-            Ok(Ok((present, new))) => self.state.lock().update(count, &present, new),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "reading the cached manifests for the policy gate failed")
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the cached manifests for the policy gate failed")
+            Ok((present, new)) => self.state.lock().update(count, &present, new),
+            Err(error) => {
+                tracing::warn!(%error, "reading the cached manifests for the policy gate failed")
             }
         }
     }
