@@ -94,6 +94,8 @@ pub struct Metrics {
     /// Events for notification receivers, by event and outcome (sent,
     /// failed, dropped).
     pub notifications: IntCounterVec,
+    /// The shared tier (`[cache] backend = "s3"`).
+    pub shared: SharedTierMetrics,
 }
 
 /// Registers a metric built from constant names; a failure here is a bug in
@@ -297,6 +299,7 @@ impl Metrics {
                 "Events for notification receivers, by event and outcome (sent, failed, dropped).",
                 &["event", "outcome"],
             ),
+            shared: SharedTierMetrics::new(r),
             registry,
             process: process_registry(),
         };
@@ -519,5 +522,145 @@ mod tests {
         assert_eq!(cache[0].value, 2.0);
         assert_eq!(samples(&m.upstream_ratelimit)[0].value, 7.0);
         assert!(!m.render().contains("outcome=\"miss\""));
+    }
+}
+
+/// The shared tier's series: the object store, fill leases, the peer
+/// streams between replicas, and the bucket janitor. Registered always,
+/// labelled from the start only when the tier is on
+/// ([`SharedTierMetrics::init`]), so a single replica's `/metrics` stays short.
+pub struct SharedTierMetrics {
+    /// Object-store calls by operation and status.
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    /// Bytes to and from the store.
+    pub bytes: IntCounterVec,
+    /// 1 while the store answers, 0 while it fails.
+    pub up: IntGauge,
+    /// Fill-lease outcomes (won, followed, taken_over, lost).
+    pub leases: IntCounterVec,
+    /// Bytes streamed between replicas (sent, received).
+    pub peer_bytes: IntCounterVec,
+    /// Content found on local disk or in the bucket, by kind.
+    pub tier_hits: IntCounterVec,
+    /// Objects in the bucket that failed their digest.
+    pub corrupt: IntCounter,
+    /// The janitor: bytes in the bucket at its last walk, objects it
+    /// removed, and its runs.
+    pub bucket_bytes: IntGauge,
+    pub evicted: IntCounterVec,
+    pub janitor_runs: IntCounterVec,
+}
+
+/// The object-store operations [`SharedTierMetrics::requests`] counts.
+pub const STORE_OPS: [&str; 6] = ["put", "head", "get", "delete", "list", "multipart"];
+/// The statuses it counts them by.
+pub const STORE_STATUSES: [&str; 5] = ["ok", "not_found", "precondition", "error", "timeout"];
+
+impl SharedTierMetrics {
+    fn new(r: &Registry) -> SharedTierMetrics {
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            register(r, IntCounterVec::new(Opts::new(name, help), labels))
+        };
+        SharedTierMetrics {
+            requests: counters(
+                "object_store_requests_total",
+                "Object-store requests by operation (put, head, get, delete, list, multipart) and status (ok, not_found, precondition, error, timeout).",
+                &["op", "status"],
+            ),
+            request_duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "object_store_request_duration_seconds",
+                        "Object-store request time to the answer (a GET: to its headers), by operation.",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.001, 2.5, 12).unwrap_or_default()),
+                    &["op"],
+                ),
+            ),
+            bytes: counters(
+                "object_store_bytes_total",
+                "Bytes written to (to_store) and read from (from_store) the object store.",
+                &["direction"],
+            ),
+            up: register(
+                r,
+                IntGauge::new(
+                    "object_store_up",
+                    "1 while the object store answers, 0 while it fails (replicas serve local content and fill from upstreams alone).",
+                ),
+            ),
+            leases: counters(
+                "fill_leases_total",
+                "Cross-replica fill leases, by outcome (won: this replica filled from the upstream; followed: it streamed another replica's fill; taken_over: it replaced a stale lease; lost: a renewal found the lease taken).",
+                &["outcome"],
+            ),
+            peer_bytes: counters(
+                "peer_bytes_total",
+                "Blob bytes streamed between replicas over the peer endpoint (sent, received).",
+                &["direction"],
+            ),
+            tier_hits: counters(
+                "tier_hits_total",
+                "Content served without the upstream, by tier (local: this replica's disk; bucket: the shared object store) and kind (blob, manifest).",
+                &["tier", "kind"],
+            ),
+            corrupt: register(
+                r,
+                IntCounter::new(
+                    "bucket_corrupt_total",
+                    "Objects in the bucket whose bytes did not hash to their digest (deleted and filled again).",
+                ),
+            ),
+            bucket_bytes: register(
+                r,
+                IntGauge::new(
+                    "bucket_bytes",
+                    "Bytes of content in the bucket at the janitor's last walk.",
+                ),
+            ),
+            evicted: counters(
+                "bucket_evicted_total",
+                "Objects the janitor removed from the bucket, by reason (size, age).",
+                &["reason"],
+            ),
+            janitor_runs: counters(
+                "janitor_runs_total",
+                "Bucket janitor runs, by result (ok, error, skipped: another replica holds the janitor lease).",
+                &["result"],
+            ),
+        }
+    }
+
+    /// Every series at 0 from the start, when the tier is on.
+    pub fn init(&self) {
+        for op in STORE_OPS {
+            self.request_duration.with_label_values(&[op]);
+            for status in STORE_STATUSES {
+                self.requests.with_label_values(&[op, status]);
+            }
+        }
+        for direction in ["to_store", "from_store"] {
+            self.bytes.with_label_values(&[direction]);
+        }
+        for outcome in ["won", "followed", "taken_over", "lost"] {
+            self.leases.with_label_values(&[outcome]);
+        }
+        for direction in ["sent", "received"] {
+            self.peer_bytes.with_label_values(&[direction]);
+        }
+        for tier in ["local", "bucket"] {
+            for kind in ["blob", "manifest"] {
+                self.tier_hits.with_label_values(&[tier, kind]);
+            }
+        }
+        for reason in ["size", "age"] {
+            self.evicted.with_label_values(&[reason]);
+        }
+        for result in ["ok", "error", "skipped"] {
+            self.janitor_runs.with_label_values(&[result]);
+        }
+        self.up.set(1);
     }
 }

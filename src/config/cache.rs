@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::cluster::{Backend, S3Config};
 use super::{ByteSize, FreeSpace, HumanDuration};
 
 /// `[cache]`: how big the cache may grow and how long unused content stays.
@@ -41,6 +42,12 @@ pub struct CacheConfig {
     /// The scrub reads and hashes at most this many bytes a second.
     #[serde(default = "default_scrub_bytes_per_second")]
     pub scrub_bytes_per_second: ByteSize,
+    /// "fs": this disk only; "s3": this disk, and a bucket shared with
+    /// other replicas (`[cache.s3]`, `[cluster]`).
+    #[serde(default)]
+    pub backend: Backend,
+    #[serde(default)]
+    pub s3: S3Config,
 }
 
 fn default_min_free() -> FreeSpace {
@@ -75,6 +82,8 @@ impl Default for CacheConfig {
             min_free: default_min_free(),
             scrub_interval: None,
             scrub_bytes_per_second: default_scrub_bytes_per_second(),
+            backend: Backend::Fs,
+            s3: S3Config::default(),
         }
     }
 }

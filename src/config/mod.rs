@@ -9,6 +9,7 @@
 
 mod cache;
 mod clients;
+mod cluster;
 mod listener;
 mod notifications;
 mod presets;
@@ -27,6 +28,9 @@ use serde::{Deserialize, Serialize};
 
 pub use cache::CacheConfig;
 pub use clients::{AuthConfig, RateLimitConfig};
+pub use cluster::{
+    Backend, ClusterConfig, ConditionalWritesMode, Coordination, OnHolderUnreachable, S3Config,
+};
 pub use listener::{parse_listen, AuditConfig, LimitsConfig, LogFormat, TlsConfig};
 pub use notifications::{NotificationConfig, EVENT_NAMES};
 pub use presets::builtin_upstreams;
@@ -120,6 +124,9 @@ pub struct Config {
     /// Receivers of events (`[[notifications]]`), none by default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notifications: Vec<NotificationConfig>,
+    /// This replica among others sharing a bucket (`[cache] backend = "s3"`).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -148,6 +155,7 @@ impl Default for Config {
             admission: None,
             upstreams: None,
             notifications: Vec::new(),
+            cluster: ClusterConfig::default(),
         }
     }
 }

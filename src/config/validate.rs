@@ -129,6 +129,11 @@ impl Config {
                 );
             }
         }
+        if c.backend == super::Backend::S3 {
+            if let Err((key, message)) = c.s3.check().and_then(|()| self.cluster.check()) {
+                return invalid(key, message);
+            }
+        }
         for (i, n) in self.notifications.iter().enumerate() {
             if let Some(message) = n.problem() {
                 return invalid(format!("notifications[{i}]"), message);

@@ -1,0 +1,191 @@
+//! The shared tier: `[cache] backend`, `[cache.s3]` (where the bucket is)
+//! and `[cluster]` (how replicas find and trust each other). With the
+//! default `backend = "fs"` none of it is read: a single replica needs
+//! nothing new.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ByteSize, HumanDuration};
+
+/// Where verified content is shared, besides the local disk.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The local disk only.
+    #[default]
+    Fs,
+    /// The local disk, and an S3-compatible bucket shared by replicas.
+    S3,
+}
+
+/// Whether the store must honour `If-None-Match`/`If-Match` writes, which
+/// the cross-replica fill lease depends on.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConditionalWritesMode {
+    /// Checked at startup; an engine that ignores them runs uncoordinated.
+    #[default]
+    Probe,
+    /// Checked at startup; an engine that ignores them stops the start.
+    Require,
+    /// Not checked: trusted to honour them.
+    Off,
+}
+
+/// `[cache.s3]`: the bucket of the shared tier.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// `http(s)://host:port` of a self-hosted engine; unset means AWS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    /// Every key starts with it, so deployments can share a bucket.
+    pub prefix: String,
+    /// `endpoint/bucket/key` rather than `bucket.endpoint/key`.
+    pub path_style: bool,
+    /// A plain-HTTP endpoint is refused unless this is set.
+    pub allow_http: bool,
+    /// Static keys; empty means `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`.
+    pub access_key_id: String,
+    /// A file holding the secret key (a mounted Secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Large blobs go up as multipart uploads of parts this large.
+    pub part_size: ByteSize,
+    /// Bounds every store call as a whole, retries included.
+    pub request_timeout: HumanDuration,
+    pub conditional_writes: ConditionalWritesMode,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: None,
+            region: "us-east-1".into(),
+            bucket: "regcache".into(),
+            prefix: String::new(),
+            path_style: true,
+            allow_http: false,
+            access_key_id: String::new(),
+            secret_access_key_file: None,
+            part_size: ByteSize(16 << 20),
+            request_timeout: HumanDuration(Duration::from_secs(30)),
+            conditional_writes: ConditionalWritesMode::Probe,
+        }
+    }
+}
+
+/// How replicas share one fill.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Coordination {
+    /// A lease object per fill; the others stream from its holder.
+    #[default]
+    S3Lease,
+    /// Every replica fills on its own (still verified, still shared
+    /// through the bucket): duplicate upstream fetches are possible.
+    None,
+}
+
+/// What a follower does when the lease holder's peer endpoint cannot be
+/// reached.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnHolderUnreachable {
+    /// Fetch from the upstream itself, verified as always.
+    #[default]
+    Fetch,
+    /// Wait for the blob to land in the bucket (or the lease to go stale).
+    Wait,
+}
+
+/// `[cluster]`: this replica among the others.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This replica's name in leases and logs; empty means the host name.
+    pub replica_id: String,
+    /// Where the peer endpoint listens.
+    pub peer_listen: SocketAddr,
+    /// How the other replicas reach `peer_listen`.
+    pub advertise_url: String,
+    /// A file with the bearer token every replica presents and expects on
+    /// the peer endpoint; unset means no token (a trusted network only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_token_file: Option<PathBuf>,
+    pub coordination: Coordination,
+    /// A lease not renewed for this long (by the store's clock) is stale.
+    pub lease_ttl: HumanDuration,
+    pub on_holder_unreachable: OnHolderUnreachable,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            replica_id: String::new(),
+            peer_listen: SocketAddr::from(([127, 0, 0, 1], 5002)),
+            advertise_url: "http://127.0.0.1:5002".into(),
+            peer_token_file: None,
+            coordination: Coordination::S3Lease,
+            lease_ttl: HumanDuration(Duration::from_secs(30)),
+            on_holder_unreachable: OnHolderUnreachable::Fetch,
+        }
+    }
+}
+
+impl S3Config {
+    /// What the config's own validation can tell; `Err((key, message))`.
+    pub(super) fn check(&self) -> Result<(), (String, String)> {
+        let invalid = |key: &str, message: &str| Err((format!("cache.s3.{key}"), message.into()));
+        if self.bucket.trim().is_empty() {
+            return invalid("bucket", "must not be empty");
+        }
+        if let Some(endpoint) = &self.endpoint {
+            match url::Url::parse(endpoint) {
+                Ok(u) if u.scheme() == "http" && !self.allow_http => {
+                    return invalid(
+                        "endpoint",
+                        "is plain http: set allow_http = true to allow it",
+                    )
+                }
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => return invalid("endpoint", "must be an http:// or https:// URL with a host"),
+            }
+        }
+        // S3's multipart minimum is 5 MiB a part.
+        if self.part_size.0 < (5 << 20) || self.part_size.0 > (5 << 30) {
+            return invalid("part_size", "must be between 5MiB and 5GiB");
+        }
+        if self.request_timeout.0.is_zero() {
+            return invalid("request_timeout", "must be greater than zero");
+        }
+        Ok(())
+    }
+}
+
+impl ClusterConfig {
+    pub(super) fn check(&self) -> Result<(), (String, String)> {
+        match url::Url::parse(&self.advertise_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => {
+                return Err((
+                    "cluster.advertise_url".into(),
+                    "must be an http:// or https:// URL with a host".into(),
+                ))
+            }
+        }
+        if self.lease_ttl.0 < Duration::from_secs(3) {
+            return Err((
+                "cluster.lease_ttl".into(),
+                "must be at least 3s (the store's clock has one-second steps)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
