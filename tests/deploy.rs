@@ -119,6 +119,19 @@ fn the_kubernetes_manifests_validate_against_the_schemas() {
 }
 
 #[test]
+fn the_cluster_example_shares_a_bucket_without_a_persistent_volume() {
+    // Replicas, emptyDir, the headless peer Service, ports, advertise_url,
+    // replica_id and Secrets: check_manifests.py's findings fail it.
+    let out = check(&["cluster"]);
+    assert!(
+        out.contains("Deployment/regcache-cluster")
+            && out.contains("regcache-s3")
+            && out.contains("regcache-peer-token"),
+        "{out}"
+    );
+}
+
+#[test]
 fn the_prometheusrule_and_dashboard_configmap_are_generated_from_config() {
     check(&["generated"]);
 }
@@ -149,9 +162,14 @@ fn the_kubernetes_configs_pass_check_config_with_the_pods_environment() {
         // here, under a tempdir.
         let secrets = dir.path().join("secrets");
         std::fs::create_dir(&secrets).unwrap();
-        // The DaemonSet's Secret volume (daemonset/daemonset.yaml).
-        let mount = "/etc/regcache-admin/";
-        toml = toml.replace(&format!("\"{mount}"), &format!("\"{}/", secrets.display()));
+        // The pod's Secret volumes (the DaemonSet's admin token, the
+        // cluster's S3 key and peer token), each a directory here.
+        for (i, mount) in w["secret_mounts"].as_array().unwrap().iter().enumerate() {
+            let mount = mount.as_str().unwrap();
+            let here = secrets.join(i.to_string());
+            std::fs::create_dir(&here).unwrap();
+            toml = toml.replace(&format!("\"{mount}/"), &format!("\"{}/", here.display()));
+        }
         for file in toml
             .split('"')
             .filter(|s| s.starts_with(&secrets.display().to_string()))
@@ -203,6 +221,17 @@ fn the_kubernetes_configs_pass_check_config_with_the_pods_environment() {
         assert_eq!(value("metrics_listen").port(), 9091, "{name}");
         let listen = value("listen");
         assert_eq!(listen.port(), 5000, "{name}");
+        // A replica of the shared tier advertises its pod's address (the
+        // check's stand-in for status.podIP) and is named after its pod.
+        if stdout.contains("backend = \"s3\"") {
+            for line in [
+                "advertise_url = \"http://10.1.2.3:5002\"",
+                "replica_id = \"regcache-cluster-6f7c9d-x2k4p\"",
+                "peer_listen = \"0.0.0.0:5002\"",
+            ] {
+                assert!(stdout.contains(line), "{name}: no {line} in\n{stdout}");
+            }
+        }
         if w["host_network"].as_bool().unwrap() {
             assert!(
                 listen.ip().is_loopback(),

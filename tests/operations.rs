@@ -12,7 +12,8 @@ use common::fake_upstream::{random_bytes, Behaviour, FakeUpstream, Fault};
 use common::http::{client, get};
 use common::images::{self, sha256_digest, skopeo_copy_all, OCI_MANIFEST};
 use common::regcache::{Regcache, UpstreamEntry};
-use common::registry::Registry;
+use common::registry::{free_port, Registry};
+use common::seaweedfs::{self, SeaweedFs};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -232,13 +233,23 @@ async fn the_dashboard_and_alerts_query_only_exported_metrics() {
         .await
         .unwrap();
     rc.wait_for_fills();
-    let exported: BTreeSet<String> = rc
-        .metrics()
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_owned)
-        .collect();
+    let exported = exported_names(&rc.metrics());
+    // The cluster row's series exist only with the shared tier on: a
+    // replica with `backend = "s3"` exports them, from startup.
+    let engine = tokio::task::spawn_blocking(SeaweedFs::start).await.unwrap();
+    let shared = shared_tier_replica(&engine, &fake.url());
+    let shared_exported = exported_names(&shared.metrics());
+    let cluster = cluster_row_metric_names(&parsed);
+    assert!(
+        cluster.len() >= 8,
+        "the Cluster row covers the shared tier: {cluster:?}"
+    );
+    let missing: Vec<_> = cluster.difference(&shared_exported).collect();
+    assert!(
+        missing.is_empty(),
+        "the Cluster row queries metrics a shared-tier replica does not export: {missing:?}"
+    );
+    let exported: BTreeSet<String> = exported.union(&shared_exported).cloned().collect();
     for (file, text) in [("dashboard", &dashboard), ("alerts", &alerts)] {
         let used = metric_names(text);
         assert!(used.len() >= 5, "{file} uses regcache metrics: {used:?}");
@@ -248,6 +259,57 @@ async fn the_dashboard_and_alerts_query_only_exported_metrics() {
             "{file} queries metrics regcache does not export: {missing:?}\nexported: {exported:?}"
         );
     }
+}
+
+/// The metric names of a `/metrics` page (its `# TYPE` lines).
+fn exported_names(metrics: &str) -> BTreeSet<String> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The `regcache_*` names the panels below the dashboard's "Cluster" row
+/// query (up to the next row).
+fn cluster_row_metric_names(d: &serde_json::Value) -> BTreeSet<String> {
+    let panels = d["panels"].as_array().unwrap();
+    let start = panels
+        .iter()
+        .position(|p| p["type"] == "row" && p["title"] == "Cluster")
+        .expect("a Cluster row");
+    panels[start + 1..]
+        .iter()
+        .take_while(|p| p["type"] != "row")
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .flat_map(|t| metric_names(t["expr"].as_str().unwrap()))
+        .collect()
+}
+
+/// A replica with the shared tier on (`[cache] backend = "s3"`) against
+/// `engine`, its own prefix in the bucket.
+fn shared_tier_replica(engine: &SeaweedFs, upstream: &str) -> Regcache {
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("s3-secret");
+    std::fs::write(&secret, seaweedfs::SECRET_KEY).unwrap();
+    let peer = free_port();
+    let rc = Regcache::start_with(
+        &[UpstreamEntry::new("fake", upstream)],
+        &format!(
+            "[cache]\nbackend = \"s3\"\n\
+             [cache.s3]\nendpoint = \"{}\"\nbucket = \"{}\"\nprefix = \"operations-dashboard\"\n\
+             allow_http = true\naccess_key_id = \"{}\"\nsecret_access_key_file = \"{}\"\n\
+             [cluster]\npeer_listen = \"127.0.0.1:{peer}\"\nadvertise_url = \"http://127.0.0.1:{peer}\"\n",
+            engine.endpoint,
+            seaweedfs::BUCKET,
+            seaweedfs::ACCESS_KEY,
+            secret.display()
+        ),
+    );
+    // The secret is read at startup.
+    drop(secrets);
+    rc
 }
 
 /// Grafana's file provisioning and the kube-prometheus sidecar cannot fill

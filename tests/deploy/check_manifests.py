@@ -12,15 +12,23 @@ kubernetes-validate live there.
   check_manifests.py configs      prints, as JSON, each ConfigMap's
                                   regcache.toml with the environment of the
                                   pods that mount it
+  check_manifests.py cluster      every workload with [cache] backend = "s3":
+                                  several replicas, no persistent volume, a
+                                  headless Service on the peer port, ports
+                                  and mounts that match its config, each
+                                  pod's advertise_url and replica_id, and the
+                                  Secrets it needs created as its file says
 
 Prints every finding and exits 1 when there is one.
 """
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
+import tomllib
 
 import kubernetes_validate
 import yaml
@@ -215,6 +223,39 @@ def generated():
 
 # --- configs ---------------------------------------------------------------
 
+# What the kubelet would put in the environment for each valueFrom source,
+# for check-config to run with.
+FIELD_VALUES = {
+    "status.podIP": "10.1.2.3",
+    "status.hostIP": "192.0.2.10",
+    "metadata.name": "regcache-cluster-6f7c9d-x2k4p",
+    "metadata.namespace": "default",
+    "spec.nodeName": "node-1",
+}
+
+
+def container_env(c):
+    """The container's environment as the kubelet sets it: valueFrom
+    resolved to stand-ins, $(VAR) expanded from the variables before it."""
+    env = {}
+    for e in c.get("env", []):
+        if "value" in e:
+            value = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), e["value"])
+        elif "fieldRef" in e.get("valueFrom", {}):
+            value = FIELD_VALUES[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        elif "secretKeyRef" in e.get("valueFrom", {}):
+            value = "test-" + e["valueFrom"]["secretKeyRef"]["key"]
+        else:
+            raise SystemExit(f"container {c['name']}: env {e['name']} has no value this check knows")
+        env[e["name"]] = value
+    return env
+
+
+def secret_mounts(spec, c):
+    """Mount paths of the container's Secret volumes."""
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    return [m["mountPath"] for m in c.get("volumeMounts", []) if "secret" in volumes[m["name"]]]
+
 
 def configs():
     docs = documents()
@@ -232,13 +273,130 @@ def configs():
                     {
                         "workload": f"{path} {doc['kind']}/{doc['metadata']['name']}",
                         "toml": map_doc["data"]["regcache.toml"],
-                        "env": {e["name"]: e["value"] for e in c.get("env", [])},
+                        "env": container_env(c),
+                        "secret_mounts": secret_mounts(spec, c),
                         "host_network": bool(spec.get("hostNetwork")),
                     }
                 )
     if not out:
         fail("deploy/kubernetes", "no workload mounts a regcache.toml at /etc/regcache")
     print(json.dumps(out))
+
+# --- cluster ---------------------------------------------------------------
+
+
+def port_of(address):
+    return int(address.rsplit(":", 1)[1])
+
+
+def created_secrets(path):
+    """{name: {keys}} of the `kubectl create secret generic NAME
+    --from-literal=KEY=... --from-file=KEY=...` commands in a file's
+    comments (continuation lines joined)."""
+    text = (ROOT / path).read_text()
+    comments = "\n".join(line.lstrip("# ") for line in text.splitlines() if line.lstrip().startswith("#"))
+    comments = comments.replace("\\\n", " ")
+    out = {}
+    for m in re.finditer(r"kubectl create secret generic ([a-z0-9-]+)([^\n]*)", comments):
+        out[m[1]] = set(re.findall(r"--from-(?:literal|file)=([A-Za-z0-9_.-]+)=", m[2]))
+    return out
+
+
+def cluster():
+    docs = documents()
+    maps = {d["metadata"]["name"]: d for _, d in docs if d.get("kind") == "ConfigMap"}
+    secrets = {d["metadata"]["name"]: set(d.get("data", {})) | set(d.get("stringData", {}))
+               for _, d in docs if d.get("kind") == "Secret"}
+    services = [(p, d) for p, d in docs if d.get("kind") == "Service"]
+    found = 0
+    for path, doc, spec in pod_templates(docs):
+        where = f"{path} {doc['kind']}/{doc['metadata']['name']}"
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in spec["containers"]:
+            mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+            cfg_mount = mounts.get("/etc/regcache")
+            if not cfg_mount or "configMap" not in volumes[cfg_mount["name"]]:
+                continue
+            config = tomllib.loads(maps[volumes[cfg_mount["name"]]["configMap"]["name"]]["data"]["regcache.toml"])
+            if config.get("cache", {}).get("backend") != "s3":
+                continue
+            found += 1
+            cw = f"{where} container {c['name']}"
+            env = container_env(c)
+            s3 = config["cache"].get("s3", {})
+            cl = config.get("cluster", {})
+            if doc["kind"] != "Deployment" or doc["spec"].get("replicas", 1) < 2:
+                fail(where, "a shared tier example runs as a Deployment of several replicas")
+            # The local tier goes with the pod: the bucket holds the rest.
+            for v in spec.get("volumes", []):
+                if "persistentVolumeClaim" in v or "hostPath" in v:
+                    fail(where, f"volume {v['name']} is persistent: the local tier is an emptyDir")
+            cache_dir = config.get("cache_dir", "/var/cache/regcache")
+            cache = mounts.get(cache_dir)
+            if not cache or "emptyDir" not in volumes[cache["name"]]:
+                fail(cw, f"cache_dir {cache_dir} is not an emptyDir mount")
+            # The ports the config listens on are the container's, by name.
+            ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+            peer_port = port_of(cl.get("peer_listen", "127.0.0.1:5002"))
+            if not cl.get("peer_listen", "").startswith("0.0.0.0:"):
+                fail(cw, f"peer_listen {cl.get('peer_listen')!r} is not reachable from other pods")
+            for name, address in (("registry", config.get("listen")), ("metrics", config.get("metrics_listen")),
+                                  ("peer", cl.get("peer_listen"))):
+                if address is None or ports.get(name) != port_of(address):
+                    fail(cw, f"container port {name} is {ports.get(name)}, the config listens on {address}")
+            # Each pod advertises its own address, on the peer port.
+            url = env.get("REGCACHE_CLUSTER__ADVERTISE_URL", cl.get("advertise_url", ""))
+            if url != f"http://{FIELD_VALUES['status.podIP']}:{peer_port}":
+                fail(cw, f"advertise_url {url!r} is not http://$(POD_IP):{peer_port} from status.podIP")
+            if env.get("REGCACHE_CLUSTER__REPLICA_ID", cl.get("replica_id")) != FIELD_VALUES["metadata.name"]:
+                fail(cw, "replica_id is not the pod's name (REGCACHE_CLUSTER__REPLICA_ID from metadata.name)")
+            # A headless Service publishes the peer port of each pod.
+            labels = doc["spec"]["template"]["metadata"]["labels"]
+            headless = [
+                d for _, d in services
+                if d["spec"].get("clusterIP") == "None" and selects(d["spec"]["selector"], labels)
+                and any(p.get("targetPort") == "peer" and p.get("port") == peer_port for p in d["spec"]["ports"])
+            ]
+            if not headless:
+                fail(where, f"no headless Service publishes its peer port {peer_port}")
+            for _, d in services:
+                if d["spec"].get("clusterIP") != "None" and selects(d["spec"]["selector"], labels):
+                    if any(p.get("targetPort") == "peer" for p in d["spec"]["ports"]):
+                        fail(f"Service/{d['metadata']['name']}", "publishes the peer port behind a virtual IP")
+            # The files the config names are keys of mounted Secrets, and
+            # every Secret the pod uses is created (here, or as its file says).
+            known = dict(created_secrets(path))
+            known.update(secrets)
+            used = []
+            for key in ("secret_access_key_file", "peer_token_file"):
+                file = (s3 if key.startswith("secret") else cl).get(key)
+                if not file:
+                    fail(cw, f"{key} is not set: the Secret must be a mounted file")
+                    continue
+                directory, name = file.rsplit("/", 1)
+                m = mounts.get(directory)
+                secret = m and volumes[m["name"]].get("secret")
+                if not secret:
+                    fail(cw, f"{key} {file}: {directory} is not a Secret mount")
+                    continue
+                items = {i["path"]: i["key"] for i in secret.get("items", [])}
+                used.append((secret["secretName"], items.get(name, name)))
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    used.append((ref["name"], ref["key"]))
+            if not s3.get("access_key_id") and "AWS_ACCESS_KEY_ID" not in env:
+                fail(cw, "no access key id: access_key_id or AWS_ACCESS_KEY_ID")
+            for name, key in used:
+                if name not in known:
+                    fail(cw, f"Secret {name} is neither in deploy/kubernetes nor created by a command in {path}")
+                elif key not in known[name]:
+                    fail(cw, f"Secret {name} has no key {key} (it has {sorted(known[name])})")
+            print(json.dumps({"workload": where, "secrets": sorted(set(n for n, _ in used))}))
+    if not found:
+        fail("deploy/kubernetes", 'no workload runs [cache] backend = "s3"')
+    if any(d.get("kind") == "PersistentVolumeClaim" for p, d in docs if p.parts[:3] == ("deploy", "kubernetes", "cluster")):
+        fail("deploy/kubernetes/cluster", "holds a PersistentVolumeClaim")
 
 
 def main():
@@ -251,6 +409,8 @@ def main():
         generated()
     elif cmd == "configs":
         configs()
+    elif cmd == "cluster":
+        cluster()
     else:
         sys.exit(f"unknown command {cmd}")
     for f in findings:
