@@ -166,6 +166,10 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
                 }
             })
             .await;
+            // A store that went down is asked again here, not by requests.
+            if let Some(shared) = healing.cache.shared() {
+                shared.probe().await;
+            }
         }
     });
 
