@@ -128,6 +128,13 @@ impl Cache {
                 });
             }
             if head {
+                if let Some(size) = self.head_shared(upstream, repo, digest).await? {
+                    return Ok(BlobAnswer {
+                        outcome: Outcome::Hit,
+                        size: Some(size),
+                        body: None,
+                    });
+                }
                 let size = self
                     .head_upstream(upstream, repo, digest)
                     .await
@@ -250,6 +257,27 @@ impl Cache {
             }
             _ => Ok(Some(object)),
         }
+    }
+
+    /// The size of a blob another replica stored, for a HEAD: answered
+    /// without the upstream (which may be down, or rate-limiting).
+    async fn head_shared(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>, AnswerError> {
+        let Some(shared) = self.shared.as_ref().filter(|s| s.worth_asking()) else {
+            return Ok(None);
+        };
+        let Ok(Some(stored)) = shared.bucket().stat(Kind::Blob, digest).await else {
+            return Ok(None);
+        };
+        self.authorize_cached(upstream, repo, Kind::Blob, digest)
+            .await
+            .with(Outcome::Hit)?;
+        shared.hit("bucket", Kind::Blob);
+        Ok(Some(stored.size))
     }
 
     /// The upstream's size of a blob, from a HEAD.

@@ -152,3 +152,152 @@ async fn read(reader: &Arc<dyn ReadAt>, offset: u64, len: u64) -> Result<Bytes, 
     .map_err(|e| BucketError::Local(e.to_string()))?;
     read.map_err(|e| BucketError::Local(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use object_store::memory::InMemory;
+
+    use super::*;
+    use crate::cache::shared::{PeerClient, TierSettings};
+    use crate::cache::storage::bucket::Bucket;
+    use crate::cache::storage::{ContentStore, FsStore};
+    use crate::config::{Coordination, OnHolderUnreachable};
+    use crate::metrics::Metrics;
+
+    const PART: u64 = 5 << 20;
+
+    fn tier() -> Arc<SharedTier> {
+        let bucket = Bucket::over(Arc::new(InMemory::new()), "t", Duration::from_secs(5));
+        let metrics = Arc::new(Metrics::new());
+        let peer =
+            PeerClient::new(None, Duration::from_secs(1), Duration::from_secs(1), None).unwrap();
+        Arc::new(SharedTier::new(
+            bucket,
+            TierSettings {
+                replica_id: "r".into(),
+                advertise_url: "http://127.0.0.1:1".into(),
+                coordination: Coordination::S3Lease,
+                lease_ttl: Duration::from_secs(30),
+                on_holder_unreachable: OnHolderUnreachable::Fetch,
+                part_size: PART,
+            },
+            peer,
+            metrics,
+        ))
+    }
+
+    fn progress(phase: Phase, written: u64) -> Progress {
+        Progress {
+            written,
+            received: written,
+            ring: None,
+            phase,
+        }
+    }
+
+    /// Streams `data` through a staged file in `steps`, as a fill does, with
+    /// the upload beside it; `fail` ends the fill with a failure instead of
+    /// completing it. Returns the tier and whether the object showed up
+    /// before the end.
+    async fn fill(data: &[u8], steps: usize, fail: bool) -> (Arc<SharedTier>, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let mut staged = store.begin().unwrap();
+        let reader = staged.reader().unwrap();
+        let (tx, rx) = watch::channel(progress(Phase::Connecting, 0));
+        let shared = tier();
+        let digest = Digest::sha256_of(data);
+        let task = tokio::spawn(upload(shared.clone(), digest.clone(), rx, None));
+        let step = data.len().div_ceil(steps);
+        let mut early = false;
+        for chunk in data.chunks(step) {
+            staged.append(chunk).unwrap();
+            let written = staged.len();
+            tx.send_replace(progress(
+                Phase::Streaming {
+                    reader: Some(reader.clone()),
+                    size: Some(data.len() as u64),
+                },
+                written,
+            ));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            early |= shared
+                .bucket()
+                .stat(Kind::Blob, &digest)
+                .await
+                .unwrap()
+                .is_some();
+        }
+        if fail {
+            tx.send_replace(progress(
+                Phase::Failed(crate::cache::CacheError::Internal("broke".into())),
+                staged.len(),
+            ));
+        } else {
+            tx.send_replace(progress(
+                Phase::Complete {
+                    reader: reader.clone(),
+                    size: data.len() as u64,
+                },
+                data.len() as u64,
+            ));
+        }
+        drop(tx);
+        task.await.unwrap();
+        (shared, early)
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn a_large_blob_goes_up_in_parts_and_appears_only_once_verified() {
+        let blob = data((3 * PART + 12345) as usize);
+        let (shared, early) = fill(&blob, 8, false).await;
+        assert!(!early, "the final key appeared before the fill completed");
+        let d = Digest::sha256_of(&blob);
+        let (stored, body) = shared
+            .bucket()
+            .read_from(Kind::Blob, &d, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.size, blob.len() as u64);
+        let got: Vec<Bytes> = futures_util::TryStreamExt::try_collect(body).await.unwrap();
+        assert_eq!(Digest::sha256_of(&got.concat()), d);
+    }
+
+    #[tokio::test]
+    async fn a_small_blob_goes_up_in_one_put() {
+        let blob = data(1000);
+        let (shared, early) = fill(&blob, 3, false).await;
+        assert!(!early);
+        let d = Digest::sha256_of(&blob);
+        assert_eq!(
+            shared
+                .bucket()
+                .stat(Kind::Blob, &d)
+                .await
+                .unwrap()
+                .map(|s| s.size),
+            Some(1000)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_fill_leaves_nothing_in_the_bucket() {
+        for len in [1000, (2 * PART + 1) as usize] {
+            let blob = data(len);
+            let (shared, _) = fill(&blob, 4, true).await;
+            let d = Digest::sha256_of(&blob);
+            assert_eq!(
+                shared.bucket().stat(Kind::Blob, &d).await.unwrap(),
+                None,
+                "{len}"
+            );
+        }
+    }
+}

@@ -115,37 +115,18 @@ impl ManifestCache {
     }
 
     /// A manifest another replica stored, verified, brought onto the local
-    /// disk. Counted as a hit: like a local one, it proves nothing about
-    /// the repository, so the caller's private-content check applies.
+    /// disk and into the hot set. Counted as a hit: like a local one, it
+    /// proves nothing about the repository, so the caller's private-content
+    /// check applies.
     async fn shared_copy(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, CacheError> {
         let Some(shared) = &self.shared else {
             return Ok(None);
         };
-        let Some(bytes) = shared.manifest(digest, MAX_MANIFEST_SIZE as u64).await else {
-            return Ok(None);
-        };
-        let Some(media_type) = sniff_manifest_media_type(&bytes) else {
-            tracing::debug!(%digest, "a manifest in the shared tier names no media type; asking the upstream");
-            return Ok(None);
-        };
-        let store = self.storage.content.clone();
-        let (d, to_store) = (digest.clone(), bytes.clone());
-        tokio::task::spawn_blocking(move || store.write_whole(Kind::Manifest, &d, &to_store))
-            .await??;
-        self.index.record(
-            Kind::Manifest,
-            digest,
-            bytes.len() as u64,
-            Some(&media_type),
-        )?;
-        shared.hit("bucket", Kind::Manifest);
-        let manifest = Arc::new(Manifest {
-            digest: digest.clone(),
-            media_type,
-            bytes,
-        });
-        self.hot.insert(digest.clone(), manifest.clone());
-        Ok(Some(manifest))
+        let found = copy_from_shared(shared, &self.storage, &self.index, digest).await?;
+        if let Some(manifest) = &found {
+            self.hot.insert(digest.clone(), manifest.clone());
+        }
+        Ok(found)
     }
 
     /// The record another replica wrote for a tag this one has never seen,
@@ -232,6 +213,8 @@ impl ManifestCache {
         repo: &RepoName,
         digest: &Digest,
         negative_key: String,
+        // Whether to look in the shared tier first (the caller has not).
+        look_in_shared: bool,
     ) -> impl FnOnce() -> futures_util::future::BoxFuture<
         'static,
         Result<(Arc<Manifest>, bool), CacheError>,
@@ -244,6 +227,7 @@ impl ManifestCache {
         let metrics = self.metrics.clone();
         let negative = self.negative.clone();
         let shared = self.shared.clone();
+        let look = self.shared.clone().filter(|_| look_in_shared);
         let ttl = upstream.settings().negative_ttl;
         move || {
             Box::pin(async move {
@@ -251,6 +235,11 @@ impl ManifestCache {
                 // this one's start has stored it already.
                 if let Some(m) = read_stored(&store, &index, &digest).await? {
                     return Ok((m, true));
+                }
+                if let Some(shared) = &look {
+                    if let Some(m) = copy_from_shared(shared, &store, &index, &digest).await? {
+                        return Ok((m, true));
+                    }
                 }
                 let work = fetch_by_digest(
                     &upstream,
@@ -275,7 +264,7 @@ impl ManifestCache {
             return;
         }
         let key = NegativeCache::key(&upstream.name, repo.as_str(), &digest.to_string());
-        let fetch = self.fetch_once(upstream, repo, digest, key);
+        let fetch = self.fetch_once(upstream, repo, digest, key, true);
         let flights = self.digest_flights.clone();
         let digest = digest.clone();
         self.digest_flights.tasks().spawn(async move {
@@ -308,7 +297,7 @@ impl ManifestCache {
             self.count(upstream, "manifest", Outcome::Negative);
             return Err(e);
         }
-        let fetch = self.fetch_once(upstream, repo, digest, negative_key);
+        let fetch = self.fetch_once(upstream, repo, digest, negative_key, false);
         let (result, joined) = self
             .digest_flights
             .run(digest.clone(), fetch, task_panicked)
@@ -610,6 +599,46 @@ fn checked(
     })
 }
 
+/// Writes verified manifest bytes to the store, then the index.
+async fn store_manifest(
+    store: &Storage,
+    index: &Index,
+    digest: &Digest,
+    bytes: &Bytes,
+    media_type: &str,
+) -> Result<(), CacheError> {
+    let content = store.content.clone();
+    let (d, to_store) = (digest.clone(), bytes.clone());
+    tokio::task::spawn_blocking(move || content.write_whole(Kind::Manifest, &d, &to_store))
+        .await??;
+    index.record(Kind::Manifest, digest, bytes.len() as u64, Some(media_type))?;
+    Ok(())
+}
+
+/// A manifest from the shared tier, verified there, stored on the local
+/// disk and in the index.
+async fn copy_from_shared(
+    shared: &SharedTier,
+    store: &Storage,
+    index: &Index,
+    digest: &Digest,
+) -> Result<Option<Arc<Manifest>>, CacheError> {
+    let Some(bytes) = shared.manifest(digest, MAX_MANIFEST_SIZE as u64).await else {
+        return Ok(None);
+    };
+    let Some(media_type) = sniff_manifest_media_type(&bytes) else {
+        tracing::debug!(%digest, "a manifest in the shared tier names no media type; asking the upstream");
+        return Ok(None);
+    };
+    store_manifest(store, index, digest, &bytes, &media_type).await?;
+    shared.hit("bucket", Kind::Manifest);
+    Ok(Some(Arc::new(Manifest {
+        digest: digest.clone(),
+        media_type,
+        bytes,
+    })))
+}
+
 /// The stored manifest with this digest, if any, read off the async runtime.
 async fn read_stored(
     store: &Storage,
@@ -678,16 +707,7 @@ async fn fetch_by_digest(
         tracing::debug!(upstream = %upstream.name, repo = %repo, %digest, "the upstream forbids sharing this manifest; not stored");
         return Ok((manifest, false));
     }
-    let to_store = bytes.clone();
-    let store = store.content.clone();
-    let d = digest.clone();
-    tokio::task::spawn_blocking(move || store.write_whole(Kind::Manifest, &d, &to_store)).await??;
-    index.record(
-        Kind::Manifest,
-        digest,
-        bytes.len() as u64,
-        Some(&media_type),
-    )?;
+    store_manifest(store, index, digest, &bytes, &media_type).await?;
     index.link(&upstream.name, repo.as_str(), digest)?;
     if let Some(shared) = shared {
         shared.publish_manifest(digest, bytes, &media_type);

@@ -92,9 +92,20 @@ impl SharedTier {
         &self.tasks
     }
 
-    /// Whether a request should ask the store now (it is up, or due a retry).
+    /// Whether a request should ask the store now: not while it is down
+    /// (then only [`SharedTier::probe`] asks it).
     pub fn worth_asking(&self) -> bool {
-        self.bucket.observer().worth_asking()
+        self.bucket.observer().is_up()
+    }
+
+    /// Asks the store one cheap question while it is down (the daemon
+    /// calls it every few seconds), so it is used again once it answers.
+    pub async fn probe(&self) {
+        if self.store_up() {
+            return;
+        }
+        let nothing = Digest::sha256_of(b"regcache: the store's liveness probe");
+        let _ = self.bucket.stat(Kind::Blob, &nothing).await;
     }
 
     pub fn store_up(&self) -> bool {

@@ -62,6 +62,12 @@ impl SharedTier {
                     self.lease_outcome("won");
                     return Plan::Upstream(Some(self.keep(lease)));
                 }
+                // A lease of this replica's own address is one a previous
+                // run left: there is no fill to follow behind it.
+                Ok(Claim::Held { holder, .. }) if holder.url == self.settings.advertise_url => {
+                    tracing::debug!(%digest, "the fill lease is a previous run's of this replica; filling alone");
+                    return Plan::Upstream(None);
+                }
                 Ok(Claim::Held { holder, .. }) => return Plan::Follow(holder),
                 Ok(Claim::Stale { holder, age, seen }) => {
                     match self.bucket.take_over(digest, &me, seen).await {

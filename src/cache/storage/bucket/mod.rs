@@ -18,7 +18,7 @@ pub mod multipart;
 mod observe;
 pub mod tags;
 
-pub use observe::{Observer, RETRY_DOWN_AFTER};
+pub use observe::Observer;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,25 +2,21 @@
 //! time, the bytes moved, and whether the store is up — one place, so no
 //! call can forget to count itself.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::BucketError;
 use crate::metrics::SharedTierMetrics;
 
-/// While the store is down, a request path tries it again at most this
-/// often; the rest go straight to the local disk and the upstream.
-pub const RETRY_DOWN_AFTER: Duration = Duration::from_secs(5);
-
 #[derive(Default)]
 pub struct Observer {
     metrics: Option<Arc<SharedTierMetrics>>,
-    /// Starts up; the first failure says otherwise (at WARN, once).
+    /// Starts up; the first failure says otherwise (at WARN, once), and
+    /// the first answer after it says up again. While it is down, request
+    /// paths skip the store and only a background probe asks it, so a hung
+    /// store costs at most one request its `request_timeout`.
     down: AtomicBool,
-    /// When the store last failed, in ms since `epoch`.
-    failed_at_ms: AtomicU64,
-    epoch: Option<Instant>,
 }
 
 impl Observer {
@@ -28,32 +24,7 @@ impl Observer {
         Observer {
             metrics,
             down: AtomicBool::new(false),
-            failed_at_ms: AtomicU64::new(0),
-            epoch: Some(Instant::now()),
         }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.map_or(0, |e| {
-            e.elapsed().as_millis().try_into().unwrap_or(u64::MAX)
-        })
-    }
-
-    /// Whether a request should ask the store now: always while it is up;
-    /// while it is down, once per [`RETRY_DOWN_AFTER`].
-    pub fn worth_asking(&self) -> bool {
-        if !self.down.load(Ordering::Relaxed) {
-            return true;
-        }
-        let now = self.now_ms();
-        let last = self.failed_at_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < RETRY_DOWN_AFTER.as_millis() as u64 {
-            return false;
-        }
-        // One caller wins the retry; the others keep skipping.
-        self.failed_at_ms
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
     }
 
     pub fn is_up(&self) -> bool {
@@ -79,7 +50,6 @@ impl Observer {
     }
 
     fn failed(&self, e: &BucketError) {
-        self.failed_at_ms.store(self.now_ms(), Ordering::Relaxed);
         if !self.down.swap(true, Ordering::Relaxed) {
             tracing::warn!(error = %e, "object store unavailable: serving from local disk and filling from upstreams alone until it answers");
             if let Some(m) = &self.metrics {
