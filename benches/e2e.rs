@@ -20,6 +20,9 @@
 //! `REGCACHE_BENCH_CONNS` (manifest load connections, default 16),
 //! `REGCACHE_BENCH_BIN` (the regcache binary to measure, default the one
 //! this bench was built with: a variant build, e.g. another chunk size).
+//! The cross-replica cold stampede (`e2e/cluster.rs`, after the table):
+//! `REGCACHE_BENCH_CLUSTER=0` skips it, `REGCACHE_BENCH_ONLY=cluster` runs
+//! only it; its own knobs are in that file.
 //!
 //! How it measures:
 //! * Every proxy runs with its defaults as deployed: regcache at log level
@@ -41,6 +44,8 @@
 //!   a proxy started fresh for that phase (so it covers startup, warm-up and
 //!   all runs of that phase).
 
+#[path = "e2e/cluster.rs"]
+mod cluster;
 #[path = "../tests/common/mod.rs"]
 pub mod common;
 
@@ -1133,7 +1138,11 @@ fn main() {
     let conns = env_u64("REGCACHE_BENCH_CONNS", 16).max(1) as usize;
     // A warm pull takes a tenth of a second and is the noisiest figure.
     let warm_runs = env_u64("REGCACHE_BENCH_WARM_RUNS", 3 * runs as u64).max(1) as usize;
-    start_watchdog(Duration::from_secs(20 * 60));
+    let only_cluster = std::env::var("REGCACHE_BENCH_ONLY").is_ok_and(|v| v == "cluster");
+    let with_cluster = only_cluster || env_u64("REGCACHE_BENCH_CLUSTER", 1) != 0;
+    start_watchdog(Duration::from_secs(
+        if only_cluster { 0 } else { 20 * 60 } + if with_cluster { 20 * 60 } else { 0 },
+    ));
     let bench_started = Instant::now();
     // Anything else running on the machine skews every figure: say so.
     let load_at_start = loadavg();
@@ -1171,6 +1180,11 @@ fn main() {
         .join("data");
     let size_mib = size as f64 / MIB;
     let blob_what = format!("{size_mib:.0} MiB blob");
+    if only_cluster {
+        let md = cluster::run(&upstream, &blob_path, &digest, size);
+        write_report("bench-e2e-cluster.md", &md);
+        return;
+    }
 
     let mut notes: Vec<String> = Vec::new();
 
@@ -1795,15 +1809,24 @@ fn main() {
         println!("note: {n}");
     }
 
+    if with_cluster {
+        md.push('\n');
+        md.push_str(&cluster::run(&upstream, &blob_path, &digest, size));
+    }
+    write_report("bench-e2e.md", &md);
+    if ABORTED.load(Ordering::SeqCst) {
+        std::process::exit(2);
+    }
+}
+
+/// Writes `md` as `name` in the target directory.
+fn write_report(name: &str, md: &str) {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let out = target_dir.join("bench-e2e.md");
-    match fs::create_dir_all(&target_dir).and_then(|_| fs::write(&out, &md)) {
+    let out = target_dir.join(name);
+    match fs::create_dir_all(&target_dir).and_then(|_| fs::write(&out, md)) {
         Ok(()) => println!("written: {}", out.display()),
         Err(e) => eprintln!("e2e: could not write {}: {e}", out.display()),
-    }
-    if ABORTED.load(Ordering::SeqCst) {
-        std::process::exit(2);
     }
 }
