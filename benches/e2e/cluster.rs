@@ -233,6 +233,29 @@ fn settled_fleet_counts(replicas: &[Replica]) -> FleetCounts {
     }
 }
 
+/// Waits (up to 60 s) until the blob's final key exists under `prefix`:
+/// its upload completes after the last client's byte. False on timeout.
+fn wait_in_bucket(engine: &SeaweedFs, prefix: &str, digest: &str) -> bool {
+    use object_store::ObjectStoreExt;
+    let hex = digest.trim_start_matches("sha256:");
+    let key = object_store::path::Path::from(format!("{prefix}/blobs/sha256/{}/{hex}", &hex[..2]));
+    let Ok(store) = engine.client() else {
+        return false;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if rt.block_on(store.head(&key)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
 /// `addrs.len() × per` clients at once, client `i` on `addrs[i % len]`;
 /// the wall time from the common start to the last byte.
 fn spread_pulls(addrs: &[SocketAddr], per: usize, path: &str, size: u64) -> Result<f64, String> {
@@ -362,6 +385,9 @@ pub(super) fn run(upstream: &Registry, blob_path: &str, digest: &str, size: u64)
                     fleet_procs[0].log_tail()
                 )
             });
+            if !wait_in_bucket(&engine, &prefix, digest) {
+                eprintln!("e2e: cluster: the blob is not in the bucket 60 s after the run");
+            }
             let mut counts = settled_fleet_counts(&fleet_procs);
             // Startup's own calls (the conditional-write probe) are not
             // the blob's.
@@ -468,12 +494,13 @@ pub(super) fn run(upstream: &Registry, blob_path: &str, digest: &str, size: u64)
             };
             let _ = writeln!(
                 md,
-                "- {replicas} × {per} run {}: wall {} s, upstream GETs {}; peer MiB [{}]; store ops [{}]; leases [{}]",
+                "- {replicas} × {per} run {}: wall {} s, upstream GETs {}; peer MiB [{}]; store ops [{}]; store MiB [{}]; leases [{}]",
                 i + 1,
                 fmt_num(s[0].walls[i]),
                 fmt_num(s[0].upstream_gets[i]),
                 show(&c.peer_bytes, MIB),
                 show(&c.store_ops, 1.0),
+                show(&c.store_bytes, MIB),
                 show(&c.leases, 1.0),
             );
         }
