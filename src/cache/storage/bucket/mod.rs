@@ -14,6 +14,7 @@
 //! whole, retries included, so nothing waits on the store for longer.
 
 pub mod lease;
+pub mod listing;
 pub mod multipart;
 mod observe;
 pub mod tags;
