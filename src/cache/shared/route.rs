@@ -75,6 +75,12 @@ impl SharedTier {
                 Ok(Claim::Held { holder, .. }) => return Plan::Follow(holder),
                 Ok(Claim::Stale { holder, age, seen }) => {
                     match self.bucket.take_over(digest, &me, seen).await {
+                        // A finished holder's lease (the blob was filled
+                        // once, then left the bucket): an ordinary win.
+                        Ok(Some(lease)) if holder.done => {
+                            self.lease_outcome("won");
+                            return Plan::Upstream(Some(self.keep(lease)));
+                        }
                         Ok(Some(lease)) => {
                             tracing::warn!(%digest, previous = %holder.replica, age_s = age.as_secs(), "took over a stale fill lease");
                             self.lease_outcome("taken_over");
