@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::access::{self, MAX_BATCH_BYTES};
+use super::access::{self, AccessLog, MAX_BATCH_BYTES};
 use crate::cache::storage::bucket::lease::{Claim, Holder, Lease, CLOCK_MARGIN};
 use crate::cache::storage::bucket::listing::{AccessBatch, BucketObject, FillLeaseEntry};
 use crate::cache::storage::bucket::{Bucket, BucketError};
@@ -169,6 +169,9 @@ pub struct Janitor {
     claims: AtomicU64,
     /// Whether the last run failed: a WARN on each change, not each run.
     failing: AtomicBool,
+    /// This replica's own records, flushed before each run so the run
+    /// sees them.
+    log: Option<Arc<AccessLog>>,
 }
 
 impl Janitor {
@@ -183,12 +186,24 @@ impl Janitor {
             metrics,
             claims: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            log: None,
         }
+    }
+
+    /// Flushes this replica's access log before each run.
+    pub fn with_access_log(mut self, log: Arc<AccessLog>) -> Janitor {
+        self.log = Some(log);
+        self
     }
 
     /// One run, if this replica wins the janitor lease; counted in
     /// `regcache_janitor_runs_total{result}`.
     pub async fn run_once(&self) -> Result<JanitorReport, JanitorError> {
+        if let Some(log) = &self.log {
+            if let Err(e) = log.flush(&self.bucket).await {
+                tracing::debug!(error = %e, "access records not written before the janitor run");
+            }
+        }
         let result = self.run_at(now_millis()).await;
         let label = match &result {
             Ok(r) if r.skipped() => "skipped",
@@ -505,17 +520,20 @@ fn plan(
         .map(|(o, t)| unix_ms(o.last_modified).max(t.unwrap_or(0)))
         .collect();
     let open = millis(settings.open_window());
-    // Whether object `i` may go; counts why not.
-    let may_go = |i: usize, plan: &mut Plan| {
-        if leased.contains(&objects[i].digest) {
-            plan.kept_leased += 1;
-            false
-        } else if now_ms.saturating_sub(accessed[i]) < open {
-            plan.kept_open += 1;
-            false
-        } else {
-            true
+    // Whether object `i` may go; counts each kept object once, however
+    // many bounds it was due under.
+    let mut kept = vec![false; objects.len()];
+    let mut may_go = |i: usize, plan: &mut Plan| {
+        let leased = leased.contains(&objects[i].digest);
+        let open_read = now_ms.saturating_sub(accessed[i]) < open;
+        if (leased || open_read) && !std::mem::replace(&mut kept[i], true) {
+            if leased {
+                plan.kept_leased += 1;
+            } else {
+                plan.kept_open += 1;
+            }
         }
+        !leased && !open_read
     };
 
     let mut chosen = vec![false; objects.len()];
