@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use super::storage::bucket::lease::Holder;
 use super::storage::bucket::{self, Bucket, BucketError};
 use super::storage::{Kind, TagRecord};
+use super::upkeep::AccessLog;
 use crate::config::{Coordination, OnHolderUnreachable};
 use crate::metrics::Metrics;
 use crate::registry::Digest;
@@ -91,6 +92,8 @@ pub struct SharedTier {
     tasks: TaskTracker,
     /// Makes each claim's nonce unique within this process.
     claims: AtomicU64,
+    /// What this replica served, for the bucket janitor's LRU.
+    access: Arc<AccessLog>,
 }
 
 impl SharedTier {
@@ -101,7 +104,9 @@ impl SharedTier {
         metrics: Arc<Metrics>,
     ) -> SharedTier {
         metrics.shared.init();
+        let access = Arc::new(AccessLog::new(settings.replica_id.clone()));
         SharedTier {
+            access,
             bucket,
             settings,
             peer,
@@ -165,12 +170,25 @@ impl SharedTier {
         }
     }
 
-    pub fn hit(&self, tier: &str, kind: Kind) {
+    /// Content served without the upstream, from `tier`.
+    pub fn hit(&self, tier: &str, kind: Kind, digest: &Digest) {
         self.metrics
             .shared
             .tier_hits
             .with_label_values(&[tier, kind.label()])
             .inc();
+        self.access.note(kind, digest);
+    }
+
+    /// Content used here, however it came: its bucket copy is kept by the
+    /// janitor's LRU.
+    pub fn noted(&self, kind: Kind, digest: &Digest) {
+        self.access.note(kind, digest);
+    }
+
+    /// The access records this replica has not written yet.
+    pub fn access_log(&self) -> &Arc<AccessLog> {
+        &self.access
     }
 
     /// Runs a write to the bucket in the background: the answer that
