@@ -118,7 +118,7 @@ impl Cache {
                 self.count(upstream, "blob", Outcome::Hit);
                 self.index.touch(Kind::Blob, digest);
                 if let Some(shared) = &self.shared {
-                    shared.hit("local", Kind::Blob);
+                    shared.hit("local", Kind::Blob, digest);
                 }
                 return Ok(BlobAnswer {
                     outcome: Outcome::Hit,
@@ -276,7 +276,7 @@ impl Cache {
         self.authorize_cached(upstream, repo, Kind::Blob, digest)
             .await
             .with(Outcome::Hit)?;
-        shared.hit("bucket", Kind::Blob);
+        shared.hit("bucket", Kind::Blob, digest);
         Ok(Some(stored.size))
     }
 

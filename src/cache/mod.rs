@@ -21,6 +21,7 @@ mod ops;
 mod outcome;
 pub mod shared;
 pub mod storage;
+pub mod upkeep;
 
 use std::path::Path;
 use std::sync::Arc;

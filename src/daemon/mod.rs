@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::cache::upkeep::{Janitor, JanitorSettings};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::http::{serve, Activity, App, AuditLog, Listener, ServeOptions, Shutdown};
@@ -173,6 +174,35 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
         }
     });
 
+    // The shared tier's upkeep: this replica's access records, written
+    // every ACCESS_FLUSH_INTERVAL, and the bucket janitor, run by one
+    // replica at a time (its lease) every gc_interval.
+    let (upkeep_stop, upkeep_stopped) = tokio::sync::watch::channel(false);
+    let upkeep = app.cache.shared().map(|shared| {
+        let interval = app.config.cache.gc_interval.get();
+        let settings = JanitorSettings::from_config(
+            &app.config.cache,
+            &shared.settings().replica_id,
+            shared.settings().lease_ttl,
+            interval,
+        );
+        let janitor = Janitor::new(
+            shared.bucket().clone(),
+            settings,
+            app.metrics.shared.clone(),
+        )
+        .with_access_log(shared.access_log().clone());
+        let flushing = shared.access_log().clone().run(
+            shared.bucket().clone(),
+            ACCESS_FLUSH_INTERVAL,
+            upkeep_stopped.clone(),
+        );
+        let janitoring = Arc::new(janitor).run(interval, upkeep_stopped.clone());
+        tokio::spawn(async move {
+            tokio::join!(flushing, janitoring);
+        })
+    });
+
     let (stop, shutdown) = Shutdown::new();
     tracing::info!(
         listen = %registry_listener.local_addr()?,
@@ -275,6 +305,12 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
             abandoned,
             "fills and jobs still running at the end of the grace period are discarded"
         );
+    }
+    // The last access records are written; a janitor run in progress
+    // stops at its next step (its lease then goes stale by itself).
+    let _ = upkeep_stop.send(true);
+    if let Some(upkeep) = upkeep {
+        let _ = tokio::time::timeout(Duration::from_secs(5), upkeep).await;
     }
     flusher.abort();
     evicting.abort();

@@ -397,12 +397,11 @@ impl Fills {
         .await??;
         self.index.record(Kind::Blob, digest, written, None)?;
         self.index.link(&upstream.name, repo.as_str(), digest)?;
-        if let Some(shared) = self
-            .shared
-            .as_ref()
-            .filter(|_| upstream.may_hold_private_content())
-        {
-            shared.publish_link(&upstream.name, repo.as_str(), digest);
+        if let Some(shared) = &self.shared {
+            shared.noted(Kind::Blob, digest);
+            if upstream.may_hold_private_content() {
+                shared.publish_link(&upstream.name, repo.as_str(), digest);
+            }
         }
         tx.send_modify(|p| {
             p.phase = Phase::Complete {

@@ -105,7 +105,7 @@ impl<'a> Source<'a> {
         match shared.plan(self.digest).await {
             Plan::Bucket(_) => {
                 if let Some(opened) = self.open_bucket(shared, 0).await {
-                    shared.hit("bucket", Kind::Blob);
+                    shared.hit("bucket", Kind::Blob, self.digest);
                     return Ok(opened);
                 }
                 // Gone between the HEAD and the GET (the janitor): claim.

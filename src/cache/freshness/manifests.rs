@@ -283,7 +283,7 @@ impl ManifestCache {
     ) -> Result<(Arc<Manifest>, Outcome), CacheError> {
         if let Some(m) = self.local(digest).await? {
             if let Some(shared) = &self.shared {
-                shared.hit("local", Kind::Manifest);
+                shared.hit("local", Kind::Manifest, digest);
             }
             self.count(upstream, "manifest", Outcome::Hit);
             return Ok((m, Outcome::Hit));
@@ -631,7 +631,7 @@ async fn copy_from_shared(
         return Ok(None);
     };
     store_manifest(store, index, digest, &bytes, &media_type).await?;
-    shared.hit("bucket", Kind::Manifest);
+    shared.hit("bucket", Kind::Manifest, digest);
     Ok(Some(Arc::new(Manifest {
         digest: digest.clone(),
         media_type,
@@ -710,6 +710,7 @@ async fn fetch_by_digest(
     store_manifest(store, index, digest, &bytes, &media_type).await?;
     index.link(&upstream.name, repo.as_str(), digest)?;
     if let Some(shared) = shared {
+        shared.noted(Kind::Manifest, digest);
         shared.publish_manifest(digest, bytes, &media_type);
         if upstream.may_hold_private_content() {
             shared.publish_link(&upstream.name, repo.as_str(), digest);

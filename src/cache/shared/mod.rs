@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use super::storage::bucket::lease::Holder;
 use super::storage::bucket::{self, Bucket, BucketError};
 use super::storage::{Kind, TagRecord};
+use super::upkeep::AccessLog;
 use crate::config::{Coordination, OnHolderUnreachable};
 use crate::metrics::Metrics;
 use crate::registry::Digest;
@@ -44,6 +45,41 @@ pub struct TierSettings {
     pub on_holder_unreachable: OnHolderUnreachable,
     /// Multipart part size; smaller content goes up in one PUT.
     pub part_size: u64,
+    /// Where a lease may send this replica (`peer_networks`, `peer_hosts`).
+    pub peer_networks: Vec<ipnet::IpNet>,
+    pub peer_hosts: Vec<crate::config::HostPattern>,
+}
+
+impl TierSettings {
+    /// Whether a lease holder's URL is one this replica may dial: an
+    /// `http(s)` URL whose host is an address in `peer_networks` or a name
+    /// in `peer_hosts`, with nothing else in it.
+    pub fn may_follow(&self, url: &str) -> bool {
+        let Ok(url) = url::Url::parse(url) else {
+            return false;
+        };
+        if !matches!(url.scheme(), "http" | "https")
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            return false;
+        }
+        match url.host() {
+            Some(url::Host::Ipv4(ip)) => self
+                .peer_networks
+                .iter()
+                .any(|n| n.contains(&std::net::IpAddr::V4(ip))),
+            Some(url::Host::Ipv6(ip)) => self
+                .peer_networks
+                .iter()
+                .any(|n| n.contains(&std::net::IpAddr::V6(ip))),
+            Some(url::Host::Domain(name)) => self
+                .peer_hosts
+                .iter()
+                .any(|p| p.matches(name, url.port_or_known_default())),
+            None => false,
+        }
+    }
 }
 
 pub struct SharedTier {
@@ -56,6 +92,8 @@ pub struct SharedTier {
     tasks: TaskTracker,
     /// Makes each claim's nonce unique within this process.
     claims: AtomicU64,
+    /// What this replica served, for the bucket janitor's LRU.
+    access: Arc<AccessLog>,
 }
 
 impl SharedTier {
@@ -66,7 +104,9 @@ impl SharedTier {
         metrics: Arc<Metrics>,
     ) -> SharedTier {
         metrics.shared.init();
+        let access = Arc::new(AccessLog::new(settings.replica_id.clone()));
         SharedTier {
+            access,
             bucket,
             settings,
             peer,
@@ -130,12 +170,25 @@ impl SharedTier {
         }
     }
 
-    pub fn hit(&self, tier: &str, kind: Kind) {
+    /// Content served without the upstream, from `tier`.
+    pub fn hit(&self, tier: &str, kind: Kind, digest: &Digest) {
         self.metrics
             .shared
             .tier_hits
             .with_label_values(&[tier, kind.label()])
             .inc();
+        self.access.note(kind, digest);
+    }
+
+    /// Content used here, however it came: its bucket copy is kept by the
+    /// janitor's LRU.
+    pub fn noted(&self, kind: Kind, digest: &Digest) {
+        self.access.note(kind, digest);
+    }
+
+    /// The access records this replica has not written yet.
+    pub fn access_log(&self) -> &Arc<AccessLog> {
+        &self.access
     }
 
     /// Runs a write to the bucket in the background: the answer that
@@ -258,5 +311,43 @@ impl SharedTier {
     pub async fn drain(&self, grace: Duration) {
         self.tasks.close();
         let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_may_send_this_replica_only_to_the_configured_peers() {
+        let settings = TierSettings {
+            replica_id: "r".into(),
+            advertise_url: "http://10.1.2.3:5002".into(),
+            coordination: Coordination::S3Lease,
+            lease_ttl: Duration::from_secs(30),
+            on_holder_unreachable: OnHolderUnreachable::Fetch,
+            part_size: 16 << 20,
+            peer_networks: vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()],
+            peer_hosts: vec!["*.peers.example".parse().unwrap()],
+        };
+        for ok in [
+            "http://10.9.8.7:5002",
+            "https://10.0.0.1",
+            "http://[fd00::7]:5002",
+            "http://regcache-0.peers.example:5002",
+        ] {
+            assert!(settings.may_follow(ok), "{ok}");
+        }
+        for refused in [
+            "http://192.168.1.1:5002",
+            "http://169.254.169.254/",
+            "http://registry.example/",
+            "http://u:p@10.1.1.1:5002",
+            "ftp://10.1.1.1/",
+            "not a url",
+            "http://peers.example:5002",
+        ] {
+            assert!(!settings.may_follow(refused), "{refused}");
+        }
     }
 }

@@ -68,9 +68,19 @@ impl SharedTier {
                     tracing::debug!(%digest, "the fill lease is a previous run's of this replica; filling alone");
                     return Plan::Upstream(None);
                 }
+                Ok(Claim::Held { holder, .. }) if !self.settings.may_follow(&holder.url) => {
+                    tracing::warn!(%digest, holder = %holder.replica, url = %holder.url, "a fill lease names a peer outside cluster.peer_networks and cluster.peer_hosts; not dialling it, filling alone");
+                    return Plan::Upstream(None);
+                }
                 Ok(Claim::Held { holder, .. }) => return Plan::Follow(holder),
                 Ok(Claim::Stale { holder, age, seen }) => {
                     match self.bucket.take_over(digest, &me, seen).await {
+                        // A finished holder's lease (the blob was filled
+                        // once, then left the bucket): an ordinary win.
+                        Ok(Some(lease)) if holder.done => {
+                            self.lease_outcome("won");
+                            return Plan::Upstream(Some(self.keep(lease)));
+                        }
                         Ok(Some(lease)) => {
                             tracing::warn!(%digest, previous = %holder.replica, age_s = age.as_secs(), "took over a stale fill lease");
                             self.lease_outcome("taken_over");

@@ -70,7 +70,7 @@ pub enum Claim {
 }
 
 impl Bucket {
-    fn lease_key(&self, digest: &Digest) -> Path {
+    pub(super) fn lease_key(&self, digest: &Digest) -> Path {
         self.key(["leases", "fill", digest.hex()])
     }
 
@@ -91,7 +91,12 @@ impl Bucket {
 
     /// Tries to become the one replica that fills `digest`.
     pub async fn claim(&self, digest: &Digest, me: &Holder, ttl: Duration) -> Result<Claim> {
-        let key = self.lease_key(digest);
+        self.claim_key(self.lease_key(digest), me, ttl).await
+    }
+
+    /// [`Bucket::claim`] of the lease at any key (the janitor's is
+    /// `leases/janitor`, see `listing.rs`).
+    pub(super) async fn claim_key(&self, key: Path, me: &Holder, ttl: Duration) -> Result<Claim> {
         // A lease removed between our create and our read (a janitor) sends
         // us round again; twice more is plenty.
         for _ in 0..3 {
@@ -152,7 +157,16 @@ impl Bucket {
         me: &Holder,
         seen: UpdateVersion,
     ) -> Result<Option<Lease>> {
-        let key = self.lease_key(digest);
+        self.take_over_key(self.lease_key(digest), me, seen).await
+    }
+
+    /// [`Bucket::take_over`] of the lease at any key.
+    pub(super) async fn take_over_key(
+        &self,
+        key: Path,
+        me: &Holder,
+        seen: UpdateVersion,
+    ) -> Result<Option<Lease>> {
         match self.put_lease(&key, me, PutMode::Update(seen)).await {
             Ok(put) => Ok(Some(lease(key, put, me.clone()))),
             Err(e) if is_lost(&e) => Ok(None),
@@ -188,7 +202,7 @@ impl Bucket {
 
     /// The store's idea of now: the `Last-Modified` of a key this replica
     /// just wrote. Two requests, paid only when a claim meets a lease.
-    async fn store_now(&self, replica: &str) -> Result<SystemTime> {
+    pub async fn store_now(&self, replica: &str) -> Result<SystemTime> {
         let key = self.key(["leases", "clock", replica_part(replica)]);
         self.bounded(
             "put",

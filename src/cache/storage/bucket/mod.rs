@@ -14,6 +14,7 @@
 //! whole, retries included, so nothing waits on the store for longer.
 
 pub mod lease;
+pub mod listing;
 pub mod multipart;
 mod observe;
 pub mod tags;
@@ -159,7 +160,11 @@ impl Bucket {
         }
         let client = ClientOptions::new()
             .with_allow_http(settings.allow_http)
-            .with_timeout(settings.request_timeout)
+            // No per-request bound in the client: it would cover a GET's
+            // whole body, and cut a large blob streaming slower than that.
+            // Each call is bounded by `bounded` instead (which also names a
+            // timeout as one), and a body's gaps by its reader.
+            .with_timeout_disabled()
             .with_connect_timeout(settings.request_timeout.min(Duration::from_secs(5)));
         let retry = RetryConfig {
             backoff: BackoffConfig {
