@@ -112,7 +112,10 @@ impl<'a> Source<'a> {
                 match shared.claim(self.digest).await {
                     Plan::Follow(holder) => self.follow_first(shared, holder).await,
                     Plan::Upstream(lease) => self.turn_upstream(lease, 0).await,
-                    Plan::Bucket(_) => self.turn_upstream(None, 0).await,
+                    Plan::Bucket(_) => match self.open_bucket(shared, 0).await {
+                        Some(opened) => Ok(opened),
+                        None => self.turn_upstream(None, 0).await,
+                    },
                 }
             }
             Plan::Upstream(lease) => self.turn_upstream(lease, 0).await,
@@ -192,7 +195,11 @@ impl<'a> Source<'a> {
                     let (opened, _) = self.turn_upstream_from(lease, from, size).await?;
                     return Ok(opened);
                 }
-                Plan::Bucket(_) => {}
+                Plan::Bucket(_) => {
+                    if let Some(opened) = self.open_bucket(shared, from).await {
+                        return Ok(opened);
+                    }
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(digest = %self.digest, from, "no replica and no bucket could finish the blob in time; fetching it alone");

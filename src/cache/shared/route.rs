@@ -74,6 +74,12 @@ impl SharedTier {
                 }
                 Ok(Claim::Held { holder, .. }) => return Plan::Follow(holder),
                 Ok(Claim::Stale { holder, age, seen }) => {
+                    // A holder that finished (or died after its upload)
+                    // while this claim was on its way left the blob in the
+                    // bucket: read it there rather than fetch it again.
+                    if let Ok(Some(stored)) = self.bucket.stat(Kind::Blob, digest).await {
+                        return Plan::Bucket(stored);
+                    }
                     match self.bucket.take_over(digest, &me, seen).await {
                         // A finished holder's lease (the blob was filled
                         // once, then left the bucket): an ordinary win.
