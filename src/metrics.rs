@@ -95,7 +95,7 @@ pub struct Metrics {
     /// failed, dropped).
     pub notifications: IntCounterVec,
     /// The shared tier (`[cache] backend = "s3"`).
-    pub shared: SharedTierMetrics,
+    pub shared: std::sync::Arc<SharedTierMetrics>,
 }
 
 /// Registers a metric built from constant names; a failure here is a bug in
@@ -299,7 +299,7 @@ impl Metrics {
                 "Events for notification receivers, by event and outcome (sent, failed, dropped).",
                 &["event", "outcome"],
             ),
-            shared: SharedTierMetrics::new(r),
+            shared: std::sync::Arc::new(SharedTierMetrics::new(r)),
             registry,
             process: process_registry(),
         };
@@ -328,6 +328,7 @@ impl Metrics {
             "digest_mismatch",
             "size_mismatch",
             "too_large",
+            "shared_error",
         ] {
             self.fills.with_label_values(&[result]);
         }
@@ -442,86 +443,6 @@ pub fn samples(collector: &dyn Collector) -> Vec<Sample> {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_metric_is_exported_with_the_prefix() {
-        let m = Metrics::new();
-        m.requests.with_label_values(&["blob", "GET", "200"]).inc();
-        m.fills_resumed.inc();
-        let text = m.render();
-        assert!(
-            text.contains(
-                "regcache_http_requests_total{method=\"GET\",route=\"blob\",status=\"200\"} 1"
-            ),
-            "{text}"
-        );
-        assert!(text.contains("regcache_build_info{version=\""), "{text}");
-        assert!(text.contains("regcache_fills_resumed_total 1"), "{text}");
-        assert!(
-            text.contains("regcache_evictions_total{reason=\"purge\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("regcache_connections_refused_total{reason=\"per_client\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("regcache_verified_bytes_total{by=\"scrub\"} 0"),
-            "{text}"
-        );
-        assert!(text.contains("regcache_scrub_passes_total 0"), "{text}");
-        assert!(
-            text.contains("# TYPE regcache_fills_in_progress gauge"),
-            "{text}"
-        );
-        // Before the first one, so its increase is seen.
-        assert!(
-            text.contains("regcache_evictions_total{reason=\"free_space\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("regcache_fills_total{result=\"no_room\"} 0"),
-            "{text}"
-        );
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn process_metrics_are_exported_unprefixed() {
-        let text = Metrics::new().render();
-        for name in [
-            "process_resident_memory_bytes",
-            "process_open_fds",
-            "process_cpu_seconds_total",
-            "process_start_time_seconds",
-        ] {
-            assert!(text.contains(&format!("\n{name} ")), "{name}: {text}");
-        }
-        assert!(!text.contains("regcache_process_"), "{text}");
-    }
-
-    #[test]
-    fn samples_read_existing_series_without_creating_any() {
-        let m = Metrics::new();
-        assert!(m.cache_outcomes().is_empty());
-        assert!(samples(&m.upstream_ratelimit).is_empty());
-        m.cache_outcome("hub", "blob", "hit");
-        m.cache_outcome("hub", "blob", "hit");
-        m.upstream_ratelimit
-            .with_label_values(&["hub", "remaining"])
-            .set(7);
-        let cache = m.cache_outcomes();
-        assert_eq!(cache.len(), 1);
-        assert_eq!(cache[0].label("outcome"), Some("hit"));
-        assert_eq!(cache[0].value, 2.0);
-        assert_eq!(samples(&m.upstream_ratelimit)[0].value, 7.0);
-        assert!(!m.render().contains("outcome=\"miss\""));
     }
 }
 
@@ -662,5 +583,85 @@ impl SharedTierMetrics {
             self.janitor_runs.with_label_values(&[result]);
         }
         self.up.set(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_exported_with_the_prefix() {
+        let m = Metrics::new();
+        m.requests.with_label_values(&["blob", "GET", "200"]).inc();
+        m.fills_resumed.inc();
+        let text = m.render();
+        assert!(
+            text.contains(
+                "regcache_http_requests_total{method=\"GET\",route=\"blob\",status=\"200\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("regcache_build_info{version=\""), "{text}");
+        assert!(text.contains("regcache_fills_resumed_total 1"), "{text}");
+        assert!(
+            text.contains("regcache_evictions_total{reason=\"purge\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("regcache_connections_refused_total{reason=\"per_client\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("regcache_verified_bytes_total{by=\"scrub\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("regcache_scrub_passes_total 0"), "{text}");
+        assert!(
+            text.contains("# TYPE regcache_fills_in_progress gauge"),
+            "{text}"
+        );
+        // Before the first one, so its increase is seen.
+        assert!(
+            text.contains("regcache_evictions_total{reason=\"free_space\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("regcache_fills_total{result=\"no_room\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_metrics_are_exported_unprefixed() {
+        let text = Metrics::new().render();
+        for name in [
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_cpu_seconds_total",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(&format!("\n{name} ")), "{name}: {text}");
+        }
+        assert!(!text.contains("regcache_process_"), "{text}");
+    }
+
+    #[test]
+    fn samples_read_existing_series_without_creating_any() {
+        let m = Metrics::new();
+        assert!(m.cache_outcomes().is_empty());
+        assert!(samples(&m.upstream_ratelimit).is_empty());
+        m.cache_outcome("hub", "blob", "hit");
+        m.cache_outcome("hub", "blob", "hit");
+        m.upstream_ratelimit
+            .with_label_values(&["hub", "remaining"])
+            .set(7);
+        let cache = m.cache_outcomes();
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache[0].label("outcome"), Some("hit"));
+        assert_eq!(cache[0].value, 2.0);
+        assert_eq!(samples(&m.upstream_ratelimit)[0].value, 7.0);
+        assert!(!m.render().contains("outcome=\"miss\""));
     }
 }

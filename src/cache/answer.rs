@@ -117,6 +117,9 @@ impl Cache {
                     .with(Outcome::Hit)?;
                 self.count(upstream, "blob", Outcome::Hit);
                 self.index.touch(Kind::Blob, digest);
+                if let Some(shared) = &self.shared {
+                    shared.hit("local", Kind::Blob);
+                }
                 return Ok(BlobAnswer {
                     outcome: Outcome::Hit,
                     size: Some(object.size),
@@ -125,6 +128,13 @@ impl Cache {
                 });
             }
             if head {
+                if let Some(size) = self.head_shared(upstream, repo, digest).await? {
+                    return Ok(BlobAnswer {
+                        outcome: Outcome::Hit,
+                        size: Some(size),
+                        body: None,
+                    });
+                }
                 let size = self
                     .head_upstream(upstream, repo, digest)
                     .await
@@ -134,6 +144,13 @@ impl Cache {
                     size,
                     body: None,
                 });
+            }
+            if self.shared.is_some() {
+                // A fill may come from the bucket or another replica,
+                // which prove nothing about this repository.
+                self.authorize_cached(upstream, repo, Kind::Blob, digest)
+                    .await
+                    .with(Outcome::Miss)?;
             }
             match self.fills.attach(upstream.clone(), repo.clone(), digest)? {
                 Attached::Committed => continue,
@@ -164,6 +181,36 @@ impl Cache {
             }
         }
         Err(CacheError::Internal("the blob vanished while it was being served".into()).into())
+    }
+
+    /// A blob for another replica's peer request: this replica's running
+    /// fill of it (the last byte held until verified, as for any client),
+    /// or its committed copy; `None` when it has neither. Never starts a
+    /// fill, and asks no upstream: the caller holds the fill lease's
+    /// answer, not a repository's.
+    pub async fn peer_blob(
+        &self,
+        digest: &Digest,
+        head: bool,
+    ) -> Result<Option<BlobAnswer>, CacheError> {
+        let mut guard = (!head).then(|| self.readers.acquire(digest));
+        if let Some(object) = self.open_intact_blob(digest).await? {
+            return Ok(Some(BlobAnswer {
+                outcome: Outcome::Hit,
+                size: Some(object.size),
+                body: (!head)
+                    .then(|| self.body(BodySource::Committed(object.reader), guard.take())),
+            }));
+        }
+        let Some(mut progress) = self.fills.running_fill(digest) else {
+            return Ok(None);
+        };
+        let size = wait_for_headers(&mut progress).await?;
+        Ok(Some(BlobAnswer {
+            outcome: Outcome::Coalesced,
+            size,
+            body: (!head).then(|| self.body(BodySource::Fill(progress), guard.take())),
+        }))
     }
 
     fn body(&self, source: BodySource, reader: Option<ReaderGuard>) -> BlobBody {
@@ -210,6 +257,27 @@ impl Cache {
             }
             _ => Ok(Some(object)),
         }
+    }
+
+    /// The size of a blob another replica stored, for a HEAD: answered
+    /// without the upstream (which may be down, or rate-limiting).
+    async fn head_shared(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>, AnswerError> {
+        let Some(shared) = self.shared.as_ref().filter(|s| s.worth_asking()) else {
+            return Ok(None);
+        };
+        let Ok(Some(stored)) = shared.bucket().stat(Kind::Blob, digest).await else {
+            return Ok(None);
+        };
+        self.authorize_cached(upstream, repo, Kind::Blob, digest)
+            .await
+            .with(Outcome::Hit)?;
+        shared.hit("bucket", Kind::Blob);
+        Ok(Some(stored.size))
     }
 
     /// The upstream's size of a blob, from a HEAD.

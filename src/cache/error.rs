@@ -59,6 +59,14 @@ pub enum CacheError {
     /// was cancelled): a bug, not a property of the content.
     #[error("{0}")]
     Internal(String),
+    /// The shared tier (the bucket, or the replica being followed) broke
+    /// off a blob and no other source could finish it.
+    #[error("shared tier: {0}")]
+    Shared(String),
+    /// The bucket's copy did not hash to its digest: it was removed, and
+    /// the blob is filled again from the upstream.
+    #[error("the shared tier's copy of {0} does not match its digest; removed, and filled again")]
+    SharedCorrupt(Digest),
 }
 
 impl CacheError {
@@ -112,6 +120,7 @@ impl CacheError {
             CacheError::NoRoom { .. } => "no_room",
             CacheError::Upstream(UpstreamError::Status { .. }) => "upstream_status",
             CacheError::Upstream(UpstreamError::Stalled(_)) => "stalled",
+            CacheError::Shared(_) | CacheError::SharedCorrupt(_) => "shared_error",
             CacheError::Storage(_)
             | CacheError::Index(_)
             | CacheError::Unwritable(_)

@@ -19,6 +19,7 @@ pub mod freshness;
 mod health;
 mod ops;
 mod outcome;
+pub mod shared;
 pub mod storage;
 
 use std::path::Path;
@@ -48,6 +49,7 @@ use flight::{Fills, Readers};
 use freshness::{ListingCache, ManifestCache};
 use health::Health;
 use ops::evict::Evictor;
+use shared::SharedTier;
 
 use crate::metrics::Metrics;
 use crate::registry::{Digest, RepoName};
@@ -77,6 +79,8 @@ pub struct Cache {
     /// Every fill, flight and background job of the cache, so shutdown
     /// waits for them instead of polling.
     tasks: TaskTracker,
+    /// The bucket shared with other replicas (`[cache] backend = "s3"`).
+    shared: Option<Arc<SharedTier>>,
 }
 
 impl Cache {
@@ -88,13 +92,37 @@ impl Cache {
     /// so a second process on the same directory fails here instead of
     /// emptying the running one's `tmp/`.
     pub fn open(dir: &Path, metrics: Arc<Metrics>) -> Result<Cache, CacheError> {
+        Cache::open_tiered(dir, metrics, None)
+    }
+
+    /// As [`Cache::open`], with a shared tier behind the local disk.
+    pub fn open_tiered(
+        dir: &Path,
+        metrics: Arc<Metrics>,
+        shared: Option<Arc<SharedTier>>,
+    ) -> Result<Cache, CacheError> {
         let index = Arc::new(Index::open(&dir.join("index"))?);
         let store = Arc::new(FsStore::open(dir)?);
-        Ok(Cache::with_storage(Storage::new(store), index, metrics))
+        Ok(Cache::with_tiers(
+            Storage::new(store),
+            index,
+            metrics,
+            shared,
+        ))
     }
 
     /// A cache over any storage backend.
     pub fn with_storage(storage: Storage, index: Arc<Index>, metrics: Arc<Metrics>) -> Cache {
+        Cache::with_tiers(storage, index, metrics, None)
+    }
+
+    /// A cache over any storage backend, and a shared tier when given.
+    pub fn with_tiers(
+        storage: Storage,
+        index: Arc<Index>,
+        metrics: Arc<Metrics>,
+        shared: Option<Arc<SharedTier>>,
+    ) -> Cache {
         let tasks = TaskTracker::new();
         let health = Arc::new(Health::new(
             storage.content.clone(),
@@ -107,6 +135,7 @@ impl Cache {
             health.clone(),
             metrics.clone(),
             tasks.clone(),
+            shared.clone(),
         ));
         let manifests = ManifestCache::new(
             storage.clone(),
@@ -114,6 +143,7 @@ impl Cache {
             health.clone(),
             metrics.clone(),
             tasks.clone(),
+            shared.clone(),
         );
         let listings = ListingCache::new(index.clone(), metrics.clone(), tasks.clone());
         let readers = Arc::new(Readers::default());
@@ -136,6 +166,7 @@ impl Cache {
             integrity: scrub::Integrity::default(),
             metrics,
             tasks,
+            shared,
         }
     }
 
@@ -156,6 +187,16 @@ impl Cache {
         {
             return Ok(());
         }
+        // Another replica learned it through this repository.
+        if let Some(shared) = &self.shared {
+            if shared
+                .is_linked(&upstream.name, repo.as_str(), digest)
+                .await
+            {
+                self.index.link(&upstream.name, repo.as_str(), digest)?;
+                return Ok(());
+            }
+        }
         let suffix = match kind {
             Kind::Blob => format!("blobs/{digest}"),
             Kind::Manifest => format!("manifests/{digest}"),
@@ -170,6 +211,9 @@ impl Cache {
             .await?
             .require_ok(kind.label())?;
         self.index.link(&upstream.name, repo.as_str(), digest)?;
+        if let Some(shared) = &self.shared {
+            shared.publish_link(&upstream.name, repo.as_str(), digest);
+        }
         Ok(())
     }
 
@@ -350,8 +394,18 @@ impl Cache {
     pub async fn drain(&self, grace: Duration) -> usize {
         self.stop_background();
         self.tasks.close();
+        let started = tokio::time::Instant::now();
         let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+        // Uploads and lease releases of the fills that just ended.
+        if let Some(shared) = &self.shared {
+            shared.drain(grace.saturating_sub(started.elapsed())).await;
+        }
         self.tasks.len()
+    }
+
+    /// The shared tier, when this replica has one.
+    pub fn shared(&self) -> Option<&Arc<SharedTier>> {
+        self.shared.as_ref()
     }
 
     /// Whether a committed blob is here.

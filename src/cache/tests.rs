@@ -375,7 +375,7 @@ async fn a_reader_at_a_trickle_slows_nobody_and_memory_stays_within_the_ring() {
     let mut slow_got = slow_body.next().await.unwrap().unwrap().to_vec();
     let ring = cache
         .fills
-        .progress(&digest)
+        .running_fill(&digest)
         .and_then(|p| p.borrow().ring.clone());
     let ring = ring.expect("a streaming fill has its ring");
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -189,3 +189,83 @@ impl ClusterConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use figment::providers::Format;
+
+    use crate::config::{
+        Backend, ByteSize, ClusterConfig, ConditionalWritesMode, Config, Coordination,
+        OnHolderUnreachable,
+    };
+
+    #[test]
+    fn the_issue_s_keys_parse_and_fs_stays_the_default() {
+        assert_eq!(Config::default().cache.backend, Backend::Fs);
+        let c: Config =
+            figment::Figment::from(figment::providers::Serialized::defaults(Config::default()))
+                .merge(figment::providers::Toml::string(
+                    r#"
+            [cache]
+            backend = "s3"
+            [cache.s3]
+            endpoint = "http://seaweedfs:8333"
+            bucket = "mirror"
+            prefix = "site-a"
+            allow_http = true
+            access_key_id = "id"
+            secret_access_key_file = "/run/secrets/s3"
+            part_size = "32MiB"
+            request_timeout = "10s"
+            conditional_writes = "require"
+            [cluster]
+            replica_id = "r1"
+            peer_listen = "0.0.0.0:5002"
+            advertise_url = "http://10.0.0.7:5002"
+            peer_token_file = "/run/secrets/peer"
+            coordination = "none"
+            lease_ttl = "45s"
+            on_holder_unreachable = "wait"
+            "#,
+                ))
+                .extract()
+                .unwrap();
+        assert_eq!(c.cache.backend, Backend::S3);
+        assert_eq!(c.cache.s3.bucket, "mirror");
+        assert_eq!(c.cache.s3.part_size, ByteSize(32 << 20));
+        assert_eq!(
+            c.cache.s3.conditional_writes,
+            ConditionalWritesMode::Require
+        );
+        assert_eq!(c.cluster.coordination, Coordination::None);
+        assert_eq!(c.cluster.on_holder_unreachable, OnHolderUnreachable::Wait);
+        assert_eq!(c.cluster.lease_ttl.get().as_secs(), 45);
+        c.validate().unwrap();
+        assert_eq!(ClusterConfig::default().coordination, Coordination::S3Lease);
+    }
+
+    #[test]
+    fn a_bad_shared_tier_setting_names_its_key() {
+        let check = |edit: &dyn Fn(&mut Config)| {
+            let mut c = Config::default();
+            c.cache.backend = Backend::S3;
+            edit(&mut c);
+            c.validate().map_err(|e| e.to_string())
+        };
+        assert!(check(&|_| {}).is_ok());
+        let plain = check(&|c| c.cache.s3.endpoint = Some("http://s3.example:8333".into()));
+        assert!(plain.unwrap_err().contains("cache.s3.endpoint"));
+        let small = check(&|c| c.cache.s3.part_size = ByteSize(1 << 20));
+        assert!(small.unwrap_err().contains("cache.s3.part_size"));
+        let ttl = check(&|c| {
+            c.cluster.lease_ttl = crate::config::HumanDuration(std::time::Duration::from_secs(1))
+        });
+        assert!(ttl.unwrap_err().contains("cluster.lease_ttl"));
+        let url = check(&|c| c.cluster.advertise_url = "peer:5002".into());
+        assert!(url.unwrap_err().contains("cluster.advertise_url"));
+        // None of it is read while the backend is the local disk.
+        let mut c = Config::default();
+        c.cache.s3.part_size = ByteSize(1);
+        assert!(c.validate().is_ok());
+    }
+}

@@ -2,6 +2,7 @@
 //! listeners, run until SIGTERM/SIGINT (reloading on SIGHUP, [`reload`]),
 //! drain, flush the index.
 
+mod cluster;
 mod parts;
 mod reload;
 
@@ -38,8 +39,13 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
     } = parts;
     std::fs::create_dir_all(&config.cache_dir)
         .with_context(|| format!("creating cache_dir {}", config.cache_dir.display()))?;
-    let cache = Cache::open(&config.cache_dir, metrics.clone())
-        .with_context(|| format!("opening the cache in {}", config.cache_dir.display()))?;
+    let cluster = cluster::build(&config, &metrics).await?;
+    let cache = Cache::open_tiered(
+        &config.cache_dir,
+        metrics.clone(),
+        cluster.as_ref().map(|c| c.tier.clone()),
+    )
+    .with_context(|| format!("opening the cache in {}", config.cache_dir.display()))?;
     cache.configure_eviction(live.eviction, live.pins);
     cache.configure_scrub(live.scrub);
     let registry_listener = TcpListener::bind(config.listen)
@@ -65,6 +71,13 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
              /admin/* and the status page answer only requests from loopback"
         );
     }
+    let peer_listener =
+        match &cluster {
+            Some(c) => Some(TcpListener::bind(c.peer_listen).await.with_context(|| {
+                format!("binding cluster.peer_listen address {}", c.peer_listen)
+            })?),
+            None => None,
+        };
     let grace = config.shutdown_grace.get();
     let audit = match &config.audit.log {
         Some(target) => Some(
@@ -95,6 +108,7 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
         started: std::time::Instant::now(),
         activity: Activity::default(),
         gate: Gate::new(live.gate),
+        peer_token: cluster.and_then(|c| c.peer_token),
     });
 
     // The index is reconciled with the files in the background: hits are
@@ -152,6 +166,10 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
                 }
             })
             .await;
+            // A store that went down is asked again here, not by requests.
+            if let Some(shared) = healing.cache.shared() {
+                shared.probe().await;
+            }
         }
     });
 
@@ -200,6 +218,20 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
             options,
         ))
     });
+    let peer_server = peer_listener.map(|listener| {
+        let options = ServeOptions {
+            grace,
+            limits: app.config.limits.clone(),
+            tls: None,
+        };
+        tokio::spawn(serve(
+            listener,
+            Listener::Peer,
+            app.clone(),
+            shutdown.clone(),
+            options,
+        ))
+    });
     let admin = tokio::spawn(serve(
         admin_listener,
         Listener::Admin,
@@ -238,6 +270,9 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
     let _ = tokio::join!(registry, admin);
     if let Some(m) = metrics_server {
         let _ = m.await;
+    }
+    if let Some(p) = peer_server {
+        let _ = p.await;
     }
     // Fills nobody is reading any more still finish if they can in time, so
     // the work is not lost; what is left at the deadline is dropped, and its

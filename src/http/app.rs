@@ -29,6 +29,8 @@ pub struct App {
     pub activity: Activity,
     /// Blocked digests, signatures, admission: checked on every answer.
     pub gate: Gate,
+    /// What the peer endpoint asks of other replicas (`peer_token_file`).
+    pub peer_token: Option<crate::policy::AdminToken>,
 }
 
 impl App {

@@ -46,7 +46,7 @@ pub async fn blob(
             ApiError::from_cache(&e.error, Code::BlobUnknown)
         })?;
     log.outcome = answer.outcome.label();
-    respond(digest, answer, range_header, meter)
+    respond(digest, answer, range_header, meter, None)
 }
 
 /// Holds each chunk back until the client's blob byte budget allows it.
@@ -97,6 +97,18 @@ fn blob_headers(digest: &Digest) -> HeaderMap {
     h
 }
 
+/// A blob answer for another replica: each chunk counted by `count`.
+pub(super) fn respond_counted(
+    digest: &Digest,
+    answer: BlobAnswer,
+    range_header: Option<&str>,
+    count: impl Fn(usize) + Send + Sync + 'static,
+) -> Result<Response<Body>, ApiError> {
+    respond(digest, answer, range_header, None, Some(Box::new(count)))
+}
+
+type Counter = Box<dyn Fn(usize) + Send + Sync>;
+
 /// A blob answer for its size (unknown when the upstream streams without a
 /// length: then Range is ignored and the body is chunked).
 fn respond(
@@ -104,6 +116,7 @@ fn respond(
     answer: BlobAnswer,
     range_header: Option<&str>,
     meter: Option<Meter>,
+    count: Option<Counter>,
 ) -> Result<Response<Body>, ApiError> {
     let mut headers = blob_headers(digest);
     let (status, start, end) = match answer.size {
@@ -143,9 +156,16 @@ fn respond(
         None => body::head(),
         Some(blob) => {
             let chunks = blob.stream(start, end);
-            match meter {
-                Some(meter) => body::stream(chunks.then(move |chunk| meter.clone().pass(chunk))),
-                None => body::stream(chunks),
+            match (meter, count) {
+                (Some(meter), _) => {
+                    body::stream(chunks.then(move |chunk| meter.clone().pass(chunk)))
+                }
+                (None, Some(count)) => body::stream(chunks.inspect(move |chunk| {
+                    if let Ok(bytes) = chunk {
+                        count(bytes.len());
+                    }
+                })),
+                (None, None) => body::stream(chunks),
             }
         }
     };

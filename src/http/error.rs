@@ -147,6 +147,7 @@ impl ApiError {
                 ApiError::new(StatusCode::BAD_GATEWAY, Code::Unavailable, e.to_string())
             }
             CacheError::DigestMismatch { .. }
+            | CacheError::SharedCorrupt(_)
             | CacheError::SizeMismatch { .. }
             | CacheError::BlobTooLarge { .. }
             | CacheError::BadManifestAnswer => {
@@ -169,7 +170,7 @@ impl ApiError {
                 Code::Unavailable,
                 e.to_string(),
             ),
-            CacheError::Unwritable(_) => ApiError::new(
+            CacheError::Unwritable(_) | CacheError::Shared(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Code::Unavailable,
                 e.to_string(),

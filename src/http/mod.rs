@@ -17,6 +17,7 @@ mod headers;
 mod listings;
 mod manifests;
 mod passthrough;
+mod peer;
 pub mod range;
 mod refusals;
 pub mod route;

@@ -48,6 +48,8 @@ pub enum Listener {
     Admin,
     /// `metrics_listen`: the probes and `/metrics`, nothing else.
     Metrics,
+    /// `[cluster] peer_listen`: the other replicas' fill streams.
+    Peer,
 }
 
 /// How one listener treats its connections.
@@ -332,12 +334,16 @@ async fn dispatch(
             log.route = "metrics";
             super::admin::metrics_service(&app, &request).await
         }
+        Listener::Peer => super::peer::handle(&app, &request, &mut log).await,
     };
     let status = response.status().as_u16();
-    if !matches!(kind, Listener::Registry) {
-        return response;
+    match kind {
+        Listener::Registry => app.activity.record(&log, &method, &path, status),
+        // Counted and logged like client requests, but not the clients'
+        // activity on the status page.
+        Listener::Peer => {}
+        Listener::Admin | Listener::Metrics => return response,
     }
-    app.activity.record(&log, &method, &path, status);
     app.metrics
         .requests
         .with_label_values(&[log.route, method.as_str(), &status.to_string()])

@@ -43,7 +43,8 @@ impl AdminToken {
         })
     }
 
-    fn new(token: &str) -> Option<AdminToken> {
+    /// A token given as text (surrounding whitespace is the caller's).
+    pub fn new(token: &str) -> Option<AdminToken> {
         (!token.is_empty()).then(|| AdminToken {
             hash: Sha256::digest(token.as_bytes()).into(),
         })

@@ -28,7 +28,9 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use super::ring::Ring;
+use super::source::{Opened, Source};
 use crate::cache::health::Health;
+use crate::cache::shared::SharedTier;
 use crate::cache::storage::index::Index;
 use crate::cache::storage::{ContentStore, Kind, ReadAt, Staged};
 use crate::cache::CacheError;
@@ -116,6 +118,8 @@ pub struct Fills {
     metrics: Arc<Metrics>,
     /// Every fill task, so shutdown can wait for them.
     tasks: TaskTracker,
+    /// The bucket and the other replicas, when there are any.
+    shared: Option<Arc<SharedTier>>,
 }
 
 /// What a blob request attaches to.
@@ -150,6 +154,7 @@ impl Fills {
         health: Arc<Health>,
         metrics: Arc<Metrics>,
         tasks: TaskTracker,
+        shared: Option<Arc<SharedTier>>,
     ) -> Fills {
         Fills {
             table: Mutex::new(HashMap::new()),
@@ -158,7 +163,14 @@ impl Fills {
             health,
             metrics,
             tasks,
+            shared,
         }
+    }
+
+    /// A running fill of `digest`, to stream it to another replica; never
+    /// starts one.
+    pub fn running_fill(&self, digest: &Digest) -> Option<watch::Receiver<Progress>> {
+        self.table.lock().get(digest).map(|r| r.progress.clone())
     }
 
     /// Joins the running fill for `digest`, or starts one.
@@ -205,12 +217,6 @@ impl Fills {
             progress: rx,
             joined: false,
         })
-    }
-
-    /// A running fill's progress, to watch it from a test.
-    #[cfg(test)]
-    pub fn progress(&self, digest: &Digest) -> Option<watch::Receiver<Progress>> {
-        self.table.lock().get(digest).map(|r| r.progress.clone())
     }
 
     /// Fills running now.
@@ -284,8 +290,19 @@ impl Entry {
             }
         };
         fills.metrics.fills.with_label_values(&[label]).inc();
-        // `self` drops here: the digest leaves the table after the terminal
-        // state is published, so no request finds neither.
+        let refill = matches!(result, Err(CacheError::SharedCorrupt(_)));
+        let fills = self.fills.clone();
+        let digest = self.digest.clone();
+        // The digest leaves the table after the terminal state is
+        // published, so no request finds neither.
+        drop(self);
+        if refill {
+            // The bucket's bad copy is gone: fill it again now, from the
+            // upstream, rather than on the next client's request.
+            if let Err(e) = fills.attach(upstream, repo, &digest) {
+                tracing::debug!(%digest, error = %e, "refilling after a corrupt shared copy failed to start");
+            }
+        }
     }
 }
 
@@ -299,15 +316,12 @@ impl Fills {
     ) -> Result<u64, CacheError> {
         // Below the floor, nothing is fetched at all.
         self.health.room_for(None)?;
-        // Held for the whole fill: at most max_concurrent_fills per upstream.
-        let _slot = upstream.fill_slot().await;
-        let mut headers = HeaderMap::new();
-        headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
-        let response = upstream
-            .request(Method::GET, repo, &format!("blobs/{digest}"), None, headers)
-            .await?
-            .require_ok("blob")?;
-        let size = response.content_length();
+        // From the upstream, or with a shared tier from the bucket or the
+        // replica holding the blob's fill lease; the upstream's fill slot
+        // is held only while it is the upstream.
+        let mut source = Source::new(upstream, repo, digest, self.shared.as_ref(), tx.subscribe());
+        let opened = source.open().await?;
+        let size = opened.size;
         let max_blob_size = upstream.settings().max_blob_size;
         let too_large = || CacheError::BlobTooLarge {
             upstream: upstream.name.to_string(),
@@ -337,7 +351,7 @@ impl Fills {
         // a short queue that holds the fill back when the disk is slower.
         let (queue, writer) = Writer::start(staged, ring.clone(), self.health.clone());
         let received = self
-            .receive(upstream, repo, digest, response, size, tx, &ring, &queue)
+            .receive(&mut source, opened, size, tx, &ring, &queue)
             .await;
         // The writer ends once the queue is closed and drained; a failed
         // receive waits for it too, so the staged write is gone before the
@@ -359,10 +373,14 @@ impl Fills {
         }
         let actual = hasher.finish();
         if actual != *digest {
-            return Err(CacheError::DigestMismatch {
+            let mismatch = CacheError::DigestMismatch {
                 expected: digest.clone(),
                 actual,
-            });
+            };
+            if source.blame(&mismatch).await {
+                return Err(CacheError::SharedCorrupt(digest.clone()));
+            }
+            return Err(mismatch);
         }
         let store = self.store.clone();
         let committed = digest.clone();
@@ -379,6 +397,13 @@ impl Fills {
         .await??;
         self.index.record(Kind::Blob, digest, written, None)?;
         self.index.link(&upstream.name, repo.as_str(), digest)?;
+        if let Some(shared) = self
+            .shared
+            .as_ref()
+            .filter(|_| upstream.may_hold_private_content())
+        {
+            shared.publish_link(&upstream.name, repo.as_str(), digest);
+        }
         tx.send_modify(|p| {
             p.phase = Phase::Complete {
                 reader,
@@ -395,7 +420,7 @@ const MAX_RESUMES: u32 = 3;
 /// Asks for the rest of a blob from byte `from`. Returns the response and
 /// how many leading bytes of it are already staged (all of them when the
 /// upstream ignores Range and starts over with a 200).
-async fn resume(
+pub(super) async fn resume(
     upstream: &Upstream,
     repo: &RepoName,
     digest: &Digest,
@@ -471,24 +496,23 @@ impl Writer {
 impl Fills {
     /// Receives the upstream's body into the ring and the writer's queue,
     /// in chunks of [`FILL_CHUNK`], resuming a broken body where it broke.
-    #[allow(clippy::too_many_arguments)]
     async fn receive(
         &self,
-        upstream: &Upstream,
-        repo: &RepoName,
-        digest: &Digest,
-        response: upstream::Response,
+        source: &mut Source<'_>,
+        opened: Opened<'_>,
         size: Option<u64>,
         tx: &watch::Sender<Progress>,
         ring: &Ring,
         queue: &tokio::sync::mpsc::Sender<Bytes>,
     ) -> Result<(), CacheError> {
+        let upstream = source.upstream();
+        let digest = source.digest();
         let idle = upstream.idle_timeout();
         let max_blob_size = upstream.settings().max_blob_size;
         let mut pending = ring.buffer(FILL_CHUNK);
         // Bytes handed on: to the ring and the writer.
         let mut received: u64 = 0;
-        let mut body = response.bytes_stream();
+        let mut body = opened.stream;
         // Bytes at the start of a restarted (200) stream that are staged already.
         let mut skip: u64 = 0;
         let mut resumes = 0;
@@ -505,7 +529,7 @@ impl Fills {
             };
             let next = match next {
                 Err(_) => Err(UpstreamError::Stalled(idle).into()),
-                Ok(Some(Err(e))) => Err(CacheError::from(e)),
+                Ok(Some(Err(e))) => Err(e),
                 Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
                 Ok(None) => Ok(None),
             };
@@ -517,7 +541,9 @@ impl Fills {
                     if rest.is_empty() {
                         continue;
                     }
-                    upstream.count_received(rest.len());
+                    if source.is_upstream() {
+                        upstream.count_received(rest.len());
+                    }
                     let total = received + (pending.len() + rest.len()) as u64;
                     // With a length, the upstream is held to it; without
                     // one, only the bound is.
@@ -546,15 +572,16 @@ impl Fills {
                 }
                 Ok(None) => break,
                 Err(e) if resumes < MAX_RESUMES && size.is_some() => {
-                    // The upstream went away mid-blob: keep what we have and
-                    // ask for the rest, so clients see a slower transfer, not
-                    // a failure. The hasher carries on where it was.
+                    // The source went away mid-blob: keep what we have and
+                    // ask for the rest (of it, or of another source), so
+                    // clients see a slower transfer, not a failure. The
+                    // hasher carries on where it was.
                     resumes += 1;
                     self.metrics.fills_resumed.inc();
                     received += hand_on(&mut pending, ring, queue, tx).await?;
-                    tracing::warn!(%digest, upstream = %upstream.name, error = %e, from = received, attempt = resumes, "upstream body broke; resuming");
-                    let (resumed, already) = resume(upstream, repo, digest, received, size).await?;
-                    body = resumed.bytes_stream();
+                    tracing::warn!(%digest, upstream = %upstream.name, error = %e, from = received, attempt = resumes, "blob body broke; resuming");
+                    let (resumed, already) = source.reopen(received, size).await?;
+                    body = resumed.stream;
                     skip = already;
                 }
                 Err(e) => return Err(e),

@@ -6,6 +6,8 @@ pub mod fill;
 pub mod readers;
 pub mod ring;
 pub mod single_flight;
+mod source;
+mod upload;
 
 pub use body::{body_stream, wait_for_headers, BodySource, UNKNOWN_SIZE};
 pub use fill::{Attached, Fills, Phase, Progress, RunningFill, IO_CHUNK};

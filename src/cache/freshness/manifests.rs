@@ -18,6 +18,7 @@ use super::negative::NegativeCache;
 use super::ttl;
 use crate::cache::flight::SingleFlight;
 use crate::cache::health::Health;
+use crate::cache::shared::SharedTier;
 use crate::cache::storage::index::{now_millis, Index};
 use crate::cache::storage::{ContentStoreExt, Kind, Storage, TagEntry, TagRecord};
 use crate::cache::{CacheError, Outcome};
@@ -58,6 +59,9 @@ pub struct ManifestCache {
     digest_flights: SingleFlight<Digest, Result<(Arc<Manifest>, bool), CacheError>>,
     tag_flights: SingleFlight<TagKey, Result<TagEntry, CacheError>>,
     negative: NegativeCache,
+    /// The bucket shared with other replicas: asked before the upstream,
+    /// and told what the upstream answered.
+    shared: Option<Arc<SharedTier>>,
 }
 
 fn full_accept() -> HeaderMap {
@@ -90,6 +94,7 @@ impl ManifestCache {
         health: Arc<Health>,
         metrics: Arc<Metrics>,
         tasks: TaskTracker,
+        shared: Option<Arc<SharedTier>>,
     ) -> ManifestCache {
         ManifestCache {
             storage,
@@ -105,7 +110,56 @@ impl ManifestCache {
             digest_flights: SingleFlight::new(tasks.clone()),
             tag_flights: SingleFlight::new(tasks),
             negative: NegativeCache::new(),
+            shared,
         }
+    }
+
+    /// A manifest another replica stored, verified, brought onto the local
+    /// disk and into the hot set. Counted as a hit: like a local one, it
+    /// proves nothing about the repository, so the caller's private-content
+    /// check applies.
+    async fn shared_copy(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, CacheError> {
+        let Some(shared) = &self.shared else {
+            return Ok(None);
+        };
+        let found = copy_from_shared(shared, &self.storage, &self.index, digest).await?;
+        if let Some(manifest) = &found {
+            self.hot.insert(digest.clone(), manifest.clone());
+        }
+        Ok(found)
+    }
+
+    /// The record another replica wrote for a tag this one has never seen,
+    /// taken in as if it were its own: the tag's freshness rules then
+    /// decide whether to ask the upstream.
+    async fn shared_tag(
+        &self,
+        upstream: &Upstream,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Option<TagEntry> {
+        let shared = self.shared.as_ref()?;
+        let record = shared
+            .tag(&upstream.name, repo.as_str(), tag.as_str())
+            .await?;
+        let entry = record.entry.clone();
+        let tags = self.storage.tags.clone();
+        let written = tokio::task::spawn_blocking(move || tags.put_tag(&record)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::debug!(upstream = %upstream.name, %repo, %tag, "writing a tag file from the shared tier failed");
+        }
+        let recorded = self
+            .index
+            .set_tag(&upstream.name, repo.as_str(), tag.as_str(), &entry)
+            // Learned through this repository by the replica that wrote it.
+            .and_then(|()| {
+                self.index
+                    .link(&upstream.name, repo.as_str(), &entry.digest)
+            });
+        if let Err(e) = recorded {
+            tracing::debug!(upstream = %upstream.name, %repo, %tag, error = %e, "recording a tag from the shared tier failed");
+        }
+        Some(entry)
     }
 
     fn count(&self, upstream: &Upstream, kind: &str, outcome: Outcome) {
@@ -159,6 +213,8 @@ impl ManifestCache {
         repo: &RepoName,
         digest: &Digest,
         negative_key: String,
+        // Whether to look in the shared tier first (the caller has not).
+        look_in_shared: bool,
     ) -> impl FnOnce() -> futures_util::future::BoxFuture<
         'static,
         Result<(Arc<Manifest>, bool), CacheError>,
@@ -170,6 +226,8 @@ impl ManifestCache {
         let index = self.index.clone();
         let metrics = self.metrics.clone();
         let negative = self.negative.clone();
+        let shared = self.shared.clone();
+        let look = self.shared.clone().filter(|_| look_in_shared);
         let ttl = upstream.settings().negative_ttl;
         move || {
             Box::pin(async move {
@@ -178,7 +236,20 @@ impl ManifestCache {
                 if let Some(m) = read_stored(&store, &index, &digest).await? {
                     return Ok((m, true));
                 }
-                let work = fetch_by_digest(&upstream, &repo, &digest, &store, &index, &metrics);
+                if let Some(shared) = &look {
+                    if let Some(m) = copy_from_shared(shared, &store, &index, &digest).await? {
+                        return Ok((m, true));
+                    }
+                }
+                let work = fetch_by_digest(
+                    &upstream,
+                    &repo,
+                    &digest,
+                    &store,
+                    &index,
+                    &metrics,
+                    shared.as_deref(),
+                );
                 negative.remembering(negative_key, ttl, work).await
             })
         }
@@ -193,7 +264,7 @@ impl ManifestCache {
             return;
         }
         let key = NegativeCache::key(&upstream.name, repo.as_str(), &digest.to_string());
-        let fetch = self.fetch_once(upstream, repo, digest, key);
+        let fetch = self.fetch_once(upstream, repo, digest, key, true);
         let flights = self.digest_flights.clone();
         let digest = digest.clone();
         self.digest_flights.tasks().spawn(async move {
@@ -211,6 +282,13 @@ impl ManifestCache {
         digest: &Digest,
     ) -> Result<(Arc<Manifest>, Outcome), CacheError> {
         if let Some(m) = self.local(digest).await? {
+            if let Some(shared) = &self.shared {
+                shared.hit("local", Kind::Manifest);
+            }
+            self.count(upstream, "manifest", Outcome::Hit);
+            return Ok((m, Outcome::Hit));
+        }
+        if let Some(m) = self.shared_copy(digest).await? {
             self.count(upstream, "manifest", Outcome::Hit);
             return Ok((m, Outcome::Hit));
         }
@@ -219,7 +297,7 @@ impl ManifestCache {
             self.count(upstream, "manifest", Outcome::Negative);
             return Err(e);
         }
-        let fetch = self.fetch_once(upstream, repo, digest, negative_key);
+        let fetch = self.fetch_once(upstream, repo, digest, negative_key, false);
         let (result, joined) = self
             .digest_flights
             .run(digest.clone(), fetch, task_panicked)
@@ -258,6 +336,10 @@ impl ManifestCache {
                 tracing::debug!(upstream = %upstream.name, %repo, %tag, error = %e, "index lookup failed");
                 None
             });
+        let cached = match cached {
+            Some(entry) => Some(entry),
+            None => self.shared_tag(upstream, repo, tag).await,
+        };
         let negative_key = NegativeCache::key(&upstream.name, repo.as_str(), tag.as_str());
         let refresh = || async {
             if let Some(e) = self.negative.get(&negative_key).await {
@@ -274,6 +356,7 @@ impl ManifestCache {
                 let metrics = self.metrics.clone();
                 let negative = self.negative.clone();
                 let negative_key = negative_key.clone();
+                let shared = self.shared.clone();
                 let ttl = upstream.settings().negative_ttl;
                 move || async move {
                     // A flight that ended between our index read and this
@@ -286,8 +369,18 @@ impl ManifestCache {
                     if let Some(entry) = answered {
                         return Ok(entry);
                     }
-                    let work =
-                        revalidate_tag(&upstream, &repo, &tag, &store, &index, &health, &metrics);
+                    let work = revalidate_tag(
+                        &upstream,
+                        &repo,
+                        &tag,
+                        Recorders {
+                            store: &store,
+                            index: &index,
+                            health: &health,
+                            metrics: &metrics,
+                            shared: shared.as_deref(),
+                        },
+                    );
                     negative.remembering(negative_key, ttl, work).await
                 }
             };
@@ -331,15 +424,28 @@ impl ttl::Confirmed for TagEntry {
 /// Asks the upstream where a tag points now, with a HEAD, and records it:
 /// in its tag file, then in the index, unless the upstream's answer may
 /// not be shared (`no-store`, `private`).
+/// Where a tag's answer is recorded.
+struct Recorders<'a> {
+    store: &'a Storage,
+    index: &'a Index,
+    health: &'a Health,
+    metrics: &'a Metrics,
+    shared: Option<&'a SharedTier>,
+}
+
 async fn revalidate_tag(
     upstream: &Upstream,
     repo: &RepoName,
     tag: &Tag,
-    store: &Storage,
-    index: &Index,
-    health: &Health,
-    metrics: &Metrics,
+    to: Recorders<'_>,
 ) -> Result<TagEntry, CacheError> {
+    let Recorders {
+        store,
+        index,
+        health,
+        metrics,
+        shared,
+    } = to;
     let response = ask_manifest(upstream, Method::HEAD, repo, tag.as_str()).await?;
     let sharing = response.sharing(&Method::HEAD);
     let headers = response.headers();
@@ -397,6 +503,12 @@ async fn revalidate_tag(
         tag: tag.as_str().to_owned(),
         entry: entry.clone(),
     };
+    if let Some(shared) = shared {
+        shared.publish_tag(record.clone());
+        if upstream.may_hold_private_content() {
+            shared.publish_link(&upstream.name, repo.as_str(), &entry.digest);
+        }
+    }
     let writer = store.tags.clone();
     // The answer stands without its file (the index still has it); a tag
     // that cannot be recorded is only one a rebuilt index will miss.
@@ -487,6 +599,39 @@ fn checked(
     })
 }
 
+/// A manifest from the shared tier, verified there, stored on the local
+/// disk and in the index.
+async fn copy_from_shared(
+    shared: &SharedTier,
+    store: &Storage,
+    index: &Index,
+    digest: &Digest,
+) -> Result<Option<Arc<Manifest>>, CacheError> {
+    let Some(bytes) = shared.manifest(digest, MAX_MANIFEST_SIZE as u64).await else {
+        return Ok(None);
+    };
+    let Some(media_type) = sniff_manifest_media_type(&bytes) else {
+        tracing::debug!(%digest, "a manifest in the shared tier names no media type; asking the upstream");
+        return Ok(None);
+    };
+    let content = store.content.clone();
+    let (d, to_store) = (digest.clone(), bytes.clone());
+    tokio::task::spawn_blocking(move || content.write_whole(Kind::Manifest, &d, &to_store))
+        .await??;
+    index.record(
+        Kind::Manifest,
+        digest,
+        bytes.len() as u64,
+        Some(&media_type),
+    )?;
+    shared.hit("bucket", Kind::Manifest);
+    Ok(Some(Arc::new(Manifest {
+        digest: digest.clone(),
+        media_type,
+        bytes,
+    })))
+}
+
 /// The stored manifest with this digest, if any, read off the async runtime.
 async fn read_stored(
     store: &Storage,
@@ -524,6 +669,7 @@ async fn fetch_by_digest(
     store: &Storage,
     index: &Index,
     metrics: &Metrics,
+    shared: Option<&SharedTier>,
 ) -> Result<(Arc<Manifest>, bool), CacheError> {
     let fetched = get_manifest(upstream, repo, &digest.to_string()).await?;
     let actual = Digest::sha256_of(&fetched.bytes);
@@ -565,5 +711,11 @@ async fn fetch_by_digest(
         Some(&media_type),
     )?;
     index.link(&upstream.name, repo.as_str(), digest)?;
+    if let Some(shared) = shared {
+        shared.publish_manifest(digest, bytes, &media_type);
+        if upstream.may_hold_private_content() {
+            shared.publish_link(&upstream.name, repo.as_str(), digest);
+        }
+    }
     Ok((manifest, true))
 }

@@ -14,6 +14,11 @@
 //! whole, retries included, so nothing waits on the store for longer.
 
 pub mod lease;
+pub mod multipart;
+mod observe;
+pub mod tags;
+
+pub use observe::Observer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,17 +77,40 @@ pub enum BucketError {
     Settings(String),
     #[error("{key} is {size} bytes, over the {max}-byte bound")]
     TooLarge { key: String, size: u64, max: u64 },
+    /// Reading the local copy of what is being uploaded failed.
+    #[error("reading the local copy: {0}")]
+    Local(String),
     #[error("{0}: the lease kept vanishing between create and read")]
     LeaseVanished(String),
 }
 
 impl BucketError {
+    /// The status label of `regcache_object_store_requests_total`.
+    pub fn status_label(&self) -> &'static str {
+        match self {
+            BucketError::Store { source, .. } => match source {
+                object_store::Error::NotFound { .. } => "not_found",
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. } => "precondition",
+                _ => "error",
+            },
+            BucketError::Timeout { .. } => "timeout",
+            _ => "error",
+        }
+    }
+
     /// Whether the store itself failed (down, slow, refusing), as opposed
     /// to a question it answered.
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            BucketError::Store { .. } | BucketError::Timeout { .. }
+            BucketError::Store {
+                source: object_store::Error::Generic { .. }
+                    | object_store::Error::JoinError { .. }
+                    | object_store::Error::Unauthenticated { .. }
+                    | object_store::Error::PermissionDenied { .. },
+                ..
+            } | BucketError::Timeout { .. }
         )
     }
 }
@@ -103,6 +131,8 @@ pub struct Bucket {
     store: Arc<dyn ObjectStore>,
     prefix: Vec<String>,
     timeout: Duration,
+    /// Counts every call and knows whether the store is up.
+    observer: Arc<Observer>,
 }
 
 impl std::fmt::Debug for Bucket {
@@ -175,7 +205,23 @@ impl Bucket {
                 .map(str::to_owned)
                 .collect(),
             timeout,
+            observer: Arc::new(Observer::default()),
         }
+    }
+
+    /// Counts every call into these metrics from now on.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::SharedTierMetrics>) -> Bucket {
+        self.observer = Arc::new(Observer::new(Some(metrics)));
+        self
+    }
+
+    pub fn observer(&self) -> &Observer {
+        &self.observer
+    }
+
+    /// Each call's bound (`request_timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The key of `parts` under the prefix. Each part is one path segment,
@@ -209,6 +255,18 @@ impl Bucket {
 
     /// Runs one store call under the whole-call timeout.
     async fn bounded<T>(
+        &self,
+        op: &'static str,
+        key: &Path,
+        call: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> Result<T> {
+        let started = std::time::Instant::now();
+        let result = self.unobserved(op, key, call).await;
+        self.observer.call(op, started, &result);
+        result
+    }
+
+    async fn unobserved<T>(
         &self,
         op: &'static str,
         key: &Path,
@@ -256,6 +314,7 @@ impl Bucket {
             attributes,
             ..Default::default()
         };
+        self.observer.bytes_to_store(bytes.len());
         self.bounded("put", &key, self.store.put_opts(&key, bytes.into(), opts))
             .await
             .map(drop)
@@ -304,8 +363,10 @@ impl Bucket {
             e_tag: got.meta.e_tag.clone(),
         };
         let name = key.to_string();
+        let observer = self.observer.clone();
         let body = got
             .into_stream()
+            .inspect_ok(move |chunk| observer.bytes_from_store(chunk.len()))
             .map_err(move |source| BucketError::Store {
                 op: "get",
                 key: name.clone(),
