@@ -161,7 +161,12 @@ async fn thirty_cold_gets_of_a_200_mib_blob_over_three_replicas_cost_one_upstrea
     }
     for (i, t) in tasks.into_iter().enumerate() {
         let p = t.await.unwrap();
-        assert_complete(&p, size, &digest, &format!("client {i} of replica {}", i % 3));
+        assert_complete(
+            &p,
+            size,
+            &digest,
+            &format!("client {i} of replica {}", i % 3),
+        );
     }
     let gets = upstream_requests(&upstream, &format!("/blobs/{digest}"))
         .into_iter()
@@ -195,8 +200,40 @@ async fn thirty_cold_gets_of_a_200_mib_blob_over_three_replicas_cost_one_upstrea
             .unwrap_or(0)
     };
     assert_eq!(head(&[]), 401, "no token");
-    assert_eq!(head(&[("Authorization", "Bearer wrong")]), 401, "wrong token");
-    assert_eq!(head(&[("Authorization", &bearer)]), 200, "the committed blob");
+    assert_eq!(
+        head(&[("Authorization", "Bearer wrong")]),
+        401,
+        "wrong token"
+    );
+    assert_eq!(
+        head(&[("Authorization", &bearer)]),
+        200,
+        "the committed blob"
+    );
+    // A resumed read: the tail, as the upstream itself has it.
+    let range = format!("bytes={}-", size - 1000);
+    let tail = http_request(
+        holder.peer,
+        "GET",
+        &peer_path,
+        &[("Authorization", &bearer), ("Range", &range)],
+        None,
+    )
+    .expect("a ranged GET of the peer endpoint");
+    assert_eq!(tail.status, 206);
+    let upstream_tail = http_request(
+        upstream.addr,
+        "GET",
+        &format!("/v2/test/huge/blobs/{digest}"),
+        &[("Range", &range)],
+        None,
+    )
+    .unwrap();
+    assert_eq!(upstream_tail.body.len(), 1000, "the upstream honours Range");
+    assert!(
+        tail.body == upstream_tail.body,
+        "the peer's tail is the blob's"
+    );
     let unknown = format!("/_regcache/v1/fills/{}", sha256_digest(b"nothing"));
     let r = http_request(
         holder.peer,
@@ -236,7 +273,10 @@ async fn skopeo_through_one_replica_then_another_with_the_upstream_stopped_gives
             .unwrap();
     }
     assert!(
-        b.metric_sum("regcache_tier_hits_total", &["tier=\"bucket\"", "kind=\"blob\""]) >= 1.0,
+        b.metric_sum(
+            "regcache_tier_hits_total",
+            &["tier=\"bucket\"", "kind=\"blob\""]
+        ) >= 1.0,
         "B's blobs came from the bucket:\n{}",
         b.metrics()
     );
@@ -285,7 +325,10 @@ async fn a_fresh_replica_with_the_upstream_stopped_serves_everything_the_bucket_
     for d in &manifests {
         let repo = repo_of(Kind::Manifest, d);
         let (status, header, body) = get_manifest(&c, &repo, d).await;
-        assert_eq!((status, header.as_str(), body.as_str()), (200, d.as_str(), d.as_str()));
+        assert_eq!(
+            (status, header.as_str(), body.as_str()),
+            (200, d.as_str(), d.as_str())
+        );
     }
     // And the tags, from the bucket's tag records.
     for f in fixtures.all() {
@@ -295,19 +338,23 @@ async fn a_fresh_replica_with_the_upstream_stopped_serves_everything_the_bucket_
         assert_eq!(body, f.digest, "{}:{}", f.repo, f.tag);
     }
     // What C read from the bucket it committed to its own disk.
-    wait_until("C's disk holds the blobs it served", Duration::from_secs(20), || {
-        let cached = c.cached_blobs();
-        blobs.iter().all(|b| cached.contains(b))
-    })
+    wait_until(
+        "C's disk holds the blobs it served",
+        Duration::from_secs(20),
+        || {
+            let cached = c.cached_blobs();
+            blobs.iter().all(|b| cached.contains(b))
+        },
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_holder_killed_mid_fill_is_taken_over_and_the_blob_lands_once_verified() {
     let cluster = Cluster::start("takeover").await;
-    // A throttled upstream: about 5 MiB/s, so the fill takes six seconds.
+    // A throttled upstream: about 5 MiB/s, so the fill takes eight seconds.
     let fake = FakeUpstream::start(Behaviour::default()).await;
-    let data = random_bytes(32 * MIB as usize + 7, 41);
+    let data = random_bytes(40 * MIB as usize + 7, 41);
     let len = data.len() as u64;
     let digest = fake.add_blob(data);
     fake.set_blob_fault(
@@ -337,8 +384,13 @@ async fn the_lease_holder_killed_mid_fill_is_taken_over_and_the_blob_lands_once_
     });
     a.wait_for_metric(&lease("won"), |v| v >= 1.0).await;
     assert!(
-        fake.wait_for_count("GET", &format!("/blobs/{digest}"), 1, Duration::from_secs(20))
-            .await,
+        fake.wait_for_count(
+            "GET",
+            &format!("/blobs/{digest}"),
+            1,
+            Duration::from_secs(20)
+        )
+        .await,
         "A fetches from the upstream"
     );
 
@@ -369,9 +421,11 @@ async fn the_lease_holder_killed_mid_fill_is_taken_over_and_the_blob_lands_once_
         eprintln!("{who}: {p:?}");
     }
     let taken_over = || b.metric(&lease("taken_over")) + c.metric(&lease("taken_over"));
-    wait_until("a survivor took the lease over", Duration::from_secs(30), || {
-        taken_over() >= 1.0
-    })
+    wait_until(
+        "a survivor took the lease over",
+        Duration::from_secs(30),
+        || taken_over() >= 1.0,
+    )
     .await;
 
     // In the bucket exactly once, verified.
@@ -382,13 +436,19 @@ async fn the_lease_holder_killed_mid_fill_is_taken_over_and_the_blob_lands_once_
         objects[0].0.ends_with(digest.trim_start_matches("sha256:")) && objects[0].1 == len,
         "{objects:?}"
     );
-    // One fetch by the dead holder, one by its successor: no follower
-    // fetched on its own.
-    assert_eq!(
-        fake.count("GET", &format!("/blobs/{digest}")),
-        2,
-        "{:?}",
-        fake.requests_matching("GET", "/blobs/")
+    // One fetch by the dead holder, one by its successor, which resumed
+    // from the bytes it already had: no follower fetched on its own.
+    let gets = fake.requests_matching("GET", &format!("/blobs/{digest}"));
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    let resumed_at: u64 = gets[1]
+        .header("range")
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the successor's GET is no `Range: bytes=N-`: {gets:?}"));
+    assert!(
+        resumed_at > 0 && resumed_at < len,
+        "resumed at {resumed_at} of {len}"
     );
     // Both survivors serve it now.
     for r in [&b, &c] {
@@ -470,9 +530,11 @@ async fn a_link_recorded_by_one_replica_authorises_the_repository_on_another_and
     assert_eq!((status, body.as_str()), (200, schema2.digest.as_str()));
     cluster.wait_linked("private", x, &layer).await;
     cluster.wait_linked("private", x, &schema2.digest).await;
-    cluster.wait_present(Kind::Blob, &[layer.clone()]).await;
     cluster
-        .wait_present(Kind::Manifest, &[schema2.digest.clone()])
+        .wait_present(Kind::Blob, std::slice::from_ref(&layer))
+        .await;
+    cluster
+        .wait_present(Kind::Manifest, std::slice::from_ref(&schema2.digest))
         .await;
 
     // B and C serve X from the bucket on A's link: the upstream is not
@@ -636,9 +698,8 @@ async fn a_store_that_ignores_conditional_writes_stops_the_start_when_they_are_r
     );
 
     // "probe" (the default): it runs, uncoordinated, and says so loudly.
-    let replica = start(ReplicaOptions::default()).unwrap_or_else(|e| {
-        panic!("with conditional_writes = \"probe\" it starts:\n{}", e.log)
-    });
+    let replica = start(ReplicaOptions::default())
+        .unwrap_or_else(|e| panic!("with conditional_writes = \"probe\" it starts:\n{}", e.log));
     let errors = common::cluster::level_lines(&replica.log(), "ERROR", "conditional");
     assert!(!errors.is_empty(), "{}", replica.log());
 }

@@ -111,10 +111,7 @@ pub fn replica_config(
         format!("replica_id = {replica_id:?}"),
         format!("peer_listen = \"{peer}\""),
         format!("advertise_url = \"http://{peer}\""),
-        format!(
-            "peer_token_file = {:?}",
-            token_file.display().to_string()
-        ),
+        format!("peer_token_file = {:?}", token_file.display().to_string()),
     ];
     cluster.retain(|l| {
         let key = l.split('=').next().unwrap_or_default().trim();
@@ -419,7 +416,11 @@ impl Cluster {
         let bucket = self.bucket();
         let d: Digest = digest.parse().expect("a digest");
         let deadline = Instant::now() + BUCKET_WAIT;
-        while !bucket.is_linked(upstream, repository, &d).await.unwrap_or(false) {
+        while !bucket
+            .is_linked(upstream, repository, &d)
+            .await
+            .unwrap_or(false)
+        {
             assert!(
                 Instant::now() < deadline,
                 "no link {upstream}/{repository} -> {digest} after {BUCKET_WAIT:?}"
@@ -515,7 +516,11 @@ impl Hasher {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pull {
     /// The whole body arrived and ended cleanly: its length and digest.
-    Complete { status: u16, len: u64, digest: String },
+    Complete {
+        status: u16,
+        len: u64,
+        digest: String,
+    },
     /// The exchange broke (before the headers, or in the body, after
     /// `got` bytes): an abort, never a clean end.
     Aborted { got: u64, error: String },
@@ -560,19 +565,8 @@ pub async fn pull(client: &reqwest::Client, url: &str) -> Pull {
 /// sent, so nothing of that size is ever in memory. Its digest.
 pub fn push_generated_blob(registry: &Registry, repo: &str, size: u64, seed: &str) -> String {
     use std::io::{BufRead, BufReader, Write};
-    let generate = |mut sink: Box<dyn FnMut(&[u8]) + '_>| {
-        let mut rng = Prng::new(seed);
-        let mut buf = vec![0u8; 1 << 20];
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(buf.len() as u64) as usize;
-            rng.fill(&mut buf[..n]);
-            sink(&buf[..n]);
-            left -= n as u64;
-        }
-    };
     let mut hasher = Hasher::new();
-    generate(Box::new(|b| hasher.update(b)));
+    generate(size, seed, &mut |b| hasher.update(b));
     let (_, digest) = hasher.finish();
 
     let addr = registry.addr;
@@ -601,7 +595,7 @@ pub fn push_generated_blob(registry: &Registry, repo: &str, size: u64, seed: &st
     .unwrap();
     {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut s);
-        generate(Box::new(|b| w.write_all(b).expect("send the blob")));
+        generate(size, seed, &mut |b| w.write_all(b).expect("send the blob"));
         w.flush().unwrap();
     }
     let mut status = String::new();
@@ -612,4 +606,18 @@ pub fn push_generated_blob(registry: &Registry, repo: &str, size: u64, seed: &st
         registry.logs()
     );
     digest
+}
+
+/// `size` pseudo-random bytes seeded by `seed`, handed to `sink` a MiB at
+/// a time.
+fn generate(size: u64, seed: &str, sink: &mut dyn FnMut(&[u8])) {
+    let mut rng = Prng::new(seed);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        rng.fill(&mut buf[..n]);
+        sink(&buf[..n]);
+        left -= n as u64;
+    }
 }

@@ -103,7 +103,10 @@ impl Regcache {
     ) -> Regcache {
         match Self::try_start_full(upstreams, extra, cache, admin_ip) {
             Ok(rc) => rc,
-            Err(e) => panic!("regcache exited at startup ({:?}); log:\n{}", e.status, e.log),
+            Err(e) => panic!(
+                "regcache exited at startup ({:?}); log:\n{}",
+                e.status, e.log
+            ),
         }
     }
 
@@ -282,7 +285,10 @@ impl Regcache {
 
     fn spawn(&mut self) {
         if let Err(e) = self.try_spawn() {
-            panic!("regcache exited at startup ({:?}); log:\n{}", e.status, e.log);
+            panic!(
+                "regcache exited at startup ({:?}); log:\n{}",
+                e.status, e.log
+            );
         }
     }
 
