@@ -702,4 +702,11 @@ async fn a_store_that_ignores_conditional_writes_stops_the_start_when_they_are_r
         .unwrap_or_else(|e| panic!("with conditional_writes = \"probe\" it starts:\n{}", e.log));
     let errors = common::cluster::level_lines(&replica.log(), "ERROR", "conditional");
     assert!(!errors.is_empty(), "{}", replica.log());
+    // The store works otherwise: the refusal above was about conditions.
+    assert_eq!(
+        replica.metric("regcache_object_store_up"),
+        1.0,
+        "{}",
+        replica.log()
+    );
 }

@@ -154,6 +154,17 @@ impl DerefMut for Replica {
     }
 }
 
+/// With `CLUSTER_TEST_REPLICA_LOGS` set (not `REGCACHE_...`: regcache reads
+/// those as config keys), each replica's log is printed
+/// when it goes, passing or not (a failing test prints them anyway).
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if std::env::var_os("CLUSTER_TEST_REPLICA_LOGS").is_some() && !std::thread::panicking() {
+            eprintln!("--- replica {} log ---\n{}", self.id, self.rc.log());
+        }
+    }
+}
+
 impl Replica {
     /// The sum of every sample of `family` (`name{..} value` and `name
     /// value` lines) whose labels contain each of `labels`

@@ -1,6 +1,7 @@
 //! A tiny in-process S3 endpoint that ignores conditional writes, as
 //! Garage does: every PUT succeeds (with an ETag), `If-None-Match: *` and
-//! `If-Match` included; HEAD and GET answer what was put, 404 otherwise.
+//! `If-Match` included; HEAD and GET answer what was put, 404 otherwise;
+//! DeleteObjects removes what it names.
 //! Only for the startup probe's negative case: a real engine (SeaweedFS,
 //! [`super::seaweedfs`]) is used everywhere else.
 //!
@@ -174,6 +175,26 @@ fn serve(conn: TcpStream, state: &State) -> std::io::Result<()> {
             "DELETE" => {
                 state.objects.lock().unwrap().remove(&key);
                 reply(204, &[], b"", false)
+            }
+            // object_store deletes through DeleteObjects, even one key.
+            "POST" if query.split('&').any(|q| q == "delete") => {
+                let text = String::from_utf8_lossy(&body).into_owned();
+                let mut deleted = String::new();
+                let mut objects = state.objects.lock().unwrap();
+                for k in text.split("<Key>").skip(1) {
+                    let k = k.split("</Key>").next().unwrap_or_default();
+                    objects.remove(&format!("{key}/{k}"));
+                    deleted.push_str(&format!("<Deleted><Key>{k}</Key></Deleted>"));
+                }
+                let xml = format!(
+                    r#"<?xml version="1.0" encoding="UTF-8"?><DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{deleted}</DeleteResult>"#
+                );
+                reply(
+                    200,
+                    &[("Content-Type", "application/xml")],
+                    xml.as_bytes(),
+                    true,
+                )
             }
             "POST" if query.contains("uploads") => reply(
                 200,
