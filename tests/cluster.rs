@@ -710,3 +710,48 @@ async fn a_store_that_ignores_conditional_writes_stops_the_start_when_they_are_r
         replica.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_hangs_blocks_nothing_beyond_the_request_timeout() {
+    // A store that stops answering (the fake: it ignores conditional
+    // writes too, so the replica runs uncoordinated, as "probe" allows).
+    let store = FakeS3::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secrets.path().join("peer.token");
+    let secret = secrets.path().join("s3.secret");
+    std::fs::write(&token, "t\n").unwrap();
+    std::fs::write(&secret, format!("{}\n", common::seaweedfs::SECRET_KEY)).unwrap();
+    let upstream = Registry::start();
+    let fixtures = images::load_fixtures_with_big_layer(&upstream, MIB);
+    let a = common::cluster::start_replica(
+        &store.endpoint(),
+        "hang",
+        "a",
+        &token,
+        &secret,
+        &[local(&upstream)],
+        &ReplicaOptions::default().s3("request_timeout", "\"2s\""),
+    )
+    .unwrap_or_else(|e| panic!("start against the fake store:\n{}", e.log));
+    assert_pulls_from(&fixtures.docker_schema2, &a.host()).await;
+    assert_eq!(a.metric("regcache_object_store_up"), 1.0);
+
+    store.set_hang(true);
+    // Local content, and a new image from the upstream: each store call
+    // gives up after 2 s, and the skopeo copies (bounded at two minutes
+    // each) complete.
+    assert_pulls_from(&fixtures.docker_schema2, &a.host()).await;
+    assert_pulls_from(&fixtures.oci_index, &a.host()).await;
+    a.wait_for_metric("regcache_object_store_up", |v| v == 0.0)
+        .await;
+    assert!(
+        a.metric_sum(
+            "regcache_object_store_requests_total",
+            &["status=\"timeout\""]
+        ) >= 1.0,
+        "{}",
+        a.metrics()
+    );
+    assert!(!a.warn_lines("object store").is_empty(), "{}", a.log());
+    store.set_hang(false);
+}

@@ -1,7 +1,8 @@
 //! A tiny in-process S3 endpoint that ignores conditional writes, as
 //! Garage does: every PUT succeeds (with an ETag), `If-None-Match: *` and
 //! `If-Match` included; HEAD and GET answer what was put, 404 otherwise;
-//! DeleteObjects removes what it names.
+//! DeleteObjects removes what it names. [`FakeS3::set_hang`] makes it a
+//! store that reads requests and never answers.
 //! Only for the startup probe's negative case: a real engine (SeaweedFS,
 //! [`super::seaweedfs`]) is used everywhere else.
 //!
@@ -23,6 +24,8 @@ struct State {
     requests: Mutex<Vec<(String, String, bool)>>,
     puts: AtomicUsize,
     stop: AtomicBool,
+    /// Read each request, then answer nothing until this is cleared.
+    hang: AtomicBool,
 }
 
 pub struct FakeS3 {
@@ -54,6 +57,12 @@ impl FakeS3 {
     /// `http://127.0.0.1:PORT`
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// From now on every request is read and never answered (a store that
+    /// hangs), until `set_hang(false)`.
+    pub fn set_hang(&self, on: bool) {
+        self.state.hang.store(on, Ordering::Relaxed);
     }
 
     /// PUTs answered so far.
@@ -135,6 +144,12 @@ fn serve(conn: TcpStream, state: &State) -> std::io::Result<()> {
             .lock()
             .unwrap()
             .push((method.clone(), target.clone(), conditional));
+        while state.hang.load(Ordering::Relaxed) {
+            if state.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         let key = path.to_string();
         let now = http_date(SystemTime::now());
