@@ -123,6 +123,32 @@ pub struct ClusterConfig {
     /// A lease not renewed for this long (by the store's clock) is stale.
     pub lease_ttl: HumanDuration,
     pub on_holder_unreachable: OnHolderUnreachable,
+    /// Where a lease may send this replica to follow a fill: a holder's
+    /// `advertise_url` must be an IP address in one of these networks, or
+    /// a name in `peer_hosts`. Anything else a lease names is not dialled
+    /// (the bucket's writers are trusted with content hashes, not with
+    /// where this replica connects). Default: loopback and private ranges.
+    pub peer_networks: Vec<ipnet::IpNet>,
+    /// Host names (`name`, `name:port`, `*.domain`) a lease may name.
+    pub peer_hosts: Vec<String>,
+}
+
+/// Loopback, RFC 1918, carrier-grade NAT (some pod networks), and IPv6
+/// unique-local and link-local.
+fn default_peer_networks() -> Vec<ipnet::IpNet> {
+    [
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    ]
+    .iter()
+    .filter_map(|n| n.parse().ok())
+    .collect()
 }
 
 impl Default for ClusterConfig {
@@ -135,6 +161,8 @@ impl Default for ClusterConfig {
             coordination: Coordination::S3Lease,
             lease_ttl: HumanDuration(Duration::from_secs(30)),
             on_holder_unreachable: OnHolderUnreachable::Fetch,
+            peer_networks: default_peer_networks(),
+            peer_hosts: Vec::new(),
         }
     }
 }
@@ -179,6 +207,13 @@ impl ClusterConfig {
                     "must be an http:// or https:// URL with a host".into(),
                 ))
             }
+        }
+        if let Some(e) = self
+            .peer_hosts
+            .iter()
+            .find_map(|h| h.parse::<super::HostPattern>().err())
+        {
+            return Err(("cluster.peer_hosts".into(), e.to_string()));
         }
         if self.lease_ttl.0 < Duration::from_secs(3) {
             return Err((

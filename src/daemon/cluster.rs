@@ -96,6 +96,13 @@ pub async fn build(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Op
             lease_ttl: cluster.lease_ttl.get(),
             on_holder_unreachable: cluster.on_holder_unreachable,
             part_size: s3.part_size.0,
+            peer_networks: cluster.peer_networks.clone(),
+            // Checked by the config's validation.
+            peer_hosts: cluster
+                .peer_hosts
+                .iter()
+                .filter_map(|h| h.parse().ok())
+                .collect(),
         },
         peer,
         metrics.clone(),

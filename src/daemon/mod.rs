@@ -204,7 +204,8 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
         shutdown.clone(),
         registry_options,
     ));
-    let metrics_server = metrics_listener.map(|listener| {
+    // The optional listeners, plain HTTP with the same limits and grace.
+    let plain = |listener, kind| {
         let options = ServeOptions {
             grace,
             limits: app.config.limits.clone(),
@@ -212,26 +213,14 @@ pub async fn run(config: Config, parts: Parts, config_path: Option<PathBuf>) -> 
         };
         tokio::spawn(serve(
             listener,
-            Listener::Metrics,
+            kind,
             app.clone(),
             shutdown.clone(),
             options,
         ))
-    });
-    let peer_server = peer_listener.map(|listener| {
-        let options = ServeOptions {
-            grace,
-            limits: app.config.limits.clone(),
-            tls: None,
-        };
-        tokio::spawn(serve(
-            listener,
-            Listener::Peer,
-            app.clone(),
-            shutdown.clone(),
-            options,
-        ))
-    });
+    };
+    let metrics_server = metrics_listener.map(|l| plain(l, Listener::Metrics));
+    let peer_server = peer_listener.map(|l| plain(l, Listener::Peer));
     let admin = tokio::spawn(serve(
         admin_listener,
         Listener::Admin,

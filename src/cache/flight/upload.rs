@@ -182,6 +182,8 @@ mod tests {
                 lease_ttl: Duration::from_secs(30),
                 on_holder_unreachable: OnHolderUnreachable::Fetch,
                 part_size: PART,
+                peer_networks: Vec::new(),
+                peer_hosts: Vec::new(),
             },
             peer,
             metrics,

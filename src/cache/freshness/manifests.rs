@@ -599,6 +599,22 @@ fn checked(
     })
 }
 
+/// Writes verified manifest bytes to the store, then the index.
+async fn store_manifest(
+    store: &Storage,
+    index: &Index,
+    digest: &Digest,
+    bytes: &Bytes,
+    media_type: &str,
+) -> Result<(), CacheError> {
+    let content = store.content.clone();
+    let (d, to_store) = (digest.clone(), bytes.clone());
+    tokio::task::spawn_blocking(move || content.write_whole(Kind::Manifest, &d, &to_store))
+        .await??;
+    index.record(Kind::Manifest, digest, bytes.len() as u64, Some(media_type))?;
+    Ok(())
+}
+
 /// A manifest from the shared tier, verified there, stored on the local
 /// disk and in the index.
 async fn copy_from_shared(
@@ -614,16 +630,7 @@ async fn copy_from_shared(
         tracing::debug!(%digest, "a manifest in the shared tier names no media type; asking the upstream");
         return Ok(None);
     };
-    let content = store.content.clone();
-    let (d, to_store) = (digest.clone(), bytes.clone());
-    tokio::task::spawn_blocking(move || content.write_whole(Kind::Manifest, &d, &to_store))
-        .await??;
-    index.record(
-        Kind::Manifest,
-        digest,
-        bytes.len() as u64,
-        Some(&media_type),
-    )?;
+    store_manifest(store, index, digest, &bytes, &media_type).await?;
     shared.hit("bucket", Kind::Manifest);
     Ok(Some(Arc::new(Manifest {
         digest: digest.clone(),
@@ -700,16 +707,7 @@ async fn fetch_by_digest(
         tracing::debug!(upstream = %upstream.name, repo = %repo, %digest, "the upstream forbids sharing this manifest; not stored");
         return Ok((manifest, false));
     }
-    let to_store = bytes.clone();
-    let store = store.content.clone();
-    let d = digest.clone();
-    tokio::task::spawn_blocking(move || store.write_whole(Kind::Manifest, &d, &to_store)).await??;
-    index.record(
-        Kind::Manifest,
-        digest,
-        bytes.len() as u64,
-        Some(&media_type),
-    )?;
+    store_manifest(store, index, digest, &bytes, &media_type).await?;
     index.link(&upstream.name, repo.as_str(), digest)?;
     if let Some(shared) = shared {
         shared.publish_manifest(digest, bytes, &media_type);

@@ -44,6 +44,41 @@ pub struct TierSettings {
     pub on_holder_unreachable: OnHolderUnreachable,
     /// Multipart part size; smaller content goes up in one PUT.
     pub part_size: u64,
+    /// Where a lease may send this replica (`peer_networks`, `peer_hosts`).
+    pub peer_networks: Vec<ipnet::IpNet>,
+    pub peer_hosts: Vec<crate::config::HostPattern>,
+}
+
+impl TierSettings {
+    /// Whether a lease holder's URL is one this replica may dial: an
+    /// `http(s)` URL whose host is an address in `peer_networks` or a name
+    /// in `peer_hosts`, with nothing else in it.
+    pub fn may_follow(&self, url: &str) -> bool {
+        let Ok(url) = url::Url::parse(url) else {
+            return false;
+        };
+        if !matches!(url.scheme(), "http" | "https")
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            return false;
+        }
+        match url.host() {
+            Some(url::Host::Ipv4(ip)) => self
+                .peer_networks
+                .iter()
+                .any(|n| n.contains(&std::net::IpAddr::V4(ip))),
+            Some(url::Host::Ipv6(ip)) => self
+                .peer_networks
+                .iter()
+                .any(|n| n.contains(&std::net::IpAddr::V6(ip))),
+            Some(url::Host::Domain(name)) => self
+                .peer_hosts
+                .iter()
+                .any(|p| p.matches(name, url.port_or_known_default())),
+            None => false,
+        }
+    }
 }
 
 pub struct SharedTier {
@@ -258,5 +293,43 @@ impl SharedTier {
     pub async fn drain(&self, grace: Duration) {
         self.tasks.close();
         let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_may_send_this_replica_only_to_the_configured_peers() {
+        let settings = TierSettings {
+            replica_id: "r".into(),
+            advertise_url: "http://10.1.2.3:5002".into(),
+            coordination: Coordination::S3Lease,
+            lease_ttl: Duration::from_secs(30),
+            on_holder_unreachable: OnHolderUnreachable::Fetch,
+            part_size: 16 << 20,
+            peer_networks: vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()],
+            peer_hosts: vec!["*.peers.example".parse().unwrap()],
+        };
+        for ok in [
+            "http://10.9.8.7:5002",
+            "https://10.0.0.1",
+            "http://[fd00::7]:5002",
+            "http://regcache-0.peers.example:5002",
+        ] {
+            assert!(settings.may_follow(ok), "{ok}");
+        }
+        for refused in [
+            "http://192.168.1.1:5002",
+            "http://169.254.169.254/",
+            "http://registry.example/",
+            "http://u:p@10.1.1.1:5002",
+            "ftp://10.1.1.1/",
+            "not a url",
+            "http://peers.example:5002",
+        ] {
+            assert!(!settings.may_follow(refused), "{refused}");
+        }
     }
 }

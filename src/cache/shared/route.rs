@@ -68,6 +68,10 @@ impl SharedTier {
                     tracing::debug!(%digest, "the fill lease is a previous run's of this replica; filling alone");
                     return Plan::Upstream(None);
                 }
+                Ok(Claim::Held { holder, .. }) if !self.settings.may_follow(&holder.url) => {
+                    tracing::warn!(%digest, holder = %holder.replica, url = %holder.url, "a fill lease names a peer outside cluster.peer_networks and cluster.peer_hosts; not dialling it, filling alone");
+                    return Plan::Upstream(None);
+                }
                 Ok(Claim::Held { holder, .. }) => return Plan::Follow(holder),
                 Ok(Claim::Stale { holder, age, seen }) => {
                     match self.bucket.take_over(digest, &me, seen).await {
