@@ -490,6 +490,75 @@ async fn a_corrupt_object_in_the_bucket_aborts_its_reader_and_is_deleted_and_ref
     let p = pull(&http, &blob_url(&b, "test/app", &digest)).await;
     assert_complete(&p, size, &digest, "B after the refill");
     cluster.wait_verified(Kind::Blob, &digest).await;
+
+    // A manifest, read whole and verified before anything is sent: a
+    // damaged copy is never served, and is replaced.
+    let manifest = push_image_of(&upstream, "test/app", "v1", &digest, size);
+    let (status, _, body) = get_manifest(&a, "test/app", &manifest).await;
+    assert_eq!((status, body.as_str()), (200, manifest.as_str()));
+    cluster.wait_verified(Kind::Manifest, &manifest).await;
+    cluster.corrupt(Kind::Manifest, &manifest).await;
+    let c = cluster.replica("c", &[local(&upstream)]);
+    let (status, _, body) = get_manifest(&c, "test/app", &manifest).await;
+    assert!(
+        status != 200 || body == manifest,
+        "C served the damaged manifest ({status}, {body})"
+    );
+    c.wait_for_metric("regcache_bucket_corrupt_total", |v| v >= 1.0)
+        .await;
+    let (status, _, body) = get_manifest(&c, "test/app", &manifest).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, manifest.as_str()),
+        "C afterwards"
+    );
+    cluster.wait_verified(Kind::Manifest, &manifest).await;
+}
+
+/// Pushes an OCI image of one layer (already in `repo`) and a small
+/// config under `tag`; the manifest's digest.
+fn push_image_of(upstream: &Registry, repo: &str, tag: &str, layer: &str, size: u64) -> String {
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config_digest = sha256_digest(config);
+    let r = http_request(
+        upstream.addr,
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        &[],
+        Some(b""),
+    )
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let location = r.header("location").unwrap();
+    let path = &location[location.find("/v2/").unwrap()..];
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let r = http_request(
+        upstream.addr,
+        "PUT",
+        &format!("{path}{sep}digest={config_digest}"),
+        &[("Content-Type", "application/octet-stream")],
+        Some(config),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": images::OCI_MANIFEST,
+        "config": {"mediaType": images::OCI_CONFIG, "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": images::OCI_LAYER_GZIP, "digest": layer, "size": size}],
+    }))
+    .unwrap();
+    let r = http_request(
+        upstream.addr,
+        "PUT",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[("Content-Type", images::OCI_MANIFEST)],
+        Some(&manifest),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    sha256_digest(&manifest)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
