@@ -366,12 +366,9 @@ async fn the_lease_holder_killed_mid_fill_is_taken_over_and_the_blob_lands_once_
     );
     let entry = || UpstreamEntry::new("fake", &fake.url());
     // A short TTL: the dead holder's lease is stale 5 s after its last
-    // renewal. "wait": a follower whose holder vanished waits for the
-    // bucket or a stale lease rather than fetching on its own, so the
-    // takeover is what happens.
-    let opts = ReplicaOptions::default()
-        .cluster("lease_ttl", "\"3s\"")
-        .cluster("on_holder_unreachable", "\"wait\"");
+    // renewal. The default `on_holder_unreachable`: a broken stream from
+    // the holder is a takeover all the same.
+    let opts = ReplicaOptions::default().cluster("lease_ttl", "\"3s\"");
     let mut a = cluster.replica_with("a", &[entry()], &opts);
     let b = cluster.replica_with("b", &[entry()], &opts);
     let c = cluster.replica_with("c", &[entry()], &opts);
@@ -454,6 +451,73 @@ async fn the_lease_holder_killed_mid_fill_is_taken_over_and_the_blob_lands_once_
     for r in [&b, &c] {
         let p = pull(&http, &blob_url(r, "test/app", &digest)).await;
         assert_complete(&p, len, &digest, &format!("{} afterwards", r.id));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_cannot_be_reached_is_fetched_around_or_waited_out_as_configured() {
+    let cluster = Cluster::start("unreachable").await;
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    let slow = Fault::Slow {
+        chunk: 256 * 1024,
+        delay: Duration::from_millis(50),
+    };
+    // Two blobs A starts filling and never finishes: one for a follower
+    // that fetches around a dead holder, one for a follower that waits.
+    let blobs: Vec<(String, u64)> = (0..2)
+        .map(|i| {
+            let data = random_bytes(16 * MIB as usize + i, 50 + i as u64);
+            let len = data.len() as u64;
+            let d = fake.add_blob(data);
+            fake.set_blob_fault(&d, slow.clone());
+            (d, len)
+        })
+        .collect();
+    let entry = || UpstreamEntry::new("fake", &fake.url());
+    let ttl = ReplicaOptions::default().cluster("lease_ttl", "\"3s\"");
+    let mut a = cluster.replica_with("a", &[entry()], &ttl);
+    let http = client();
+    let mut holder_clients = Vec::new();
+    for (d, _) in &blobs {
+        let (http, url) = (http.clone(), blob_url(&a, "test/app", d));
+        holder_clients.push(tokio::spawn(async move { pull(&http, &url).await }));
+    }
+    for (d, _) in &blobs {
+        assert!(
+            fake.wait_for_count("GET", &format!("/blobs/{d}"), 1, Duration::from_secs(20))
+                .await
+        );
+    }
+    assert_eq!(a.metric(&lease("won")), 2.0);
+    // Dead with both leases fresh in the bucket: its peer port refuses.
+    a.kill();
+    for c in holder_clients {
+        let p = c.await.unwrap();
+        assert!(matches!(p, Pull::Aborted { .. }), "{p:?}");
+    }
+
+    // "fetch" (the default): an independent, verified fetch at once.
+    let b = cluster.replica_with("b", &[entry()], &ttl);
+    let (d, len) = &blobs[0];
+    let p = pull(&http, &blob_url(&b, "test/app", d)).await;
+    assert_complete(&p, *len, d, "B, fetching around the dead holder");
+    assert_eq!(fake.count("GET", &format!("/blobs/{d}")), 2);
+    assert_eq!(b.metric(&lease("taken_over")), 0.0, "B did not wait for it");
+
+    // "wait": no fetch of its own until the lease is stale; then it takes
+    // the lease over and fills.
+    let c = cluster.replica_with(
+        "c",
+        &[entry()],
+        &ttl.clone().cluster("on_holder_unreachable", "\"wait\""),
+    );
+    let (d, len) = &blobs[1];
+    let p = pull(&http, &blob_url(&c, "test/app", d)).await;
+    assert_complete(&p, *len, d, "C, waiting the dead holder out");
+    assert_eq!(c.metric(&lease("taken_over")), 1.0, "{}", c.metrics());
+    assert_eq!(fake.count("GET", &format!("/blobs/{d}")), 2);
+    for (d, _) in &blobs {
+        cluster.wait_verified(Kind::Blob, d).await;
     }
 }
 
