@@ -522,6 +522,87 @@ async fn a_holder_that_cannot_be_reached_is_fetched_around_or_waited_out_as_conf
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_failing_verification_on_the_holder_aborts_every_follower_and_shares_nothing() {
+    let cluster = Cluster::start("unverified").await;
+    let fake = FakeUpstream::start(Behaviour::default()).await;
+    // The upstream lies about the last byte only: every byte a follower
+    // could be given before the holder's check is right but one.
+    let good = random_bytes(16 * MIB as usize, 60);
+    let len = good.len() as u64;
+    let digest = sha256_digest(&good);
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 0x01;
+    fake.add_blob_as(&digest, bad);
+    fake.set_blob_fault(
+        &digest,
+        Fault::Slow {
+            chunk: 256 * 1024,
+            delay: Duration::from_millis(50),
+        },
+    );
+    let entry = || UpstreamEntry::new("fake", &fake.url());
+    let a = cluster.replica("a", &[entry()]);
+    let b = cluster.replica("b", &[entry()]);
+    let c = cluster.replica("c", &[entry()]);
+    let http = client();
+    let mut clients = Vec::new();
+    let url = blob_url(&a, "test/app", &digest);
+    clients.push((
+        "A".to_string(),
+        tokio::spawn({
+            let http = http.clone();
+            async move { pull(&http, &url).await }
+        }),
+    ));
+    a.wait_for_metric(&lease("won"), |v| v >= 1.0).await;
+    for (i, r) in [&b, &c, &b, &c].iter().enumerate() {
+        let (http, url) = (http.clone(), blob_url(r, "test/app", &digest));
+        clients.push((
+            format!("client {i} of {}", r.id),
+            tokio::spawn(async move { pull(&http, &url).await }),
+        ));
+    }
+    // And one straight from the holder's peer endpoint.
+    let (peer, path) = (a.peer, format!("/_regcache/v1/fills/{digest}"));
+    let direct = tokio::task::spawn_blocking(move || {
+        let bearer = format!("Bearer {}", common::cluster::PEER_TOKEN);
+        http_request(peer, "GET", &path, &[("Authorization", &bearer)], None)
+    });
+    b.wait_for_metric(&lease("followed"), |v| v >= 1.0).await;
+    c.wait_for_metric(&lease("followed"), |v| v >= 1.0).await;
+
+    for (who, t) in clients {
+        let p = t.await.unwrap();
+        match p {
+            Pull::Aborted { got, .. } => assert!(got < len, "{who} got {got} of {len}"),
+            other => panic!("{who}: a clean end of a body that failed verification: {other:?}"),
+        }
+    }
+    match direct.await.unwrap() {
+        Ok(r) if r.status == 200 || r.status == 206 => {
+            panic!(
+                "the peer endpoint ended {} bytes of an unverified fill cleanly",
+                r.body.len()
+            )
+        }
+        _ => {}
+    }
+    assert!(a.metric("regcache_digest_mismatches_total") >= 1.0);
+    for r in [&a, &b, &c] {
+        r.wait_for_fills();
+    }
+    assert_eq!(cluster.hash_object(Kind::Blob, &digest).await, None);
+    assert!(cluster.list("blobs").await.is_empty());
+
+    // The upstream mends: the next GET is right, and shared.
+    fake.clear_faults();
+    fake.add_blob_as(&digest, good);
+    let p = pull(&http, &blob_url(&b, "test/app", &digest)).await;
+    assert_complete(&p, len, &digest, "B after the upstream mended");
+    cluster.wait_verified(Kind::Blob, &digest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_object_in_the_bucket_aborts_its_reader_and_is_deleted_and_refilled() {
     let cluster = Cluster::start("corrupt").await;
     let upstream = Registry::start();
