@@ -315,6 +315,16 @@ impl FakeUpstream {
         digest
     }
 
+    /// Register `bytes` under a digest they do not hash to (a lying
+    /// upstream whose body can also be slowed with [`Fault::Slow`]).
+    pub fn add_blob_as(&self, digest: &str, bytes: impl Into<Bytes>) {
+        self.shared
+            .state
+            .lock()
+            .blobs
+            .insert(digest.to_owned(), bytes.into());
+    }
+
     /// Register a manifest in `repo`, optionally tagging it; returns its digest.
     pub fn add_manifest(
         &self,

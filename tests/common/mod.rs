@@ -10,6 +10,8 @@
 //! `cargo check --tests --benches` and look for warnings that every binary
 //! reports.
 
+pub mod cluster;
+pub mod fake_s3;
 pub mod fake_upstream;
 pub mod http;
 pub mod images;

@@ -89,12 +89,33 @@ impl Regcache {
         Self::start_full(upstreams, extra, None, admin_ip)
     }
 
+    /// As [`Regcache::start_with`], for a config that may stop the start:
+    /// `Err` with the exit status and the log when the process exits first.
+    pub fn try_start_with(upstreams: &[UpstreamEntry], extra: &str) -> Result<Regcache, Exited> {
+        Self::try_start_full(upstreams, extra, None, Ipv4Addr::LOCALHOST.into())
+    }
+
     fn start_full(
         upstreams: &[UpstreamEntry],
         extra: &str,
         cache: Option<PathBuf>,
         admin_ip: IpAddr,
     ) -> Regcache {
+        match Self::try_start_full(upstreams, extra, cache, admin_ip) {
+            Ok(rc) => rc,
+            Err(e) => panic!(
+                "regcache exited at startup ({:?}); log:\n{}",
+                e.status, e.log
+            ),
+        }
+    }
+
+    fn try_start_full(
+        upstreams: &[UpstreamEntry],
+        extra: &str,
+        cache: Option<PathBuf>,
+        admin_ip: IpAddr,
+    ) -> Result<Regcache, Exited> {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_owned();
         let cache = cache.unwrap_or_else(|| dir.join("cache"));
@@ -113,19 +134,21 @@ impl Regcache {
         };
         // The ports were free when picked, but another test's process can
         // take one before regcache binds it: then pick again.
+        let mut last = None;
         for _ in 0..3 {
             rc.write_config(upstreams, extra);
             match rc.try_spawn() {
-                Ok(()) => return rc,
-                Err(log) if log.contains("Address already in use") => {
+                Ok(()) => return Ok(rc),
+                Err(e) if e.log.contains("Address already in use") => {
                     rc.addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
                     rc.admin = SocketAddr::new(admin_ip, free_port());
                     let _ = std::fs::remove_file(&rc.log_path);
+                    last = Some(e);
                 }
-                Err(log) => panic!("regcache exited at startup; log:\n{log}"),
+                Err(e) => return Err(e),
             }
         }
-        panic!("regcache found no free ports; log:\n{}", rc.log());
+        Err(last.expect("three attempts"))
     }
 
     /// Writes the config file; the first upstream is the default.
@@ -261,14 +284,17 @@ impl Regcache {
     }
 
     fn spawn(&mut self) {
-        if let Err(log) = self.try_spawn() {
-            panic!("regcache exited at startup; log:\n{log}");
+        if let Err(e) = self.try_spawn() {
+            panic!(
+                "regcache exited at startup ({:?}); log:\n{}",
+                e.status, e.log
+            );
         }
     }
 
-    /// Starts the daemon and waits until it serves; `Err(log)` when it
-    /// exits first.
-    fn try_spawn(&mut self) -> Result<(), String> {
+    /// Starts the daemon and waits until it serves; `Err` with its exit
+    /// status and log when it exits first.
+    fn try_spawn(&mut self) -> Result<(), Exited> {
         // The log is appended across restarts: wait for a new line.
         let started_before = self.log().matches("regcache serving").count();
         let log = std::fs::OpenOptions::new()
@@ -295,7 +321,10 @@ impl Regcache {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 self.child = None;
-                return Err(format!("exit status {status}\n{}", self.log()));
+                return Err(Exited {
+                    status,
+                    log: self.log(),
+                });
             }
             // Its own log line first: another process on the admin port
             // could answer the health check too.
@@ -427,6 +456,13 @@ impl Regcache {
     pub fn tmp_dir(&self) -> PathBuf {
         self.cache_dir().join("tmp")
     }
+}
+
+/// A daemon that exited before it served: how, and what it logged.
+#[derive(Debug)]
+pub struct Exited {
+    pub status: std::process::ExitStatus,
+    pub log: String,
 }
 
 /// What a CLI run printed, and its exit code.
