@@ -221,6 +221,36 @@ struct Proxy {
     dir: tempfile::TempDir,
 }
 
+/// Starts `regcache serve` on `config` (written into `dir`, its log beside
+/// it) with none of this environment's `REGCACHE_*`/`AWS_*` variables, and
+/// waits for its admin listener's `/healthz`.
+fn spawn_regcache(dir: &Path, config: &str, what: &str, admin: SocketAddr) -> Child {
+    let config_path = dir.join("regcache.toml");
+    fs::write(&config_path, config).unwrap();
+    let log_path = dir.join("regcache.log");
+    let log = fs::File::create(&log_path).unwrap();
+    let mut cmd = Command::new(regcache_bin());
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&config_path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("REGCACHE_") || k.starts_with("AWS_") {
+            cmd.env_remove(&*k);
+        }
+    }
+    let mut child = cmd.spawn().expect("spawn regcache");
+    register(child.id());
+    wait_ready(&mut child, what, &log_path, || {
+        http_get(admin, "/healthz").is_ok_and(|r| r.status == 200)
+    });
+    child
+}
+
 /// The regcache binary under measurement.
 fn regcache_bin() -> PathBuf {
     std::env::var_os("REGCACHE_BENCH_BIN")
@@ -249,28 +279,7 @@ impl Proxy {
              tag_ttl = \"5m\"\n",
             dir.path().join("cache").display()
         );
-        let config_path = dir.path().join("regcache.toml");
-        fs::write(&config_path, config).unwrap();
-        let log_path = dir.path().join("regcache.log");
-        let log = fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(regcache_bin());
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("REGCACHE_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd.spawn().expect("spawn regcache");
-        register(child.id());
-        wait_ready(&mut child, "regcache", &log_path, || {
-            http_get(admin, "/healthz").is_ok_and(|r| r.status == 200)
-        });
+        let child = spawn_regcache(dir.path(), &config, "regcache", admin);
         Proxy {
             kind: Kind::Regcache,
             addr,

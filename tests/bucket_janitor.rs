@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use common::seaweedfs::{SeaweedFs, ACCESS_KEY, BUCKET, SECRET_KEY};
+use common::seaweedfs::SeaweedFs;
 use regcache::cache::storage::bucket::lease::{Claim, Holder};
-use regcache::cache::storage::bucket::{Bucket, S3Settings};
+use regcache::cache::storage::bucket::Bucket;
 use regcache::cache::storage::Kind;
 use regcache::cache::upkeep::{AccessLog, Janitor, JanitorSettings};
 use regcache::metrics::{Metrics, SharedTierMetrics};
@@ -21,18 +21,7 @@ use regcache::registry::Digest;
 const TTL: Duration = Duration::from_secs(3);
 
 fn connect(engine: &SeaweedFs, prefix: &str) -> Bucket {
-    Bucket::connect(&S3Settings {
-        endpoint: Some(engine.endpoint.clone()),
-        region: "us-east-1".into(),
-        bucket: BUCKET.into(),
-        prefix: prefix.into(),
-        path_style: true,
-        allow_http: true,
-        access_key_id: ACCESS_KEY.into(),
-        secret_access_key: SECRET_KEY.into(),
-        request_timeout: Duration::from_secs(30),
-    })
-    .unwrap()
+    Bucket::connect(&engine.settings(prefix)).unwrap()
 }
 
 fn settings(replica: &str) -> JanitorSettings {

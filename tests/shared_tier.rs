@@ -7,7 +7,7 @@ pub mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::seaweedfs::{SeaweedFs, ACCESS_KEY, BUCKET, SECRET_KEY};
+use common::seaweedfs::SeaweedFs;
 use futures_util::TryStreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 use regcache::cache::storage::bucket::lease::{Claim, Holder};
@@ -16,19 +16,7 @@ use regcache::cache::storage::Kind;
 use regcache::registry::Digest;
 
 fn settings(engine: &SeaweedFs, prefix: &str) -> S3Settings {
-    S3Settings {
-        endpoint: Some(engine.endpoint.clone()),
-        region: "us-east-1".into(),
-        bucket: BUCKET.into(),
-        prefix: prefix.into(),
-        path_style: true,
-        allow_http: true,
-        access_key_id: ACCESS_KEY.into(),
-        secret_access_key: SECRET_KEY.into(),
-        // Generous: SeaweedFS under a loaded CI machine has taken more
-        // than 5 s for one of 16 concurrent conditional creates.
-        request_timeout: Duration::from_secs(30),
-    }
+    engine.settings(prefix)
 }
 
 fn holder(replica: &str) -> Holder {

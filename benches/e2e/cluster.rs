@@ -20,15 +20,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use super::common::registry::{free_port, http_get, Registry};
 use super::common::seaweedfs::{self, SeaweedFs};
 use super::{
-    count_since, env_u64, fmt_num, kill_child, median, pull, regcache_bin, register,
-    settled_requests, sync_disks, wait_ready, Kind, Proxy, MIB,
+    count_since, env_u64, fmt_num, kill_child, median, pull, settled_requests, spawn_regcache,
+    sync_disks, Kind, Proxy, MIB,
 };
 
 /// Logs kept so far (REGCACHE_BENCH_CLUSTER_LOGS), for unique names.
@@ -74,29 +74,7 @@ impl Replica {
             secret = secret.display(),
             token = token.display(),
         );
-        let config_path = dir.path().join("regcache.toml");
-        fs::write(&config_path, config).unwrap();
-        let log_path = dir.path().join("regcache.log");
-        let log = fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(regcache_bin());
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("REGCACHE_") || k.starts_with("AWS_") {
-                cmd.env_remove(&*k);
-            }
-        }
-        let mut child = cmd.spawn().expect("spawn regcache replica");
-        register(child.id());
-        wait_ready(&mut child, "regcache replica", &log_path, || {
-            http_get(admin, "/healthz").is_ok_and(|r| r.status == 200)
-        });
+        let child = spawn_regcache(dir.path(), &config, "regcache replica", admin);
         Replica {
             name: name.to_owned(),
             addr,

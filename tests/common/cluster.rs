@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use futures_util::TryStreamExt;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use regcache::cache::storage::bucket::{Bucket, S3Settings};
+use regcache::cache::storage::bucket::Bucket;
 use regcache::cache::storage::Kind;
 use regcache::registry::Digest;
 
@@ -308,18 +308,7 @@ impl Cluster {
 
     /// regcache's own client of this cluster's bucket and prefix.
     pub fn bucket(&self) -> Bucket {
-        Bucket::connect(&S3Settings {
-            endpoint: Some(self.engine.endpoint.clone()),
-            region: "us-east-1".into(),
-            bucket: BUCKET.into(),
-            prefix: self.prefix.clone(),
-            path_style: true,
-            allow_http: true,
-            access_key_id: ACCESS_KEY.into(),
-            secret_access_key: SECRET_KEY.into(),
-            request_timeout: Duration::from_secs(30),
-        })
-        .expect("bucket client")
+        Bucket::connect(&self.engine.settings(&self.prefix)).expect("bucket client")
     }
 
     /// A plain object_store client of the bucket (keys include the prefix).
