@@ -158,9 +158,9 @@ impl Cache {
                     mut progress,
                     joined,
                 } => {
-                    if joined {
+                    if joined && self.shared.is_none() {
                         // Someone else's fill proves nothing about this
-                        // repository.
+                        // repository (with a shared tier, checked above).
                         self.authorize_cached(upstream, repo, Kind::Blob, digest)
                             .await
                             .with(Outcome::Coalesced)?;

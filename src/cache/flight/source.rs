@@ -102,24 +102,24 @@ impl<'a> Source<'a> {
         let Some(shared) = self.shared else {
             return self.turn_upstream(None, 0).await;
         };
-        match shared.plan(self.digest).await {
-            Plan::Bucket(_) => {
-                if let Some(opened) = self.open_bucket(shared, 0).await {
-                    shared.hit("bucket", Kind::Blob, self.digest);
-                    return Ok(opened);
-                }
-                // Gone between the HEAD and the GET (the janitor): claim.
-                match shared.claim(self.digest).await {
-                    Plan::Follow(holder) => self.follow_first(shared, holder).await,
-                    Plan::Upstream(lease) => self.turn_upstream(lease, 0).await,
-                    Plan::Bucket(_) => match self.open_bucket(shared, 0).await {
-                        Some(opened) => Ok(opened),
-                        None => self.turn_upstream(None, 0).await,
-                    },
-                }
+        // One GET: a 404 is the miss, so no HEAD goes before it.
+        if shared.worth_asking() {
+            if let Some(opened) = self.open_bucket(shared, 0).await {
+                shared.hit("bucket", Kind::Blob, self.digest);
+                return Ok(opened);
             }
-            Plan::Upstream(lease) => self.turn_upstream(lease, 0).await,
+        }
+        match shared.plan(self.digest).await {
             Plan::Follow(holder) => self.follow_first(shared, holder).await,
+            Plan::Upstream(lease) => self.turn_upstream(lease, 0).await,
+            // A stale lease whose holder had stored the blob meanwhile.
+            Plan::Bucket(_) => match self.open_bucket(shared, 0).await {
+                Some(opened) => {
+                    shared.hit("bucket", Kind::Blob, self.digest);
+                    Ok(opened)
+                }
+                None => self.turn_upstream(None, 0).await,
+            },
         }
     }
 

@@ -27,20 +27,10 @@ pub enum Plan {
 }
 
 impl SharedTier {
-    /// The plan for a blob that is not on the local disk.
+    /// The plan for a blob that is neither on the local disk nor (as a
+    /// GET of it just said) in the bucket.
     pub async fn plan(&self, digest: &Digest) -> Plan {
-        if !self.worth_asking() {
-            return Plan::Upstream(None);
-        }
-        match self.bucket.stat(Kind::Blob, digest).await {
-            Ok(Some(stored)) => return Plan::Bucket(stored),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::debug!(%digest, error = %e, "the shared tier cannot say whether it holds the blob");
-                return Plan::Upstream(None);
-            }
-        }
-        if self.settings.coordination == Coordination::None {
+        if !self.worth_asking() || self.settings.coordination == Coordination::None {
             return Plan::Upstream(None);
         }
         self.claim(digest).await
